@@ -1,0 +1,351 @@
+//! Files on disk: the task's temp file, written at offsets as a block streams in; whole-file md5;
+//! and the move into the store directory. Blocking I/O runs on the blocking thread pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use tokio::sync::mpsc;
+
+use crate::domain::{ByteRange, Md5Hex};
+
+/// Bytes handed to one `write` call at most: larger writes into freshly freed memory are slow
+/// on some VMs, and this bounds the buffer per block in flight.
+const WRITE_PIECE: usize = 256 * 1024;
+/// Chunks queued between the request and its writer thread.
+const QUEUED_CHUNKS: usize = 8;
+
+/// Creates the temp file for a task, sized (sparsely) to the whole file.
+pub fn create_temp(path: &Path, size: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    file.set_len(size)
+}
+
+pub fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// What streaming a block's body produced.
+#[derive(Debug)]
+pub struct StreamedBlock {
+    /// Bytes the body held (all of them, written or not).
+    pub body_len: u64,
+    pub md5: Md5Hex,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the body is longer than {0} bytes")]
+    TooLong(u64),
+    #[error("the body ended early: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Disk(#[from] io::Error),
+}
+
+/// Streams `body`, which holds the bytes of `range` of the file at `path`, hashing all of it and
+/// writing only the parts inside `writes` (which must lie inside `range`). A body longer than
+/// `range` is cut off without writing past it. With `fsync`, the data is on disk before this returns.
+///
+/// `keep` is held by the writer thread until it has finished writing and handed back on success:
+/// a claim on the written ranges must not be released while a write into them could still
+/// happen, even if the request that started it is dropped.
+pub async fn stream_into<S, E, K>(
+    path: PathBuf,
+    range: ByteRange,
+    writes: Vec<ByteRange>,
+    fsync: bool,
+    body: S,
+    keep: K,
+) -> Result<(StreamedBlock, K), StreamError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+    K: Send + 'static,
+{
+    let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let written = write_chunks(&path, range, &writes, fsync, queue);
+        (written, keep)
+    });
+    let mut body = std::pin::pin!(body);
+    let mut body_len = 0u64;
+    let mut outcome = Ok(());
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                body_len += bytes.len() as u64;
+                if body_len > range.len() {
+                    outcome = Err(StreamError::TooLong(range.len()));
+                    break;
+                }
+                if chunks.send(bytes).await.is_err() {
+                    break; // the writer stopped on a disk error, which it reports below
+                }
+            }
+            Err(e) => {
+                outcome = Err(StreamError::Body(e.to_string()));
+                break;
+            }
+        }
+    }
+    drop(chunks);
+    // Once the writer thread has ended nothing writes any more, so `keep` may go on any error.
+    let (written, keep) = writer.await.map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
+    outcome?;
+    Ok((StreamedBlock { body_len, md5: written? }, keep))
+}
+
+fn write_chunks(
+    path: &Path,
+    range: ByteRange,
+    writes: &[ByteRange],
+    fsync: bool,
+    mut queue: mpsc::Receiver<Bytes>,
+) -> io::Result<Md5Hex> {
+    let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
+    let mut pieces = file.as_ref().map(PieceWriter::new);
+    let mut md5 = Md5::new();
+    let mut offset = range.start();
+    while let Some(chunk) = queue.blocking_recv() {
+        md5.update(&chunk);
+        let chunk_range = ByteRange::new(offset, offset + chunk.len() as u64 - 1);
+        if let (Some(pieces), Some(chunk_range)) = (pieces.as_mut(), chunk_range) {
+            for target in writes.iter().filter_map(|w| w.intersection(&chunk_range)) {
+                let from = (target.start() - offset) as usize;
+                pieces.write_at(target.start(), &chunk[from..from + target.len() as usize])?;
+            }
+        }
+        offset += chunk.len() as u64;
+    }
+    if let Some(mut pieces) = pieces {
+        pieces.flush()?;
+    }
+    if let (Some(file), true) = (&file, fsync) {
+        file.sync_data()?;
+    }
+    Ok(Md5Hex::of_digest(&md5.finalize()))
+}
+
+/// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.
+struct PieceWriter<'f> {
+    file: &'f File,
+    buffer: Vec<u8>,
+    buffer_offset: u64,
+}
+
+impl<'f> PieceWriter<'f> {
+    fn new(file: &'f File) -> Self {
+        Self { file, buffer: Vec::with_capacity(WRITE_PIECE), buffer_offset: 0 }
+    }
+
+    fn write_at(&mut self, mut offset: u64, mut bytes: &[u8]) -> io::Result<()> {
+        if self.buffer_offset + self.buffer.len() as u64 != offset {
+            self.flush()?;
+            self.buffer_offset = offset;
+        }
+        while !bytes.is_empty() {
+            let room = WRITE_PIECE - self.buffer.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buffer.extend_from_slice(now);
+            offset += now.len() as u64;
+            bytes = rest;
+            if self.buffer.len() == WRITE_PIECE {
+                self.flush()?;
+                self.buffer_offset = offset;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all_at(&self.buffer, self.buffer_offset)?;
+            self.buffer_offset += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+/// A stream of the file's bytes, in pieces, for sending a spooled body on.
+pub async fn read_stream(path: &Path) -> io::Result<impl Stream<Item = io::Result<Bytes>>> {
+    let file = tokio::fs::File::open(path).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(file, WRITE_PIECE))
+}
+
+/// The md5 of a whole file, read in pieces. Blocking.
+pub fn md5_of_file(path: &Path) -> io::Result<Md5Hex> {
+    let mut file = File::open(path)?;
+    let mut md5 = Md5::new();
+    let mut buffer = vec![0u8; WRITE_PIECE];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => return Ok(Md5Hex::of_digest(&md5.finalize())),
+            n => md5.update(&buffer[..n]),
+        }
+    }
+}
+
+/// Whether `dir` (which need not exist yet) lies inside `root` once symlinks are followed:
+/// the deepest part of `dir` that exists must resolve to a place inside `root`.
+pub fn is_confined(root: &Path, dir: &Path) -> io::Result<bool> {
+    let root = root.canonicalize()?;
+    let mut existing = dir;
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => return Ok(false),
+        }
+    }
+    Ok(existing.canonicalize().map(|real| real.starts_with(&root)).unwrap_or(false))
+}
+
+/// Places the finished temp file at `dir/file_name` (creating `dir`) without overwriting anything:
+/// if another file already has the name, the file becomes `name (1).ext`, `name (2).ext`, … .
+/// The temp file stays where it is (the caller removes it once the finish is recorded), so a
+/// crash before that and a second attempt end with the same result. Blocking.
+pub fn place(tmp: &Path, dir: &Path, file_name: &str, fsync: bool) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let placed = match link_without_clobbering(tmp, dir, file_name) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+            // Another file system: copy next to the target, fsync, then link that copy.
+            let staging = dir.join(format!(".{file_name}.fupload-partial"));
+            copy_synced(tmp, &staging)?;
+            let placed = link_without_clobbering(&staging, dir, file_name);
+            remove_if_exists(&staging)?;
+            placed?
+        }
+        other => other?,
+    };
+    if fsync {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(placed)
+}
+
+fn link_without_clobbering(source: &Path, dir: &Path, file_name: &str) -> io::Result<PathBuf> {
+    let source_meta = fs::metadata(source)?;
+    for n in 0..1000u32 {
+        let candidate = dir.join(numbered(file_name, n));
+        match fs::hard_link(source, &candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Linked by an earlier attempt of this same finish?
+                if fs::metadata(&candidate).is_ok_and(|m| m.dev() == source_meta.dev() && m.ino() == source_meta.ino()) {
+                    return Ok(candidate);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{file_name}: 1000 files of that name already exist")))
+}
+
+/// `name`, then `name (1).ext`, `name (2).ext`, …
+fn numbered(file_name: &str, n: u32) -> String {
+    if n == 0 {
+        return file_name.to_owned();
+    }
+    match file_name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
+        _ => format!("{file_name} ({n})"),
+    }
+}
+
+fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
+    let mut source = File::open(from)?;
+    let mut target = OpenOptions::new().write(true).create(true).truncate(true).open(to)?;
+    io::copy(&mut source, &mut target)?;
+    target.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange::new(start, end).unwrap()
+    }
+
+    fn body(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> {
+        futures_util::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+    }
+
+    #[tokio::test]
+    async fn writes_only_the_given_ranges_and_hashes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        create_temp(&path, 10).unwrap();
+        fs::write(&path, b"..........").unwrap();
+        let (streamed, kept) =
+            stream_into(path.clone(), r(2, 7), vec![r(2, 3), r(6, 7)], true, body(&[b"abc", b"def"]), 7).await.unwrap();
+        assert_eq!(kept, 7);
+        assert_eq!(streamed.body_len, 6);
+        assert_eq!(streamed.md5.as_str(), "e80b5017098950fc58aad83c8c14978e"); // md5("abcdef")
+        assert_eq!(fs::read(&path).unwrap(), b"..ab..ef..");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_range_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        fs::write(&path, b"....").unwrap();
+        let result = stream_into(path.clone(), r(0, 1), vec![r(0, 1)], false, body(&[b"ab", b"cd"]), ()).await;
+        assert!(matches!(result, Err(StreamError::TooLong(2))));
+        assert_eq!(fs::read(&path).unwrap(), b"ab..");
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_written_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        let size = 3 * WRITE_PIECE as u64 + 5;
+        create_temp(&path, size).unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<Result<Bytes, String>> = data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let whole = r(0, size - 1);
+        let (streamed, ()) =
+            stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
+        assert_eq!(streamed.body_len, size);
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert_eq!(md5_of_file(&path).unwrap(), Md5Hex::of_digest(&Md5::digest(&data)));
+    }
+
+    #[test]
+    fn place_never_overwrites_and_repeats_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("t.part");
+        fs::write(&tmp, b"new").unwrap();
+        let store = dir.path().join("store/a");
+        fs::create_dir_all(&store).unwrap();
+        fs::write(store.join("hello.mp4"), b"old").unwrap();
+        let placed = place(&tmp, &store, "hello.mp4", true).unwrap();
+        assert_eq!(placed, store.join("hello (1).mp4"));
+        assert_eq!(place(&tmp, &store, "hello.mp4", false).unwrap(), placed);
+        assert_eq!(fs::read(store.join("hello.mp4")).unwrap(), b"old");
+        assert_eq!(fs::read(&placed).unwrap(), b"new");
+        assert_eq!(numbered("archive", 2), "archive (2)");
+        assert_eq!(numbered(".bashrc", 1), ".bashrc (1)");
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_not_confined() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        assert!(is_confined(&root, &root.join("a/b")).unwrap());
+        assert!(!is_confined(&root, &root.join("link/b")).unwrap());
+        assert!(!is_confined(&root, &outside).unwrap());
+    }
+}

@@ -1,0 +1,46 @@
+//! Callbacks to business servers: the body, and the outbox worker that delivers it.
+
+mod worker;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::domain::CallbackCode;
+use crate::store::Task;
+
+pub use worker::{backoff, run_outbox};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallbackBody<'a> {
+    ret_code: &'a str,
+    status: &'a str,
+    /// The task's feedBackParameter, verbatim.
+    data: &'a RawValue,
+    task_id: i64,
+    user_id: &'a str,
+    file_name: &'a str,
+    file_size: i64,
+    file_md5: &'a str,
+    store_path: &'a str,
+}
+
+/// The JSON POSTed to the business server when `task` ends with `code`. `store_path` is the
+/// final path of a finished file, else where the file would have gone.
+pub fn body(task: &Task, code: CallbackCode, store_path: &str) -> String {
+    let null = RawValue::NULL;
+    let data = serde_json::from_str::<&RawValue>(&task.feedback_parameter).unwrap_or(null);
+    let body = CallbackBody {
+        ret_code: code.ret_code(),
+        status: code.status_text(),
+        data,
+        task_id: task.task_id,
+        user_id: &task.user_id,
+        file_name: &task.file_name,
+        file_size: task.file_size,
+        file_md5: &task.file_md5,
+        store_path,
+    };
+    // Serialising strings, integers and already-valid JSON cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
+}

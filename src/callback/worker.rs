@@ -1,0 +1,91 @@
+//! The outbox worker: sends due callbacks, marks them delivered on a 2xx, reschedules them with
+//! exponential backoff otherwise, and gives up after `callback.maxAttempts`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+
+use crate::config::CallbackSettings;
+use crate::store::{DueCallback, Store};
+
+/// Callbacks sent at once.
+const BATCH: u32 = 32;
+/// Longest sleep between looks at the outbox when nothing wakes the worker.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// The delay before attempt `attempts + 1`, after `attempts` failed ones.
+pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
+    let factor = 2f64.powi(attempts.saturating_sub(1).min(62) as i32);
+    Duration::from_secs_f64((settings.initial_backoff * factor).min(settings.max_backoff))
+}
+
+/// Runs until the task is dropped. awc's client is not `Send`: this runs on the thread that
+/// spawned it, with its own client.
+pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<Notify>) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(settings.timeout))
+        .disable_redirects()
+        .finish();
+    loop {
+        match store.due_callbacks(BATCH).await {
+            Ok(due) if !due.is_empty() => {
+                join_all(due.into_iter().map(|callback| deliver(&client, &store, &settings, callback))).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the callback outbox"),
+        }
+        let sleep = match store.next_callback_due_in().await {
+            Ok(Some(due_in)) => due_in.min(IDLE_POLL),
+            _ => IDLE_POLL,
+        };
+        tokio::select! {
+            _ = wakeup.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+async fn deliver(client: &awc::Client, store: &Store, settings: &CallbackSettings, callback: DueCallback) {
+    let sent = client
+        .post(&callback.notify_url)
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-fupload-signature", callback.signature.as_str()))
+        .send_body(callback.body.clone())
+        .await;
+    let error = match sent {
+        Ok(response) if response.status().is_success() => None,
+        Ok(response) => Some(format!("business server answered {}", response.status())),
+        Err(e) => Some(format!("cannot reach the business server: {e}")),
+    };
+    let attempts = u32::try_from(callback.attempts).unwrap_or(u32::MAX).saturating_add(1);
+    let recorded = match &error {
+        None => {
+            tracing::info!(task_id = callback.task_id, attempts, "callback delivered");
+            store.callback_delivered(callback.callback_id).await
+        }
+        Some(error) => {
+            let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
+            tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
+            store.callback_attempt_failed(callback.callback_id, error, retry_in).await
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let settings = CallbackSettings { timeout: 1, max_attempts: 12, initial_backoff: 1.0, max_backoff: 10.0 };
+        let delays: Vec<u64> = (1..=6).map(|a| backoff(&settings, a).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(&settings, u32::MAX).as_secs(), 10);
+    }
+}

@@ -1,0 +1,280 @@
+//! Settings: `conf/fupload.yml` with `FUPLOAD__…` environment overrides on top.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// Refuse blocks that carry no `partMd5`.
+    #[serde(default)]
+    pub check_tmp_md5: bool,
+    /// Task URLs must carry the task's `key`; `false` accepts bare `?taskId=` URLs.
+    #[serde(default = "yes")]
+    pub require_upload_key: bool,
+    #[serde(default = "default_tmp_dir")]
+    pub tmp_dir: PathBuf,
+    /// `""` allows any absolute storePath (the original's behaviour).
+    #[serde(default = "default_store_dir")]
+    pub store_dir: PathBuf,
+    /// Seconds without an accepted block or state change before a task expires.
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout: u64,
+    #[serde(default = "default_max_file_size")]
+    pub max_file_size: u64,
+    #[serde(default = "default_max_block_size")]
+    pub max_block_size: u64,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default)]
+    pub callback: CallbackSettings,
+    /// Business servers by token.
+    #[serde(default, rename = "bServer")]
+    pub business_servers: HashMap<String, BusinessServer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Scheme and host the task URLs are built from, with `port`.
+    pub addr: String,
+    /// When set, task URLs start with this instead (a reverse proxy's public address).
+    pub proxy_addr: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 8080, addr: "http://127.0.0.1".into(), proxy_addr: String::new() }
+    }
+}
+
+impl ServerSettings {
+    /// What task URLs start with, without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        if self.proxy_addr.is_empty() {
+            format!("{}:{}", self.addr.trim_end_matches('/'), self.port)
+        } else {
+            self.proxy_addr.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "sqlite://data/fupload.db".into() }
+    }
+}
+
+/// What an acknowledged block survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A crash of the fupload process (kill -9): data written, range committed, no fsync.
+    #[default]
+    Process,
+    /// Also a power loss: the block's data and the SQLite commit are fsynced before the reply.
+    Power,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Seconds one POST may take.
+    pub timeout: u64,
+    pub max_attempts: u32,
+    /// Seconds before the first retry; doubles with each attempt up to `maxBackoff`.
+    pub initial_backoff: f64,
+    pub max_backoff: f64,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        Self { timeout: 10, max_attempts: 12, initial_backoff: 1.0, max_backoff: 600.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BusinessServer {
+    pub name: String,
+    pub notify_url: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_tmp_dir() -> PathBuf {
+    "data/tmp".into()
+}
+fn default_store_dir() -> PathBuf {
+    "data/store".into()
+}
+fn default_task_timeout() -> u64 {
+    3600
+}
+fn default_max_file_size() -> u64 {
+    1 << 40
+}
+fn default_max_block_size() -> u64 {
+    64 << 20
+}
+
+/// The environment variable prefix; `__` separates key levels.
+const ENV_PREFIX: &str = "FUPLOAD__";
+
+impl Settings {
+    /// Reads `path`, then applies `FUPLOAD__…` variables from `env`.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_yaml(&text, env).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let file = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+            .build()?;
+        let mut builder = config::Config::builder().add_source(file.clone());
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = known_key(&file, path)
+                .with_context(|| format!("{name}: no such setting"))?;
+            builder = builder.set_override(key, value)?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.task_timeout > 0, "taskTimeout must be positive");
+        anyhow::ensure!(self.max_block_size > 0, "maxBlockSize must be positive");
+        anyhow::ensure!(self.callback.max_attempts > 0, "callback.maxAttempts must be positive");
+        anyhow::ensure!(
+            self.callback.initial_backoff >= 0.0 && self.callback.max_backoff >= self.callback.initial_backoff,
+            "callback backoffs must satisfy 0 <= initialBackoff <= maxBackoff"
+        );
+        anyhow::ensure!(!self.tmp_dir.as_os_str().is_empty(), "tmpDir must be set");
+        Ok(())
+    }
+
+    /// `storeDir` made absolute, or `None` for `storeDir: ""` (no confinement).
+    pub fn store_root(&self) -> Option<&Path> {
+        (!self.store_dir.as_os_str().is_empty()).then_some(self.store_dir.as_path())
+    }
+}
+
+/// Maps `SERVER__PROXYADDR` to the configured spelling (`server.proxyAddr`), case-insensitively,
+/// knowing both the keys this file sets and the ones `Settings` takes.
+fn known_key(file: &config::Config, env_path: &str) -> Option<String> {
+    let wanted: Vec<String> = env_path.split("__").map(str::to_ascii_lowercase).collect();
+    let mut candidates = SETTING_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    if let Ok(table) = file.clone().try_deserialize::<HashMap<String, config::Value>>() {
+        collect_keys(&table, "", &mut candidates);
+    }
+    candidates.into_iter().find(|candidate| {
+        let parts: Vec<&str> = candidate.split('.').collect();
+        parts.len() == wanted.len() && parts.iter().zip(&wanted).all(|(have, want)| have.to_ascii_lowercase() == *want)
+    })
+}
+
+fn collect_keys(table: &HashMap<String, config::Value>, prefix: &str, out: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        if let Ok(inner) = value.clone().into_table() {
+            collect_keys(&inner.into_iter().collect(), &path, out);
+        }
+        out.push(path);
+    }
+}
+
+/// Every scalar setting, so an environment variable can set one the file leaves out.
+const SETTING_KEYS: &[&str] = &[
+    "server.host",
+    "server.port",
+    "server.addr",
+    "server.proxyAddr",
+    "database.url",
+    "checkTmpMd5",
+    "requireUploadKey",
+    "tmpDir",
+    "storeDir",
+    "taskTimeout",
+    "maxFileSize",
+    "maxBlockSize",
+    "durability",
+    "callback.timeout",
+    "callback.maxAttempts",
+    "callback.initialBackoff",
+    "callback.maxBackoff",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+server: {host: "127.0.0.1", port: 8080, addr: "http://127.0.0.1", proxyAddr: ""}
+database: {url: "sqlite://data/fupload.db"}
+taskTimeout: 3600
+bServer:
+  Cp1-Secret: {name: "cp1", notifyUrl: "http://127.0.0.1:8090/cb"}
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn reads_yaml_with_defaults_and_keeps_token_case() {
+        let settings = Settings::from_yaml(YAML, env(&[])).unwrap();
+        assert_eq!(settings.server.port, 8080);
+        assert_eq!(settings.max_block_size, 64 << 20);
+        assert!(settings.require_upload_key);
+        assert_eq!(settings.durability, Durability::Process);
+        assert_eq!(settings.business_servers["Cp1-Secret"].notify_url, "http://127.0.0.1:8090/cb");
+        assert_eq!(settings.server.public_base_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn environment_overrides_match_keys_case_insensitively() {
+        let settings = Settings::from_yaml(
+            YAML,
+            env(&[
+                ("FUPLOAD__SERVER__PORT", "9000"),
+                ("FUPLOAD__TASKTIMEOUT", "60"),
+                ("FUPLOAD__SERVER__PROXYADDR", "https://up.example.com/"),
+                ("FUPLOAD__durability", "power"),
+                ("FUPLOAD__CALLBACK__MAXATTEMPTS", "3"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.server.port, 9000);
+        assert_eq!(settings.task_timeout, 60);
+        assert_eq!(settings.durability, Durability::Power);
+        assert_eq!(settings.callback.max_attempts, 3);
+        assert_eq!(settings.server.public_base_url(), "https://up.example.com");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Settings::from_yaml(YAML, env(&[("FUPLOAD__NOPE", "1")])).is_err());
+        assert!(Settings::from_yaml("taskTimeot: 5\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("taskTimeout: 0\n", env(&[])).is_err());
+    }
+}

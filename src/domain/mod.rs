@@ -1,0 +1,10 @@
+//! Pure upload logic: no SQL, no HTTP, no file I/O.
+
+pub mod byte_range;
+pub mod fields;
+pub mod store_path;
+pub mod task_status;
+
+pub use byte_range::{BlockMerge, ByteRange};
+pub use fields::{FieldError, FileName, FileSize, Md5Hex, UploadKey};
+pub use task_status::{CallbackCode, TaskStatus};

@@ -1,0 +1,182 @@
+//! `POST uploadUrl`: one block as multipart/form-data (`startByte`, `endByte`, `partMd5`, `file`).
+//!
+//! With the text fields before `file` (the fast path) the bytes stream straight into the temp
+//! file. If `file` comes first, it is spooled to a file in tmpDir until the range is known.
+
+use std::path::PathBuf;
+
+use actix_multipart::{Field, Multipart};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::info::{ranges_json, RangeJson};
+use super::{task_ref, Envelope};
+use crate::blob;
+use crate::domain::{ByteRange, FieldError, Md5Hex};
+use crate::service::{BlockAccepted, ReceivedBlock, TaskRef, UploadError, Uploads};
+
+/// Text fields are short numbers and an md5; anything longer is refused.
+const MAX_TEXT_FIELD: usize = 1024;
+/// Unknown fields are read and dropped, up to this size each.
+const MAX_IGNORED_FIELD: usize = 64 * 1024;
+
+#[derive(Default)]
+struct TextFields {
+    start_byte: Option<u64>,
+    end_byte: Option<u64>,
+    part_md5: Option<Md5Hex>,
+}
+
+enum Body {
+    Received(ReceivedBlock),
+    Spooled(Spool),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockJson {
+    start_byte: u64,
+    end_byte: u64,
+    received_size: u64,
+    task_status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expect_blocks: Option<Vec<RangeJson>>,
+}
+
+pub async fn upload_block(
+    uploads: web::Data<Uploads>,
+    req: HttpRequest,
+    mut multipart: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    let task = task_ref(&req)?;
+    let mut text = TextFields::default();
+    let mut body = None;
+    while let Some(field) = multipart.try_next().await.map_err(|e| ApiError::field("body", format!("bad multipart: {e}")))? {
+        match field.name().unwrap_or_default() {
+            "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
+            "file" => body = Some(receive_file(&uploads, &task, &text, field).await?),
+            "startByte" => text.start_byte = Some(parse_offset("startByte", &read_text("startByte", field).await?)?),
+            "endByte" => text.end_byte = Some(parse_offset("endByte", &read_text("endByte", field).await?)?),
+            "partMd5" => text.part_md5 = Some(Md5Hex::parse("partMd5", read_text("partMd5", field).await?.trim())?),
+            _ => skip(field).await?,
+        }
+    }
+    let received = match body {
+        None => return Err(ApiError::field("file", "is required")),
+        Some(Body::Received(received)) => received,
+        Some(Body::Spooled(spool)) => {
+            let (start, end) = range_fields(&text)?;
+            let plan = uploads.plan_block(&task, start, end).await?;
+            let stream = blob::read_stream(&spool.path).await.map_err(|e| UploadError::Disk(e))?;
+            uploads.receive_block(plan, stream).await?
+        }
+    };
+    let accepted = uploads.commit_block(received, text.part_md5).await?;
+    Ok(reply(accepted))
+}
+
+fn reply(accepted: BlockAccepted) -> HttpResponse {
+    let (ret_code, status) = match accepted.new_bytes {
+        0 => ("1", "accepted, but the block held no new bytes"),
+        _ => ("0", "ok"),
+    };
+    HttpResponse::Ok().json(Envelope {
+        ret_code,
+        status: status.into(),
+        data: BlockJson {
+            start_byte: accepted.range.start(),
+            end_byte: accepted.range.end(),
+            received_size: accepted.received_size,
+            task_status: accepted.task_status.as_str(),
+            expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
+        },
+    })
+}
+
+/// Streams the `file` part to the temp file if its range is known, else spools it.
+async fn receive_file(uploads: &Uploads, task: &TaskRef, text: &TextFields, field: Field) -> Result<Body, ApiError> {
+    match (text.start_byte, text.end_byte) {
+        (Some(start), Some(end)) => {
+            let plan = uploads.plan_block(task, start, end).await?;
+            Ok(Body::Received(uploads.receive_block(plan, field).await?))
+        }
+        _ => Ok(Body::Spooled(Spool::fill(uploads, field).await?)),
+    }
+}
+
+fn range_fields(text: &TextFields) -> Result<(u64, u64), ApiError> {
+    let start = text.start_byte.ok_or_else(|| ApiError::field("startByte", "is required"))?;
+    let end = text.end_byte.ok_or_else(|| ApiError::field("endByte", "is required"))?;
+    Ok((start, end))
+}
+
+fn parse_offset(field: &'static str, text: &str) -> Result<u64, ApiError> {
+    text.trim().parse().map_err(|_| ApiError::field(field, "must be a non-negative integer"))
+}
+
+async fn read_text(name: &'static str, mut field: Field) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.next().await {
+        let chunk = chunk.map_err(|e| ApiError::field(name, format!("cannot be read: {e}")))?;
+        if bytes.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::field(name, "is too long"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| ApiError::field(name, "must be UTF-8 text"))
+}
+
+async fn skip(mut field: Field) -> Result<(), ApiError> {
+    let mut seen = 0;
+    while let Some(chunk) = field.next().await {
+        seen += chunk.map_err(|e| ApiError::field("body", format!("cannot be read: {e}")))?.len();
+        if seen > MAX_IGNORED_FIELD {
+            return Err(ApiError::field("body", "an unknown field is too large"));
+        }
+    }
+    Ok(())
+}
+
+/// A `file` part that came before its range, held in tmpDir; removed on drop.
+struct Spool {
+    path: PathBuf,
+}
+
+impl Spool {
+    async fn fill(uploads: &Uploads, field: Field) -> Result<Self, ApiError> {
+        let mut name = [0u8; 8];
+        getrandom::getrandom(&mut name).map_err(|e| UploadError::Internal(anyhow::anyhow!("no randomness: {e}")))?;
+        let spool = Spool { path: uploads.settings().tmp_dir.join(format!("spool-{}.part", hex::encode(name))) };
+        let limit = uploads.settings().max_block_size;
+        let whole = ByteRange::new(0, limit.saturating_sub(1)).ok_or_else(|| ApiError::field("file", "is empty"))?;
+        let path = spool.path.clone();
+        tokio::task::spawn_blocking(move || blob::create_temp(&path, 0))
+            .await
+            .map_err(|e| UploadError::Internal(anyhow::anyhow!("{e}")))?
+            .map_err(UploadError::Disk)?;
+        match blob::stream_into(spool.path.clone(), whole, vec![whole], false, field, ()).await {
+            Ok(_) => Ok(spool),
+            Err(blob::StreamError::TooLong(limit)) => {
+                Err(UploadError::TooLarge(format!("block is larger than maxBlockSize {limit}")).into())
+            }
+            Err(blob::StreamError::Body(e)) => Err(ApiError::field("file", format!("cannot be read: {e}"))),
+            Err(blob::StreamError::Disk(e)) => Err(UploadError::Disk(e).into()),
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Err(e) = blob::remove_if_exists(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a spool file");
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError(UploadError::InvalidField(e))
+    }
+}

@@ -1,0 +1,38 @@
+//! `POST /api/upload/new/task`: the business server creates (or resumes) a task.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, STATE_PATH};
+use crate::service::{CreateTaskJson, UploadError, Uploads};
+
+/// Bodies larger than this are refused: a create request is a few hundred bytes plus the
+/// business server's feedBackParameter.
+pub const MAX_CREATE_BODY: usize = 1 << 20;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskUrls {
+    task_id: i64,
+    upload_url: String,
+    blocks_url: String,
+    state_url: String,
+}
+
+pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body = match body.to_bytes_limited(MAX_CREATE_BODY).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(ApiError::field("body", format!("cannot be read: {e}"))),
+        Err(_) => return Err(UploadError::TooLarge(format!("body is larger than {MAX_CREATE_BODY} bytes")).into()),
+    };
+    let created = uploads.create_task(CreateTaskJson::parse(&body)?).await?;
+    let base = uploads.settings().server.public_base_url();
+    let url = |path| task_url(&base, path, created.task_id, &created.upload_key);
+    Ok(ok(TaskUrls {
+        task_id: created.task_id,
+        upload_url: url(BLOCK_PATH),
+        blocks_url: url(BLOCKS_INFO_PATH),
+        state_url: url(STATE_PATH),
+    }))
+}

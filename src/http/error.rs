@@ -1,0 +1,106 @@
+//! The one place where an outcome becomes (HTTP status, retCode, status text).
+
+use std::fmt;
+use std::io;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use super::Envelope;
+use crate::domain::FieldError;
+use crate::service::{RangeProblem, UploadError};
+
+/// A refused request. Internal causes are logged, never sent.
+#[derive(Debug)]
+pub struct ApiError(pub UploadError);
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, problem: impl Into<String>) -> Self {
+        ApiError(UploadError::InvalidField(FieldError::new(field, problem)))
+    }
+
+    fn ret_code(&self) -> &'static str {
+        match &self.0 {
+            UploadError::Unauthorized => "1",
+            UploadError::TaskNotFound => "2",
+            UploadError::Disk(_) => "3",
+            UploadError::Paused => "4",
+            UploadError::SameState(_) => "5",
+            UploadError::InvalidField(_) => "6",
+            UploadError::PartMd5Mismatch => "7",
+            UploadError::BadRange(_) => "8",
+            UploadError::StorePathNotAllowed => "9",
+            UploadError::TooLarge(_) => "10",
+            UploadError::TaskEnded(_) => "11",
+            UploadError::Internal(_) => "20",
+        }
+    }
+
+    fn status_text(&self) -> String {
+        match &self.0 {
+            // The cause stays in the log: it may name paths and internals.
+            UploadError::Disk(_) => "cannot create or write the temp file (disk error)".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retCode {}: {}", self.ret_code(), self.status_text())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match &self.0 {
+            UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
+            UploadError::TaskNotFound => StatusCode::NOT_FOUND,
+            UploadError::Disk(e) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            UploadError::Disk(_) | UploadError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
+            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch => StatusCode::BAD_REQUEST,
+            UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
+            UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
+            UploadError::StorePathNotAllowed => StatusCode::FORBIDDEN,
+            UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match &self.0 {
+            UploadError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+            UploadError::Disk(e) => tracing::error!(error = %e, "disk error"),
+            other => tracing::debug!(refusal = %other, "request refused"),
+        }
+        HttpResponse::build(self.status_code()).json(Envelope {
+            ret_code: self.ret_code(),
+            status: self.status_text(),
+            data: serde_json::Value::Null,
+        })
+    }
+}
+
+pub async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed().json(Envelope {
+        ret_code: "6",
+        status: "method not allowed on this path".into(),
+        data: serde_json::Value::Null,
+    })
+}
+
+pub async fn unknown_path() -> HttpResponse {
+    HttpResponse::NotFound().json(Envelope {
+        ret_code: "6",
+        status: "no such endpoint".into(),
+        data: serde_json::Value::Null,
+    })
+}

@@ -1,0 +1,11 @@
+//! fupload: a resumable large-file upload server speaking the fuploadServer protocol.
+
+pub mod blob;
+pub mod callback;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

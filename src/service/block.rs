@@ -1,0 +1,138 @@
+//! Receiving a block: plan which bytes it may write, stream it to the temp file, commit its ranges.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::claims::Claim;
+use super::{RangeProblem, TaskRef, UploadError, Uploads};
+use crate::blob::{self, StreamError, StreamedBlock};
+use crate::config::Durability;
+use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
+
+/// How long a block that completes the file waits for the finish before replying `verify`.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// A block that may be received: the task is uploading, the range is valid, and the parts it
+/// may write are claimed.
+pub struct BlockPlan {
+    task_id: i64,
+    file_size: u64,
+    tmp_path: PathBuf,
+    range: ByteRange,
+    claim: Claim,
+    /// The claimed parts minus what was already received: the bytes this block writes.
+    writes: Vec<ByteRange>,
+}
+
+/// A block whose body has been streamed to disk, waiting for its md5 check and commit.
+pub struct ReceivedBlock {
+    plan: BlockPlan,
+    streamed: StreamedBlock,
+}
+
+/// The reply to an accepted block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockAccepted {
+    pub range: ByteRange,
+    /// Bytes of this block that were not received before; 0 means retCode "1".
+    pub new_bytes: u64,
+    pub received_size: u64,
+    pub task_status: TaskStatus,
+    /// What is still missing, when the block brought nothing new.
+    pub expect_blocks: Option<Vec<ByteRange>>,
+}
+
+impl Uploads {
+    /// Checks the task and the range, and claims the range's unreceived bytes for this block.
+    pub async fn plan_block(&self, task_ref: &TaskRef, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
+        let task = self.authorized_task(task_ref).await?;
+        if task.status != TaskStatus::Upload {
+            return Err(UploadError::for_status(Some(task.status)));
+        }
+        let file_size = u64::try_from(task.file_size).unwrap_or(0);
+        let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
+        if end >= file_size {
+            return Err(UploadError::BadRange(RangeProblem::OutsideFile { start, end, size: file_size }));
+        }
+        if range.len() > self.settings.max_block_size {
+            return Err(UploadError::TooLarge(format!(
+                "block of {} bytes is larger than maxBlockSize {}",
+                range.len(),
+                self.settings.max_block_size
+            )));
+        }
+        // Claim first, then read what is received: a block that committed and released its
+        // claim before this claim was made is visible to the read below.
+        let claim = self.claims.claim(task.task_id, range);
+        let received = self.store.received_within(task.task_id, range).await?;
+        let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
+        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path.into(), range, claim, writes })
+    }
+
+    /// Streams the block's body into the temp file, writing only the planned parts.
+    pub async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let fsync = self.settings.durability == Durability::Power;
+        let (path, range, writes) = (plan.tmp_path.clone(), plan.range, plan.writes.clone());
+        let (streamed, plan) = blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
+            StreamError::TooLong(_) | StreamError::Body(_) => UploadError::BadRange(RangeProblem::BodyLength(e.to_string())),
+            StreamError::Disk(e) => UploadError::disk("cannot write block", e),
+        })?;
+        Ok(ReceivedBlock { plan, streamed })
+    }
+
+    /// Checks the body's length and md5, then commits the written ranges. If the block completed
+    /// the file, waits a little for the finish so the reply can say `finish`.
+    pub async fn commit_block(
+        &self,
+        block: ReceivedBlock,
+        part_md5: Option<Md5Hex>,
+    ) -> Result<BlockAccepted, UploadError> {
+        let ReceivedBlock { plan, streamed } = block;
+        if streamed.body_len != plan.range.len() {
+            return Err(UploadError::BadRange(RangeProblem::BodyLength(format!(
+                "the file part holds {} bytes, the range {} needs {}",
+                streamed.body_len,
+                plan.range,
+                plan.range.len()
+            ))));
+        }
+        match part_md5 {
+            Some(expected) if expected != streamed.md5 => return Err(UploadError::PartMd5Mismatch),
+            None if self.settings.check_tmp_md5 => {
+                return Err(FieldError::new("partMd5", "is required (checkTmpMd5 is on)").into())
+            }
+            _ => {}
+        }
+        let commit = self
+            .store
+            .commit_block(plan.task_id, plan.file_size, &plan.writes)
+            .await?
+            .map_err(UploadError::for_status)?;
+        drop(plan.claim);
+        let mut task_status = commit.status;
+        if task_status == TaskStatus::Verify {
+            let finishing = self.spawn_finish(plan.task_id);
+            if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
+                task_status = status;
+            }
+        }
+        let expect_blocks = match commit.new_bytes {
+            0 => Some(self.store.expected_blocks(plan.task_id, plan.file_size).await?),
+            _ => None,
+        };
+        Ok(BlockAccepted {
+            range: plan.range,
+            new_bytes: commit.new_bytes,
+            received_size: commit.received_size,
+            task_status,
+            expect_blocks,
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! Creating a task (or finding the unfinished one it repeats).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::value::RawValue;
+
+use super::{blocking, UploadError, Uploads};
+use crate::blob;
+use crate::domain::store_path::{self, StorePathError};
+use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
+use crate::store::NewTask;
+
+/// The JSON body of a create request, each field still raw: the token is checked before any
+/// other field is looked at, and each field's error can name the field.
+pub struct CreateTaskJson {
+    fields: HashMap<String, Box<RawValue>>,
+}
+
+/// A create request whose fields all parsed.
+struct CreateTask {
+    user_id: String,
+    store_path: String,
+    file_name: FileName,
+    file_size: FileSize,
+    file_md5: Md5Hex,
+    feedback_parameter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreatedTask {
+    pub task_id: i64,
+    pub upload_key: String,
+    pub status: TaskStatus,
+    /// False when an unfinished task with the same fields was returned again.
+    pub created: bool,
+}
+
+impl CreateTaskJson {
+    pub fn parse(body: &[u8]) -> Result<Self, UploadError> {
+        serde_json::from_slice(body)
+            .map(|fields| Self { fields })
+            .map_err(|e| FieldError::new("body", format!("must be a JSON object: {e}")).into())
+    }
+
+    fn token(&self) -> Option<String> {
+        self.string("token").ok()
+    }
+
+    fn raw(&self, field: &'static str) -> Result<&RawValue, FieldError> {
+        self.fields.get(field).map(|raw| &**raw).ok_or_else(|| FieldError::new(field, "is required"))
+    }
+
+    fn string(&self, field: &'static str) -> Result<String, FieldError> {
+        serde_json::from_str(self.raw(field)?.get()).map_err(|_| FieldError::new(field, "must be a string"))
+    }
+
+    /// A string, or an integer taken as its decimal text.
+    fn string_or_integer(&self, field: &'static str) -> Result<String, FieldError> {
+        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
+            Ok(serde_json::Value::String(text)) => Ok(text),
+            Ok(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            _ => Err(FieldError::new(field, "must be a string or an integer")),
+        }
+    }
+
+    fn file_size(&self) -> Result<FileSize, FieldError> {
+        let field = FileSize::FIELD;
+        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
+            Ok(serde_json::Value::String(text)) => FileSize::from_decimal(&text),
+            Ok(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(bytes) => FileSize::new(bytes),
+                None => Err(FieldError::new(field, "must be a non-negative integer")),
+            },
+            _ => Err(FieldError::new(field, "must be a non-negative integer or a decimal string")),
+        }
+    }
+
+    fn into_request(self) -> Result<CreateTask, FieldError> {
+        let user_id = self.string_or_integer("userId")?;
+        let store_path = match self.fields.contains_key("storePath") {
+            true => self.string("storePath")?,
+            false => String::new(),
+        };
+        let file_name = FileName::parse(&self.string("fileName")?)?;
+        let file_size = self.file_size()?;
+        let file_md5 = Md5Hex::parse("fileMd5", &self.string("fileMd5")?)?;
+        let feedback_parameter = ["feedBackParameter", "feedbackParameter"]
+            .iter()
+            .find_map(|name| self.fields.get(*name))
+            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned());
+        Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter })
+    }
+}
+
+impl Uploads {
+    pub async fn create_task(&self, json: CreateTaskJson) -> Result<CreatedTask, UploadError> {
+        let token = json.token().ok_or(UploadError::Unauthorized)?;
+        let authorized = self.business_servers.authorize(&token).ok_or(UploadError::Unauthorized)?;
+        let request = json.into_request()?;
+        if request.file_size.bytes() > self.settings.max_file_size {
+            return Err(UploadError::TooLarge(format!(
+                "fileSize {} is larger than maxFileSize {}",
+                request.file_size.bytes(),
+                self.settings.max_file_size
+            )));
+        }
+        let store_dir = self.resolve_store_dir(&request.store_path).await?;
+        let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
+        let file_size = request.file_size.bytes();
+        let new_task = NewTask {
+            upload_key: upload_key.as_str().to_owned(),
+            business_server: authorized.server.name.clone(),
+            token_sha256: authorized.token_sha256,
+            user_id: request.user_id,
+            file_name: request.file_name.as_str().to_owned(),
+            // FileSize keeps sizes within 63 bits.
+            file_size: i64::try_from(file_size).unwrap_or(i64::MAX),
+            file_md5: request.file_md5.as_str().to_owned(),
+            store_path: request.store_path,
+            store_dir: store_dir.to_string_lossy().into_owned(),
+            feedback_parameter: request.feedback_parameter,
+            tmp_dir: self.settings.tmp_dir.to_string_lossy().into_owned(),
+            // An empty file has nothing to receive: straight to verify.
+            status: if file_size == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
+        };
+        let (task, created) = self.store.create_or_resume_task(&new_task).await?;
+        let mut status = task.status;
+        if created {
+            let tmp_path = task.tmp_path.clone();
+            if let Err(e) = blocking(move || blob::create_temp(Path::new(&tmp_path), file_size)).await? {
+                self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
+                return Err(UploadError::disk("cannot create temp file", e));
+            }
+            if file_size == 0 {
+                status = self.finish(task.task_id).await?;
+            }
+        }
+        Ok(CreatedTask { task_id: task.task_id, upload_key: task.upload_key, status, created })
+    }
+
+    /// `storePath` as an absolute directory inside `storeDir`, symlinks included.
+    async fn resolve_store_dir(&self, requested: &str) -> Result<std::path::PathBuf, UploadError> {
+        let cwd = std::env::current_dir().map_err(|e| UploadError::disk("no working directory", e))?;
+        let root = self.settings.store_root().map(Path::to_path_buf);
+        let dir = store_path::resolve(root.as_deref(), &cwd, requested).map_err(|e| match e {
+            StorePathError::Invalid(field) => UploadError::InvalidField(field),
+            StorePathError::Escapes => UploadError::StorePathNotAllowed,
+        })?;
+        if let Some(root) = root {
+            let checked = dir.clone();
+            let confined = blocking(move || blob::is_confined(&root, &checked))
+                .await?
+                .map_err(|e| UploadError::disk("cannot read storeDir", e))?;
+            if !confined {
+                return Err(UploadError::StorePathNotAllowed);
+            }
+        }
+        Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::test_support::{test_uploads, TOKEN};
+
+    fn json(body: &str) -> CreateTaskJson {
+        CreateTaskJson::parse(body.as_bytes()).unwrap()
+    }
+
+    fn body(extra: &str) -> String {
+        format!(
+            r#"{{"token":"{TOKEN}","userId":"123","storePath":"hello/","fileName":"hello.mp4",
+                "fileSize":"345000000","fileMd5":"04465d416b4eca345976021db8698f15"{extra}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn the_original_curl_example_creates_a_task_and_a_repeat_resumes_it() {
+        let t = test_uploads(|_| {}).await;
+        let created = t.uploads.create_task(json(&body(""))).await.unwrap();
+        assert!(created.created);
+        assert_eq!(created.status, TaskStatus::Upload);
+        assert_eq!(created.upload_key.len(), 32);
+        let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&task.tmp_path).unwrap().len(), 345_000_000);
+        assert!(task.store_dir.ends_with("/store/hello"));
+        let again = t.uploads.create_task(json(&body(""))).await.unwrap();
+        assert_eq!((again.task_id, again.created), (created.task_id, false));
+        assert_eq!(again.upload_key, created.upload_key);
+    }
+
+    #[tokio::test]
+    async fn feedback_parameter_is_kept_verbatim_under_either_spelling() {
+        let t = test_uploads(|_| {}).await;
+        let raw = r#"{"z": 1, "a": [1.50, "x"]}"#;
+        let created = t.uploads.create_task(json(&body(&format!(r#","feedbackParameter":{raw}"#)))).await.unwrap();
+        let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
+        assert_eq!(task.feedback_parameter, raw);
+    }
+
+    #[tokio::test]
+    async fn integer_user_id_and_file_size_are_accepted() {
+        let t = test_uploads(|_| {}).await;
+        let body = format!(
+            r#"{{"token":"{TOKEN}","userId":123,"fileName":"a.bin","fileSize":10,"fileMd5":"04465D416B4ECA345976021DB8698F15"}}"#
+        );
+        let created = t.uploads.create_task(json(&body)).await.unwrap();
+        let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
+        assert_eq!((task.user_id.as_str(), task.file_size), ("123", 10));
+        assert_eq!(task.file_md5, "04465d416b4eca345976021db8698f15");
+    }
+
+    #[tokio::test]
+    async fn the_token_is_checked_before_anything_else() {
+        let t = test_uploads(|_| {}).await;
+        for body in [r#"{"fileSize": -1}"#, r#"{"token": 5}"#, r#"{"token": "nope", "fileName": "a"}"#] {
+            assert!(matches!(t.uploads.create_task(json(body)).await, Err(UploadError::Unauthorized)), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_fields_name_the_field() {
+        let t = test_uploads(|settings| settings.max_file_size = 1000).await;
+        let cases = [
+            (body("").replace(r#""fileName":"hello.mp4","#, ""), "fileName"),
+            (body("").replace("hello.mp4", "../x"), "fileName"),
+            (body("").replace(r#""345000000""#, "-1"), "fileSize"),
+            (body("").replace(r#""345000000""#, "1.5"), "fileSize"),
+            (body("").replace(r#""345000000""#, r#""12a""#), "fileSize"),
+            (body("").replace(r#""345000000""#, "9223372036854775808"), "fileSize"),
+            (body("").replace("04465d416b4eca345976021db8698f15", "xyz"), "fileMd5"),
+            (body("").replace(r#""123""#, "[1]"), "userId"),
+            (body("").replace(r#""hello/""#, "7"), "storePath"),
+        ];
+        for (body, field) in cases {
+            match t.uploads.create_task(json(&body)).await {
+                Err(UploadError::InvalidField(e)) => assert_eq!(e.field, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_and_store_path_escapes_are_refused() {
+        let t = test_uploads(|settings| settings.max_file_size = 1000).await;
+        assert!(matches!(t.uploads.create_task(json(&body(""))).await, Err(UploadError::TooLarge(_))));
+        let small = body("").replace("345000000", "10");
+        for escape in ["../", "/etc/", "a/../../x"] {
+            let attempt = small.replace("hello/", escape);
+            assert!(
+                matches!(t.uploads.create_task(json(&attempt)).await, Err(UploadError::StorePathNotAllowed)),
+                "{escape}"
+            );
+        }
+    }
+}

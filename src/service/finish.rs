@@ -1,0 +1,180 @@
+//! How tasks end: finish (verify, move into place), fail, cancel, expire; and recovery at start-up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::{blocking, business, UploadError, Uploads};
+use crate::blob;
+use crate::callback;
+use crate::config::Durability;
+use crate::domain::{CallbackCode, Md5Hex, TaskStatus};
+use crate::store::{NewCallback, Task, TaskEnding};
+
+/// What checking and moving the finished temp file came to.
+enum Verified {
+    Placed(PathBuf),
+    Md5Mismatch(Md5Hex),
+}
+
+impl Uploads {
+    /// Finishes a task in `verify` on its own task, so that a client hanging up does not cut
+    /// the finish short.
+    pub fn spawn_finish(&self, task_id: i64) -> JoinHandle<Result<TaskStatus, UploadError>> {
+        let uploads = self.clone();
+        tokio::spawn(async move {
+            let finished = uploads.finish(task_id).await;
+            if let Err(e) = &finished {
+                tracing::error!(task_id, error = ?e, "finishing the task failed; it is retried at the next start");
+            }
+            finished
+        })
+    }
+
+    /// Verifies the whole-file md5 of a task in `verify`, moves the file into place and ends the
+    /// task with its callback. Returns the status the task is in afterwards.
+    pub(super) async fn finish(&self, task_id: i64) -> Result<TaskStatus, UploadError> {
+        let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
+        if task.status != TaskStatus::Verify {
+            return Ok(task.status);
+        }
+        let (tmp, dir, name, expected) =
+            (PathBuf::from(&task.tmp_path), PathBuf::from(&task.store_dir), task.file_name.clone(), task.file_md5.clone());
+        let root = self.settings.store_root().map(Path::to_path_buf);
+        let fsync = self.settings.durability == Durability::Power;
+        let verified = blocking(move || -> std::io::Result<Verified> {
+            let md5 = blob::md5_of_file(&tmp)?;
+            if md5.as_str() != expected {
+                return Ok(Verified::Md5Mismatch(md5));
+            }
+            if let Some(root) = root {
+                // Checked again now: a symlink may have appeared since the task was created.
+                std::fs::create_dir_all(&dir)?;
+                if !blob::is_confined(&root, &dir)? {
+                    return Err(std::io::Error::other(format!("{} leaves storeDir", dir.display())));
+                }
+            }
+            blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed)
+        })
+        .await?;
+        let (code, final_path, error) = match verified {
+            Ok(Verified::Placed(path)) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
+            Ok(Verified::Md5Mismatch(got)) => {
+                (CallbackCode::Md5Mismatch, None, Some(format!("md5 mismatch: the received file's md5 is {got}")))
+            }
+            Err(e) => (CallbackCode::StorageError, None, Some(format!("cannot move the file into place: {e}"))),
+        };
+        let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
+        self.remove_temp(&task).await;
+        Ok(match ended {
+            Ok(()) => code.final_status(),
+            Err(now) => now.unwrap_or(code.final_status()),
+        })
+    }
+
+    /// Ends `task` if it is in one of `from` (and, with `idle_for`, still idle that long),
+    /// queuing its callback in the same transaction. `Err(current)` when it was not.
+    pub(super) async fn end_task(
+        &self,
+        task: &Task,
+        from: &[TaskStatus],
+        code: CallbackCode,
+        final_path: Option<String>,
+        error: Option<String>,
+        idle_for: Option<Duration>,
+    ) -> Result<Result<(), Option<TaskStatus>>, UploadError> {
+        let reported_path = final_path
+            .clone()
+            .unwrap_or_else(|| Path::new(&task.store_dir).join(&task.file_name).to_string_lossy().into_owned());
+        let body = callback::body(task, code, &reported_path);
+        let callback = match self.business_servers.by_token_sha256(&task.token_sha256) {
+            Some((token, server)) => NewCallback {
+                ret_code: code.ret_code().to_owned(),
+                notify_url: server.notify_url.clone(),
+                signature: business::sign(token, body.as_bytes()),
+                body,
+                undeliverable: None,
+            },
+            None => NewCallback {
+                ret_code: code.ret_code().to_owned(),
+                notify_url: String::new(),
+                signature: String::new(),
+                body,
+                undeliverable: Some(format!("business server {:?} is no longer in the config", task.business_server)),
+            },
+        };
+        let ending = TaskEnding { status: code.final_status(), final_path, error, idle_for };
+        let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
+        if ended.is_ok() {
+            tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
+            self.outbox_wakeup.notify_one();
+        }
+        Ok(ended)
+    }
+
+    pub(super) async fn remove_temp(&self, task: &Task) {
+        let path = PathBuf::from(&task.tmp_path);
+        if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
+            tracing::warn!(task_id = task.task_id, error = %e, "cannot remove the temp file");
+        }
+    }
+
+    /// Expires tasks idle for `taskTimeout`; returns how many.
+    pub async fn expire_idle_tasks(&self) -> Result<usize, UploadError> {
+        let timeout = Duration::from_secs(self.settings.task_timeout);
+        let mut expired = 0;
+        for task_id in self.store.idle_tasks(timeout).await? {
+            let Some(task) = self.store.task(task_id).await? else { continue };
+            let open = [TaskStatus::Upload, TaskStatus::Pause];
+            if self.end_task(&task, &open, CallbackCode::Expired, None, None, Some(timeout)).await?.is_ok() {
+                self.remove_temp(&task).await;
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    /// After a restart: finish the tasks caught in `verify`, and remove temp files that no open
+    /// task owns (tasks that ended before their temp file was removed, or were never recorded).
+    pub async fn recover(&self) -> Result<(), UploadError> {
+        for task_id in self.store.tasks_in_status(TaskStatus::Verify).await? {
+            tracing::info!(task_id, "verifying a task left in verify");
+            self.spawn_finish(task_id);
+        }
+        let tmp_dir = self.settings.tmp_dir.clone();
+        let entries = blocking(move || std::fs::read_dir(&tmp_dir).and_then(|dir| dir.collect::<Result<Vec<_>, _>>()))
+            .await?
+            .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
+        for entry in entries {
+            let path = entry.path();
+            let Some(task_id) = task_id_of_temp(&path) else { continue };
+            let owner = self.store.task(task_id).await?;
+            if owner.is_some_and(|task| !task.status.has_ended() || task.status == TaskStatus::Verify) {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing an orphaned temp file");
+            if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
+                tracing::warn!(error = %e, "cannot remove an orphaned temp file");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `task-123.part` → 123.
+fn task_id_of_temp(path: &Path) -> Option<i64> {
+    path.file_name()?.to_str()?.strip_prefix("task-")?.strip_suffix(".part")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_file_names_map_back_to_task_ids() {
+        assert_eq!(task_id_of_temp(Path::new("/t/task-12.part")), Some(12));
+        assert_eq!(task_id_of_temp(Path::new("/t/task-x.part")), None);
+        assert_eq!(task_id_of_temp(Path::new("/t/spool-1.part")), None);
+    }
+}

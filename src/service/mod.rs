@@ -1,0 +1,190 @@
+//! The use cases: create a task, receive a block, change state, list expected blocks, finish,
+//! expire, recover after a restart. No HTTP here: the handlers call these.
+
+mod block;
+mod business;
+mod claims;
+mod create;
+mod finish;
+mod state;
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::domain::{FieldError, TaskStatus, UploadKey};
+use crate::store::{Store, StoreError, Task};
+
+pub use block::{BlockAccepted, BlockPlan, ReceivedBlock};
+pub use business::BusinessServers;
+pub use create::{CreateTaskJson, CreatedTask};
+pub use state::{BlocksInfo, RequestedState};
+
+/// Why a request was refused. `http::error` maps each to its (HTTP status, retCode, text).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("not authorized")]
+    Unauthorized,
+    #[error("cannot find task")]
+    TaskNotFound,
+    #[error("disk error")]
+    Disk(#[source] io::Error),
+    #[error("task is paused")]
+    Paused,
+    #[error("task is already {0}")]
+    SameState(TaskStatus),
+    #[error("{0}")]
+    InvalidField(FieldError),
+    #[error("part md5 mismatch")]
+    PartMd5Mismatch,
+    #[error("{0}")]
+    BadRange(RangeProblem),
+    #[error("storePath not allowed")]
+    StorePathNotAllowed,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("task is {0} and no longer accepts this")]
+    TaskEnded(TaskStatus),
+    #[error("unknown system error")]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeProblem {
+    #[error("part index error: startByte > endByte")]
+    StartAfterEnd,
+    #[error("part index error: range {start}-{end} is outside the file of {size} bytes")]
+    OutsideFile { start: u64, end: u64, size: u64 },
+    #[error("part index error: {0}")]
+    BodyLength(String),
+}
+
+impl From<StoreError> for UploadError {
+    fn from(e: StoreError) -> Self {
+        UploadError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<FieldError> for UploadError {
+    fn from(e: FieldError) -> Self {
+        UploadError::InvalidField(e)
+    }
+}
+
+impl UploadError {
+    /// The refusal for a task found in `status` (or not found) when it had to be elsewhere.
+    fn for_status(status: Option<TaskStatus>) -> Self {
+        match status {
+            None => UploadError::TaskNotFound,
+            Some(TaskStatus::Pause) => UploadError::Paused,
+            Some(TaskStatus::Upload) => UploadError::Internal(anyhow::anyhow!("task changed state while in use")),
+            Some(ended) => UploadError::TaskEnded(ended),
+        }
+    }
+
+    fn disk(context: &str, e: io::Error) -> Self {
+        UploadError::Disk(io::Error::new(e.kind(), format!("{context}: {e}")))
+    }
+}
+
+/// How a request names a task: the `taskId` and `key` of its URL.
+#[derive(Debug, Clone)]
+pub struct TaskRef {
+    pub task_id: i64,
+    pub key: Option<String>,
+}
+
+/// The upload service. Cheap to clone; every clone shares the same state.
+#[derive(Clone)]
+pub struct Uploads {
+    store: Store,
+    settings: Arc<Settings>,
+    business_servers: Arc<BusinessServers>,
+    claims: claims::InFlightClaims,
+    /// Woken when a callback is queued, so the outbox worker sends it at once.
+    outbox_wakeup: Arc<Notify>,
+}
+
+impl Uploads {
+    /// `settings` must have absolute `tmpDir` and `storeDir` (see `startup`).
+    pub fn new(store: Store, settings: Arc<Settings>) -> Self {
+        Self {
+            business_servers: Arc::new(BusinessServers::new(&settings.business_servers)),
+            store,
+            settings,
+            claims: claims::InFlightClaims::default(),
+            outbox_wakeup: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn outbox_wakeup(&self) -> Arc<Notify> {
+        self.outbox_wakeup.clone()
+    }
+
+    /// The task, if it exists and the request carries its key. A wrong or missing key is
+    /// answered exactly like an unknown task.
+    async fn authorized_task(&self, task_ref: &TaskRef) -> Result<Task, UploadError> {
+        let task = self.store.task(task_ref.task_id).await?.ok_or(UploadError::TaskNotFound)?;
+        let key = UploadKey::from_stored(task.upload_key.clone());
+        let key_ok = match &task_ref.key {
+            Some(candidate) => key.matches(candidate),
+            None => !self.settings.require_upload_key,
+        };
+        if key_ok {
+            Ok(task)
+        } else {
+            Err(UploadError::TaskNotFound)
+        }
+    }
+}
+
+/// Runs blocking file work on the blocking pool, mapping a lost thread to an internal error.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| UploadError::Internal(anyhow::anyhow!("blocking task failed: {e}")))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::BusinessServer;
+
+    pub const TOKEN: &str = "cp1-secret";
+
+    pub struct TestUploads {
+        pub uploads: Uploads,
+        pub dir: tempfile::TempDir,
+    }
+
+    /// An upload service on a temp database and temp dirs, with one business server.
+    pub async fn test_uploads(tweak: impl FnOnce(&mut Settings)) -> TestUploads {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let mut settings = Settings::from_yaml("{}", Vec::new()).unwrap();
+        settings.tmp_dir = root.join("tmp");
+        settings.store_dir = root.join("store");
+        settings.database.url = format!("sqlite://{}", root.join("db.sqlite").display());
+        settings.business_servers = HashMap::from([(
+            TOKEN.to_owned(),
+            BusinessServer { name: "cp1".into(), notify_url: "http://127.0.0.1:9/cb".into() },
+        )]);
+        tweak(&mut settings);
+        std::fs::create_dir_all(&settings.tmp_dir).unwrap();
+        std::fs::create_dir_all(&settings.store_dir).unwrap();
+        let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
+        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), dir }
+    }
+}

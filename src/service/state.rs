@@ -1,0 +1,70 @@
+//! State changes asked by the client (pause, upload, cancel) and the expected-blocks listing.
+
+use super::{TaskRef, UploadError, Uploads};
+use crate::domain::{ByteRange, CallbackCode, FieldError, TaskStatus};
+
+/// A state a client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestedState {
+    Pause,
+    Upload,
+    Cancel,
+}
+
+impl RequestedState {
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        match text {
+            "pause" => Ok(RequestedState::Pause),
+            "upload" => Ok(RequestedState::Upload),
+            "cancel" => Ok(RequestedState::Cancel),
+            _ => Err(FieldError::new("status", "must be pause, upload or cancel")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlocksInfo {
+    pub task_id: i64,
+    pub total_size: u64,
+    pub received_size: u64,
+    pub status: TaskStatus,
+    pub expect_blocks: Vec<ByteRange>,
+}
+
+impl Uploads {
+    /// Returns the task's status afterwards.
+    pub async fn change_state(&self, task_ref: &TaskRef, wanted: RequestedState) -> Result<TaskStatus, UploadError> {
+        let task = self.authorized_task(task_ref).await?;
+        let (from, to) = match (wanted, task.status) {
+            (_, ended) if ended.has_ended() => return Err(UploadError::TaskEnded(ended)),
+            (RequestedState::Pause, TaskStatus::Pause) | (RequestedState::Upload, TaskStatus::Upload) => {
+                return Err(UploadError::SameState(task.status))
+            }
+            (RequestedState::Pause, _) => (TaskStatus::Upload, TaskStatus::Pause),
+            (RequestedState::Upload, _) => (TaskStatus::Pause, TaskStatus::Upload),
+            (RequestedState::Cancel, _) => {
+                let open = [TaskStatus::Upload, TaskStatus::Pause];
+                self.end_task(&task, &open, CallbackCode::Cancelled, None, None, None)
+                    .await?
+                    .map_err(|now| now.map_or(UploadError::TaskNotFound, UploadError::TaskEnded))?;
+                self.remove_temp(&task).await;
+                return Ok(TaskStatus::Cancel);
+            }
+        };
+        // Another request may have changed the state since it was read: report what it is now.
+        self.store.change_status(task.task_id, from, to).await?.map_err(|now| match now {
+            Some(status) if status == to => UploadError::SameState(status),
+            other => UploadError::for_status(other),
+        })?;
+        Ok(to)
+    }
+
+    pub async fn blocks_info(&self, task_ref: &TaskRef) -> Result<BlocksInfo, UploadError> {
+        let task = self.authorized_task(task_ref).await?;
+        let total_size = u64::try_from(task.file_size).unwrap_or(0);
+        // The gaps as they are, also for an ended task: its `status` says it takes no more.
+        let received_size = self.store.received_size(task.task_id).await?;
+        let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;
+        Ok(BlocksInfo { task_id: task.task_id, total_size, received_size, status: task.status, expect_blocks })
+    }
+}

@@ -1,0 +1,102 @@
+//! Builds the application: directories, database, recovery, HTTP server and background workers.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tracing_actix_web::TracingLogger;
+
+use crate::callback;
+use crate::config::Settings;
+use crate::http;
+use crate::service::Uploads;
+use crate::store::Store;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    uploads: Uploads,
+}
+
+impl Application {
+    /// Prepares everything and binds the listener (`server.port: 0` picks a free port).
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        prepare_dirs(&mut settings)?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
+        settings.server.port = listener.local_addr()?.port();
+        let readers = std::thread::available_parallelism().map_or(2, |n| n.get() as u32 * 2);
+        let store = Store::open(&settings.database.url, settings.durability, readers)
+            .await
+            .with_context(|| format!("opening the database {}", settings.database.url))?;
+        let uploads = Uploads::new(store, Arc::new(settings));
+        uploads.recover().await.map_err(|e| anyhow::anyhow!("recovering after restart: {e:?}"))?;
+        let data = web::Data::new(uploads.clone());
+        let server = HttpServer::new(move || {
+            App::new().wrap(TracingLogger::default()).app_data(data.clone()).configure(http::configure)
+        })
+        .listen(listener)?
+        .run();
+        Ok(Self { port: uploads.settings().server.port, server, uploads })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (and so `run_until_stopped`) from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops (signal or handle), with the callback outbox worker and the
+    /// expiry sweeper running beside it; then stops them and closes the database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let settings = self.uploads.settings();
+        let outbox = actix_web::rt::spawn(callback::run_outbox(
+            self.uploads.store().clone(),
+            settings.callback.clone(),
+            self.uploads.outbox_wakeup(),
+        ));
+        let sweeper = actix_web::rt::spawn(sweep_expired(self.uploads.clone()));
+        let served = self.server.await;
+        outbox.abort();
+        sweeper.abort();
+        self.uploads.store().close().await;
+        served.context("HTTP server")
+    }
+}
+
+/// Creates tmpDir and storeDir and makes them absolute, so stored paths do not depend on the
+/// working directory of a later start.
+fn prepare_dirs(settings: &mut Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.tmp_dir).with_context(|| format!("creating tmpDir {}", settings.tmp_dir.display()))?;
+    settings.tmp_dir = settings.tmp_dir.canonicalize()?;
+    if settings.store_dir.as_os_str().is_empty() {
+        tracing::warn!("storeDir is empty: business servers may store files at any absolute path");
+    } else {
+        std::fs::create_dir_all(&settings.store_dir)
+            .with_context(|| format!("creating storeDir {}", settings.store_dir.display()))?;
+        settings.store_dir = settings.store_dir.canonicalize()?;
+    }
+    Ok(())
+}
+
+/// Expires idle tasks, looking a few times per `taskTimeout`.
+async fn sweep_expired(uploads: Uploads) {
+    let every = Duration::from_millis(uploads.settings().task_timeout.saturating_mul(250))
+        .clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match uploads.expire_idle_tasks().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired idle tasks"),
+            Err(e) => tracing::error!(error = ?e, "expiry sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The only place SQL appears. SQLite holds the truth: tasks, received ranges, the callback outbox.
+//!
+//! One writer connection serialises every write (SQLite allows one writer at a time anyway, and a
+//! single connection never meets SQLITE_BUSY from this process); readers use their own pool and,
+//! with WAL, never wait for the writer. Statements are prepared once per connection and cached.
+//! Queries are checked at run time: the tests exercise every one of them.
+
+mod outbox;
+mod ranges;
+mod tasks;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Decode, Sqlite};
+
+use crate::config::Durability;
+use crate::domain::TaskStatus;
+
+pub use outbox::{DueCallback, NewCallback};
+pub use ranges::BlockCommit;
+pub use tasks::{NewTask, Task, TaskEnding};
+
+/// Errors of this layer: the database failed, or holds something this version cannot read.
+pub type StoreError = sqlx::Error;
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `url` and applies the migrations.
+    pub async fn open(url: &str, durability: Durability, readers: u32) -> Result<Self, StoreError> {
+        let synchronous = match durability {
+            // In WAL mode NORMAL commits survive a process crash; FULL also fsyncs each commit.
+            Durability::Process => SqliteSynchronous::Normal,
+            Durability::Power => SqliteSynchronous::Full,
+        };
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+        }
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// Timestamps are ISO-8601 UTC text with milliseconds, so they compare as text.
+fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn now() -> String {
+    timestamp(SystemTime::now())
+}
+
+impl sqlx::Type<Sqlite> for TaskStatus {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <str as sqlx::Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for TaskStatus {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as Decode<Sqlite>>::decode(value)?;
+        Ok(text.parse::<TaskStatus>()?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A store on a fresh database file in its own temp dir.
+    pub async fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        (Store::open(&url, Durability::Process, 2).await.unwrap(), dir)
+    }
+}

@@ -1,0 +1,119 @@
+//! The `callback_outbox` table: callbacks waiting for a 2xx from their business server.
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::SqliteConnection;
+
+use super::{now, timestamp, Store, StoreError};
+
+/// A callback to queue with the task's ending.
+#[derive(Debug, Clone)]
+pub struct NewCallback {
+    pub ret_code: String,
+    pub notify_url: String,
+    pub body: String,
+    pub signature: String,
+    /// Set when the callback cannot be sent at all (its business server is gone from the
+    /// config): the row is written as `failed` with this error, for the record.
+    pub undeliverable: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueCallback {
+    pub callback_id: i64,
+    pub task_id: i64,
+    pub notify_url: String,
+    pub body: String,
+    pub signature: String,
+    pub attempts: i64,
+}
+
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    callback: &NewCallback,
+    now: &str,
+) -> Result<(), StoreError> {
+    let status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
+    sqlx::query(
+        "INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status, next_attempt_at,
+             last_error, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)",
+    )
+    .bind(task_id)
+    .bind(&callback.ret_code)
+    .bind(&callback.notify_url)
+    .bind(&callback.body)
+    .bind(&callback.signature)
+    .bind(status)
+    .bind(now)
+    .bind(&callback.undeliverable)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Pending callbacks whose next attempt is due, oldest first.
+    pub async fn due_callbacks(&self, limit: u32) -> Result<Vec<DueCallback>, StoreError> {
+        sqlx::query_as(
+            "SELECT callback_id, task_id, notify_url, body, signature, attempts FROM callback_outbox
+             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+        )
+        .bind(now())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// How long until the next pending callback is due; `None` when none is pending.
+    pub async fn next_callback_due_in(&self) -> Result<Option<Duration>, StoreError> {
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM callback_outbox WHERE status = 'pending'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(next.map(|at| {
+            humantime::parse_rfc3339(&at)
+                .ok()
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::ZERO)
+        }))
+    }
+
+    pub async fn callback_delivered(&self, callback_id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callback_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2, last_error = NULL
+             WHERE callback_id = ?1",
+        )
+        .bind(callback_id)
+        .bind(now())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: the callback is tried again after `retry_in`, or, with `None`,
+    /// gives up as `failed`. `last_error` stays visible either way.
+    pub async fn callback_attempt_failed(
+        &self,
+        callback_id: i64,
+        error: &str,
+        retry_in: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (status, next) = match retry_in {
+            Some(delay) => ("pending", SystemTime::now() + delay),
+            None => ("failed", SystemTime::now()),
+        };
+        sqlx::query(
+            "UPDATE callback_outbox SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4
+             WHERE callback_id = ?1",
+        )
+        .bind(callback_id)
+        .bind(status)
+        .bind(timestamp(next))
+        .bind(error)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! The `received_ranges` table: coalesced inclusive byte ranges, and the gap query over them.
+
+use sqlx::SqliteConnection;
+
+use super::{now, Store, StoreError};
+use crate::domain::{BlockMerge, ByteRange, TaskStatus};
+
+/// The state of a task after a block's ranges were committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCommit {
+    /// Bytes the block added that were not recorded before.
+    pub new_bytes: u64,
+    pub received_size: u64,
+    /// `Verify` when this block completed the file, else `Upload`.
+    pub status: TaskStatus,
+}
+
+fn to_sql(offset: u64) -> i64 {
+    // Offsets are below the file size, which FileSize keeps within 63 bits.
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
+    u64::try_from(start)
+        .ok()
+        .zip(u64::try_from(end).ok())
+        .and_then(|(start, end)| ByteRange::new(start, end))
+        .ok_or_else(|| StoreError::Protocol(format!("stored range {start}-{end} is not a valid range")))
+}
+
+impl Store {
+    /// Records `written` (ranges of the task's temp file that now hold the block's bytes) in one
+    /// transaction: the task must still be `upload`; its idle clock restarts; each range is merged
+    /// with the ranges it touches; and the task moves to `verify` if the file is now complete.
+    /// `Err(current)` when the task is not in `upload` (`None`: no such task); nothing is written.
+    pub async fn commit_block(
+        &self,
+        task_id: i64,
+        file_size: u64,
+        written: &[ByteRange],
+    ) -> Result<Result<BlockCommit, Option<TaskStatus>>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let touched = sqlx::query("UPDATE upload_tasks SET updated_at = ?2 WHERE task_id = ?1 AND status = 'upload'")
+            .bind(task_id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if touched == 0 {
+            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
+        }
+        let mut new_bytes = 0;
+        for &range in written {
+            new_bytes += insert_coalesced(&mut tx, task_id, range).await?;
+        }
+        let received_size = received_size(&mut tx, task_id).await?;
+        let status = if received_size >= file_size { TaskStatus::Verify } else { TaskStatus::Upload };
+        if status == TaskStatus::Verify {
+            sqlx::query("UPDATE upload_tasks SET status = 'verify' WHERE task_id = ?1")
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(BlockCommit { new_bytes, received_size, status }))
+    }
+
+    /// The byte ranges of `[0, file_size)` not yet received, ascending, computed by SQLite
+    /// from the gaps between stored ranges.
+    pub async fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError> {
+        // `covered_before` is the furthest byte any earlier range reaches, so the query stays
+        // right even if ranges overlapped; the second SELECT is the gap after the last range.
+        let gaps: Vec<(i64, i64)> = sqlx::query_as(
+            "WITH ordered AS (
+                 SELECT start_byte,
+                        MAX(end_byte) OVER (ORDER BY start_byte ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                            AS covered_before
+                 FROM received_ranges WHERE task_id = ?1
+             )
+             SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
+             FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
+             UNION ALL
+             SELECT gap_start, gap_end FROM (
+                 SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
+                 FROM received_ranges WHERE task_id = ?1
+             ) WHERE gap_start <= gap_end
+             ORDER BY gap_start",
+        )
+        .bind(task_id)
+        .bind(to_sql(file_size))
+        .fetch_all(&self.reader)
+        .await?;
+        gaps.into_iter().map(|(start, end)| from_sql(start, end)).collect()
+    }
+
+    /// The stored ranges that overlap `within`.
+    pub async fn received_within(&self, task_id: i64, within: ByteRange) -> Result<Vec<ByteRange>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        ranges_overlapping(&mut conn, task_id, within.start(), within.end()).await
+    }
+
+    pub async fn received_size(&self, task_id: i64) -> Result<u64, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        received_size(&mut conn, task_id).await
+    }
+}
+
+async fn received_size(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(end_byte - start_byte + 1), 0) FROM received_ranges WHERE task_id = ?1",
+    )
+    .bind(task_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
+/// The stored ranges that overlap `[low, high]`: those starting inside it, plus the last one
+/// starting before `low` if it reaches `low`. Both parts walk the primary key.
+async fn ranges_overlapping(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    low: u64,
+    high: u64,
+) -> Result<Vec<ByteRange>, StoreError> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT start_byte, end_byte FROM (
+             SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte < ?2
+             ORDER BY start_byte DESC LIMIT 1
+         ) WHERE end_byte >= ?2
+         UNION ALL
+         SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3",
+    )
+    .bind(task_id)
+    .bind(to_sql(low))
+    .bind(to_sql(high))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(|(start, end)| from_sql(start, end)).collect()
+}
+
+/// Merges `range` with the stored ranges it overlaps or touches; returns how many bytes it added.
+async fn insert_coalesced(conn: &mut SqliteConnection, task_id: i64, range: ByteRange) -> Result<u64, StoreError> {
+    let touching =
+        ranges_overlapping(&mut *conn, task_id, range.start().saturating_sub(1), range.end().saturating_add(1)).await?;
+    let merge = BlockMerge::of(range, &touching);
+    if merge.new_bytes == 0 {
+        return Ok(0);
+    }
+    // Every touching range starts inside the merged one, and no other range does.
+    sqlx::query("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3")
+        .bind(task_id)
+        .bind(to_sql(merge.merged.start()))
+        .bind(to_sql(merge.merged.end()))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?1, ?2, ?3)")
+        .bind(task_id)
+        .bind(to_sql(merge.merged.start()))
+        .bind(to_sql(merge.merged.end()))
+        .execute(&mut *conn)
+        .await?;
+    Ok(merge.new_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tasks::tests::new_task;
+    use crate::store::test_support::temp_store;
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange::new(start, end).unwrap()
+    }
+
+    async fn task_of(store: &Store, size: i64) -> i64 {
+        store.create_or_resume_task(&new_task(size)).await.unwrap().0.task_id
+    }
+
+    async fn stored(store: &Store, task_id: i64) -> Vec<ByteRange> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 ORDER BY start_byte")
+                .bind(task_id)
+                .fetch_all(&store.reader)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(s, e)| from_sql(s, e).unwrap()).collect()
+    }
+
+    async fn commit(store: &Store, task_id: i64, size: u64, range: ByteRange) -> BlockCommit {
+        store.commit_block(task_id, size, &[range]).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fresh_task_expects_the_whole_file() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(0, 99)]);
+        assert_eq!(store.received_size(id).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn gaps_at_the_start_middle_and_end() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        commit(&store, id, 100, r(10, 19)).await;
+        commit(&store, id, 100, r(40, 49)).await;
+        assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(0, 9), r(20, 39), r(50, 99)]);
+        commit(&store, id, 100, r(0, 0)).await;
+        commit(&store, id, 100, r(99, 99)).await;
+        assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(1, 9), r(20, 39), r(50, 98)]);
+        assert_eq!(store.received_size(id).await.unwrap(), 22);
+    }
+
+    #[tokio::test]
+    async fn adjacent_and_overlapping_blocks_coalesce_into_one_row() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        assert_eq!(commit(&store, id, 100, r(20, 29)).await.new_bytes, 10);
+        assert_eq!(commit(&store, id, 100, r(30, 39)).await.new_bytes, 10);
+        assert_eq!(commit(&store, id, 100, r(5, 19)).await.new_bytes, 15);
+        assert_eq!(commit(&store, id, 100, r(35, 44)).await.new_bytes, 5);
+        assert_eq!(stored(&store, id).await, vec![r(5, 44)]);
+        let repeat = commit(&store, id, 100, r(10, 20)).await;
+        assert_eq!((repeat.new_bytes, repeat.received_size), (0, 40));
+        assert_eq!(stored(&store, id).await, vec![r(5, 44)]);
+    }
+
+    #[tokio::test]
+    async fn a_block_bridging_two_ranges_merges_all_three() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        commit(&store, id, 100, r(0, 9)).await;
+        commit(&store, id, 100, r(20, 29)).await;
+        commit(&store, id, 100, r(50, 59)).await;
+        assert_eq!(commit(&store, id, 100, r(10, 19)).await.new_bytes, 10);
+        assert_eq!(stored(&store, id).await, vec![r(0, 29), r(50, 59)]);
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_completes_the_file_and_moves_it_to_verify() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        assert_eq!(commit(&store, id, 100, r(0, 98)).await.status, TaskStatus::Upload);
+        let last = commit(&store, id, 100, r(99, 99)).await;
+        assert_eq!(last, BlockCommit { new_bytes: 1, received_size: 100, status: TaskStatus::Verify });
+        assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![]);
+        assert_eq!(store.commit_block(id, 100, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
+    }
+
+    #[tokio::test]
+    async fn single_byte_file_and_a_block_covering_everything() {
+        let (store, _dir) = temp_store().await;
+        let one = task_of(&store, 1).await;
+        assert_eq!(store.expected_blocks(one, 1).await.unwrap(), vec![r(0, 0)]);
+        assert_eq!(commit(&store, one, 1, r(0, 0)).await.status, TaskStatus::Verify);
+        let big = task_of(&store, 1000).await;
+        commit(&store, big, 1000, r(3, 3)).await;
+        commit(&store, big, 1000, r(500, 600)).await;
+        let all = commit(&store, big, 1000, r(0, 999)).await;
+        assert_eq!((all.new_bytes, all.status), (1000 - 1 - 101, TaskStatus::Verify));
+        assert_eq!(stored(&store, big).await, vec![r(0, 999)]);
+    }
+
+    #[tokio::test]
+    async fn blocks_are_refused_unless_the_task_is_uploading() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap().unwrap();
+        assert_eq!(store.commit_block(id, 100, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
+        assert_eq!(store.commit_block(4242, 100, &[r(0, 9)]).await.unwrap(), Err(None));
+        assert_eq!(stored(&store, id).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn received_within_finds_the_overlapping_ranges() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 100).await;
+        for range in [r(0, 9), r(20, 29), r(40, 49)] {
+            commit(&store, id, 100, range).await;
+        }
+        assert_eq!(store.received_within(id, r(5, 25)).await.unwrap(), vec![r(0, 9), r(20, 29)]);
+        assert_eq!(store.received_within(id, r(10, 19)).await.unwrap(), vec![]);
+        assert_eq!(store.received_within(id, r(29, 40)).await.unwrap(), vec![r(20, 29), r(40, 49)]);
+        assert_eq!(store.received_within(id, r(50, 99)).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn gap_query_stays_right_with_many_ranges() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 30_000).await;
+        let ranges: Vec<ByteRange> = (0..10_000).map(|i| r(i * 3, i * 3 + 1)).collect();
+        store.commit_block(id, 30_000, &ranges).await.unwrap().unwrap();
+        let gaps = store.expected_blocks(id, 30_000).await.unwrap();
+        assert_eq!(gaps.len(), 10_000);
+        assert_eq!(gaps[0], r(2, 2));
+        assert_eq!(gaps[9_999], r(29_999, 29_999));
+    }
+}
