@@ -32,6 +32,19 @@ pub fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// A fresh name in `tmp_dir` for a block body held until its range is known.
+pub fn spool_path(tmp_dir: &Path) -> io::Result<PathBuf> {
+    let mut name = [0u8; 8];
+    getrandom::getrandom(&mut name).map_err(io::Error::other)?;
+    Ok(tmp_dir.join(format!("{SPOOL_PREFIX}{}.part", hex::encode(name))))
+}
+
+const SPOOL_PREFIX: &str = "spool-";
+
+pub fn is_spool(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(SPOOL_PREFIX))
+}
+
 /// What streaming a block's body produced.
 #[derive(Debug)]
 pub struct StreamedBlock {
@@ -82,8 +95,8 @@ where
         match chunk {
             Ok(bytes) => {
                 body_len += bytes.len() as u64;
-                if body_len > range.len() {
-                    outcome = Err(StreamError::TooLong(range.len()));
+                if body_len > range.size() {
+                    outcome = Err(StreamError::TooLong(range.size()));
                     break;
                 }
                 if chunks.send(bytes).await.is_err() {
@@ -120,7 +133,7 @@ fn write_chunks(
         if let (Some(pieces), Some(chunk_range)) = (pieces.as_mut(), chunk_range) {
             for target in writes.iter().filter_map(|w| w.intersection(&chunk_range)) {
                 let from = (target.start() - offset) as usize;
-                pieces.write_at(target.start(), &chunk[from..from + target.len() as usize])?;
+                pieces.write_at(target.start(), &chunk[from..from + target.size() as usize])?;
             }
         }
         offset += chunk.len() as u64;
@@ -239,7 +252,8 @@ fn link_without_clobbering(source: &Path, dir: &Path, file_name: &str) -> io::Re
             Ok(()) => return Ok(candidate),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Linked by an earlier attempt of this same finish?
-                if fs::metadata(&candidate).is_ok_and(|m| m.dev() == source_meta.dev() && m.ino() == source_meta.ino()) {
+                if fs::metadata(&candidate).is_ok_and(|m| m.dev() == source_meta.dev() && m.ino() == source_meta.ino())
+                {
                     return Ok(candidate);
                 }
             }

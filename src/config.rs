@@ -145,14 +145,12 @@ impl Settings {
     }
 
     pub fn from_yaml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
-        let file = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
-            .build()?;
+        let file =
+            config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Yaml)).build()?;
         let mut builder = config::Config::builder().add_source(file.clone());
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
-            let key = known_key(&file, path)
-                .with_context(|| format!("{name}: no such setting"))?;
+            let key = known_key(&file, path).with_context(|| format!("{name}: no such setting"))?;
             builder = builder.set_override(key, value)?;
         }
         let settings: Settings = builder.build()?.try_deserialize()?;

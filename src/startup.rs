@@ -73,7 +73,8 @@ impl Application {
 /// Creates tmpDir and storeDir and makes them absolute, so stored paths do not depend on the
 /// working directory of a later start.
 fn prepare_dirs(settings: &mut Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.tmp_dir).with_context(|| format!("creating tmpDir {}", settings.tmp_dir.display()))?;
+    std::fs::create_dir_all(&settings.tmp_dir)
+        .with_context(|| format!("creating tmpDir {}", settings.tmp_dir.display()))?;
     settings.tmp_dir = settings.tmp_dir.canonicalize()?;
     if settings.store_dir.as_os_str().is_empty() {
         tracing::warn!("storeDir is empty: business servers may store files at any absolute path");

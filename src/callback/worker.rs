@@ -24,10 +24,7 @@ pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
 /// Runs until the task is dropped. awc's client is not `Send`: this runs on the thread that
 /// spawned it, with its own client.
 pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<Notify>) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(settings.timeout))
-        .disable_redirects()
-        .finish();
+    let client = awc::Client::builder().timeout(Duration::from_secs(settings.timeout)).disable_redirects().finish();
     loop {
         match store.due_callbacks(BATCH).await {
             Ok(due) if !due.is_empty() => {

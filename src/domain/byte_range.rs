@@ -28,7 +28,8 @@ impl ByteRange {
         self.end
     }
 
-    pub fn len(&self) -> u64 {
+    /// Bytes in the range (at least one).
+    pub fn size(&self) -> u64 {
         self.end - self.start + 1
     }
 
@@ -84,15 +85,12 @@ impl BlockMerge {
         let mut merged = added;
         let mut already_held = 0;
         for stored in neighbours.iter().filter(|n| n.touches(&added)) {
-            merged = ByteRange {
-                start: merged.start.min(stored.start),
-                end: merged.end.max(stored.end),
-            };
-            already_held += stored.len();
+            merged = ByteRange { start: merged.start.min(stored.start), end: merged.end.max(stored.end) };
+            already_held += stored.size();
         }
         // The merged range is the union of `added` and the disjoint neighbours, so whatever
         // it holds beyond them is what `added` brought.
-        BlockMerge { merged, new_bytes: merged.len() - already_held }
+        BlockMerge { merged, new_bytes: merged.size() - already_held }
     }
 }
 
@@ -107,7 +105,7 @@ mod tests {
     #[test]
     fn new_refuses_start_after_end_and_whole_refuses_empty_file() {
         assert_eq!(ByteRange::new(5, 4), None);
-        assert_eq!(ByteRange::new(4, 4).map(|b| b.len()), Some(1));
+        assert_eq!(ByteRange::new(4, 4).map(|b| b.size()), Some(1));
         assert_eq!(ByteRange::whole(0), None);
         assert_eq!(ByteRange::whole(1), Some(r(0, 0)));
         assert_eq!(ByteRange::whole(u64::MAX).map(|b| b.end()), Some(u64::MAX - 1));

@@ -101,9 +101,7 @@ impl FileSize {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(FieldError::new(Self::FIELD, "must be a non-negative integer"));
         }
-        text.parse::<u64>()
-            .map_err(|_| FieldError::new(Self::FIELD, "must fit in 63 bits"))
-            .and_then(Self::new)
+        text.parse::<u64>().map_err(|_| FieldError::new(Self::FIELD, "must fit in 63 bits")).and_then(Self::new)
     }
 
     pub fn bytes(self) -> u64 {
@@ -151,7 +149,12 @@ mod tests {
     fn md5_accepts_any_case_and_keeps_lower() {
         let md5 = Md5Hex::parse("fileMd5", "04465D416b4eca345976021db8698f15").unwrap();
         assert_eq!(md5.as_str(), "04465d416b4eca345976021db8698f15");
-        for bad in ["", "04465d416b4eca345976021db8698f1", "04465d416b4eca345976021db8698f1g", "é4465d416b4eca345976021db8698f1"] {
+        for bad in [
+            "",
+            "04465d416b4eca345976021db8698f1",
+            "04465d416b4eca345976021db8698f1g",
+            "é4465d416b4eca345976021db8698f1",
+        ] {
             assert!(Md5Hex::parse("fileMd5", bad).is_err(), "{bad}");
         }
     }

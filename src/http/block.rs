@@ -53,7 +53,9 @@ pub async fn upload_block(
     let task = task_ref(&req)?;
     let mut text = TextFields::default();
     let mut body = None;
-    while let Some(field) = multipart.try_next().await.map_err(|e| ApiError::field("body", format!("bad multipart: {e}")))? {
+    while let Some(field) =
+        multipart.try_next().await.map_err(|e| ApiError::field("body", format!("bad multipart: {e}")))?
+    {
         match field.name().unwrap_or_default() {
             "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
             "file" => body = Some(receive_file(&uploads, &task, &text, field).await?),
@@ -69,7 +71,7 @@ pub async fn upload_block(
         Some(Body::Spooled(spool)) => {
             let (start, end) = range_fields(&text)?;
             let plan = uploads.plan_block(&task, start, end).await?;
-            let stream = blob::read_stream(&spool.path).await.map_err(|e| UploadError::Disk(e))?;
+            let stream = blob::read_stream(&spool.path).await.map_err(UploadError::Disk)?;
             uploads.receive_block(plan, stream).await?
         }
     };
@@ -146,9 +148,7 @@ struct Spool {
 
 impl Spool {
     async fn fill(uploads: &Uploads, field: Field) -> Result<Self, ApiError> {
-        let mut name = [0u8; 8];
-        getrandom::getrandom(&mut name).map_err(|e| UploadError::Internal(anyhow::anyhow!("no randomness: {e}")))?;
-        let spool = Spool { path: uploads.settings().tmp_dir.join(format!("spool-{}.part", hex::encode(name))) };
+        let spool = Spool { path: blob::spool_path(&uploads.settings().tmp_dir).map_err(UploadError::Disk)? };
         let limit = uploads.settings().max_block_size;
         let whole = ByteRange::new(0, limit.saturating_sub(1)).ok_or_else(|| ApiError::field("file", "is empty"))?;
         let path = spool.path.clone();

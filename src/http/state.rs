@@ -31,7 +31,9 @@ pub async fn change_state(
         serde_json::from_slice(&body).map_err(|e| ApiError::field("body", format!("must be a JSON object: {e}")))?;
     let body_task_id = match json.get("taskId") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => Some(n.as_i64().ok_or_else(|| ApiError::field("taskId", "must be an integer"))?),
+        Some(serde_json::Value::Number(n)) => {
+            Some(n.as_i64().ok_or_else(|| ApiError::field("taskId", "must be an integer"))?)
+        }
         Some(serde_json::Value::String(text)) => Some(parse_task_id(text)?),
         Some(_) => return Err(ApiError::field("taskId", "must be an integer")),
     };
@@ -43,7 +45,9 @@ pub async fn change_state(
         (None, None) => return Err(ApiError::field("taskId", "is required")),
     };
     let wanted = match json.get("status") {
-        Some(serde_json::Value::String(text)) => RequestedState::parse(text).map_err(crate::service::UploadError::from)?,
+        Some(serde_json::Value::String(text)) => {
+            RequestedState::parse(text).map_err(crate::service::UploadError::from)?
+        }
         _ => return Err(ApiError::field("status", "must be pause, upload or cancel")),
     };
     let status = uploads.change_state(&TaskRef { task_id, key }, wanted).await?;

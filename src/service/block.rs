@@ -57,10 +57,10 @@ impl Uploads {
         if end >= file_size {
             return Err(UploadError::BadRange(RangeProblem::OutsideFile { start, end, size: file_size }));
         }
-        if range.len() > self.settings.max_block_size {
+        if range.size() > self.settings.max_block_size {
             return Err(UploadError::TooLarge(format!(
                 "block of {} bytes is larger than maxBlockSize {}",
-                range.len(),
+                range.size(),
                 self.settings.max_block_size
             )));
         }
@@ -80,10 +80,13 @@ impl Uploads {
     {
         let fsync = self.settings.durability == Durability::Power;
         let (path, range, writes) = (plan.tmp_path.clone(), plan.range, plan.writes.clone());
-        let (streamed, plan) = blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
-            StreamError::TooLong(_) | StreamError::Body(_) => UploadError::BadRange(RangeProblem::BodyLength(e.to_string())),
-            StreamError::Disk(e) => UploadError::disk("cannot write block", e),
-        })?;
+        let (streamed, plan) =
+            blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
+                StreamError::TooLong(_) | StreamError::Body(_) => {
+                    UploadError::BadRange(RangeProblem::BodyLength(e.to_string()))
+                }
+                StreamError::Disk(e) => UploadError::disk("cannot write block", e),
+            })?;
         Ok(ReceivedBlock { plan, streamed })
     }
 
@@ -95,12 +98,12 @@ impl Uploads {
         part_md5: Option<Md5Hex>,
     ) -> Result<BlockAccepted, UploadError> {
         let ReceivedBlock { plan, streamed } = block;
-        if streamed.body_len != plan.range.len() {
+        if streamed.body_len != plan.range.size() {
             return Err(UploadError::BadRange(RangeProblem::BodyLength(format!(
                 "the file part holds {} bytes, the range {} needs {}",
                 streamed.body_len,
                 plan.range,
-                plan.range.len()
+                plan.range.size()
             ))));
         }
         match part_md5 {

@@ -39,8 +39,12 @@ impl Uploads {
         if task.status != TaskStatus::Verify {
             return Ok(task.status);
         }
-        let (tmp, dir, name, expected) =
-            (PathBuf::from(&task.tmp_path), PathBuf::from(&task.store_dir), task.file_name.clone(), task.file_md5.clone());
+        let (tmp, dir, name, expected) = (
+            PathBuf::from(&task.tmp_path),
+            PathBuf::from(&task.store_dir),
+            task.file_name.clone(),
+            task.file_md5.clone(),
+        );
         let root = self.settings.store_root().map(Path::to_path_buf);
         let fsync = self.settings.durability == Durability::Power;
         let verified = blocking(move || -> std::io::Result<Verified> {
@@ -148,9 +152,14 @@ impl Uploads {
             .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
         for entry in entries {
             let path = entry.path();
-            let Some(task_id) = task_id_of_temp(&path) else { continue };
-            let owner = self.store.task(task_id).await?;
-            if owner.is_some_and(|task| !task.status.has_ended() || task.status == TaskStatus::Verify) {
+            let orphaned = match task_id_of_temp(&path) {
+                Some(task_id) => !self.store.task(task_id).await?.is_some_and(|task| {
+                    matches!(task.status, TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)
+                }),
+                // A spooled block body: its request is gone.
+                None => blob::is_spool(&path),
+            };
+            if !orphaned {
                 continue;
             }
             tracing::info!(path = %path.display(), "removing an orphaned temp file");

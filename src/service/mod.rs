@@ -166,7 +166,7 @@ pub(crate) mod test_support {
 
     pub struct TestUploads {
         pub uploads: Uploads,
-        pub dir: tempfile::TempDir,
+        pub _dir: tempfile::TempDir,
     }
 
     /// An upload service on a temp database and temp dirs, with one business server.
@@ -185,6 +185,6 @@ pub(crate) mod test_support {
         std::fs::create_dir_all(&settings.tmp_dir).unwrap();
         std::fs::create_dir_all(&settings.store_dir).unwrap();
         let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
-        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), dir }
+        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), _dir: dir }
     }
 }

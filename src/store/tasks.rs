@@ -139,14 +139,15 @@ impl Store {
         to: TaskStatus,
     ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
         let mut conn = self.writer.acquire().await?;
-        let changed = sqlx::query("UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2")
-            .bind(task_id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(now())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        let changed =
+            sqlx::query("UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2")
+                .bind(task_id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(now())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
         if changed == 1 {
             Ok(Ok(()))
         } else {

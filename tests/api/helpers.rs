@@ -1,0 +1,378 @@
+//! Spawns the real server on a random loopback port with temp dirs, plus a callback receiver,
+//! and talks HTTP to them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use fupload::config::{BusinessServer, Settings};
+use fupload::startup::Application;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const TOKEN: &str = "cp1-secret";
+
+pub fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+/// Deterministic test data.
+pub fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32 % 32) as u8 ^ seed).collect()
+}
+
+/// A callback the business server received.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    pub signature: String,
+    pub raw_body: Vec<u8>,
+    pub json: Value,
+}
+
+impl Callback {
+    pub fn signature_is_valid(&self) -> bool {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(TOKEN.as_bytes()).unwrap();
+        mac.update(&self.raw_body);
+        self.signature == format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// An in-test business server that records callbacks and answers with a settable status.
+#[derive(Clone)]
+pub struct CallbackReceiver {
+    pub received: Arc<Mutex<Vec<Callback>>>,
+    /// Statuses to answer with, in order; when empty, 200.
+    pub answers: Arc<Mutex<Vec<u16>>>,
+    pub url: String,
+    _server: Arc<StopOnDrop>,
+}
+
+async fn record_callback(req: HttpRequest, body: web::Bytes, receiver: web::Data<CallbackReceiver>) -> HttpResponse {
+    let answer = {
+        let mut answers = receiver.answers.lock().unwrap();
+        if answers.is_empty() {
+            200
+        } else {
+            answers.remove(0)
+        }
+    };
+    if answer == 200 {
+        let signature =
+            req.headers().get("x-fupload-signature").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        receiver.received.lock().unwrap().push(Callback { signature, raw_body: body.to_vec(), json });
+    }
+    HttpResponse::build(StatusCode::from_u16(answer).unwrap()).finish()
+}
+
+impl CallbackReceiver {
+    pub async fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let url = format!("http://127.0.0.1:{port}/api/business/fupload/callback");
+        let slot: Arc<Mutex<Option<CallbackReceiver>>> = Arc::new(Mutex::new(None));
+        let slot_in_app = slot.clone();
+        let server = HttpServer::new(move || {
+            let receiver = slot_in_app.lock().unwrap().clone().expect("receiver is set before serving");
+            App::new()
+                .app_data(web::Data::new(receiver))
+                .route("/api/business/fupload/callback", web::post().to(record_callback))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let receiver = CallbackReceiver { received, answers, url, _server: Arc::new(StopOnDrop(server.handle())) };
+        *slot.lock().unwrap() = Some(receiver.clone());
+        actix_web::rt::spawn(server);
+        receiver
+    }
+
+    pub fn callbacks(&self) -> Vec<Callback> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` callbacks arrived; panics after 15 s.
+    pub async fn wait_for(&self, n: usize) -> Vec<Callback> {
+        for _ in 0..300 {
+            let got = self.callbacks();
+            if got.len() >= n {
+                return got;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} callbacks, got {:?}", self.callbacks());
+    }
+}
+
+/// Stops a server when the test lets go of it (the stop command is sent at once).
+pub struct StopOnDrop(ServerHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        drop(self.0.stop(false));
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub settings: Settings,
+    pub dir: Arc<tempfile::TempDir>,
+    pub callbacks: CallbackReceiver,
+    handle: ServerHandle,
+    _server: StopOnDrop,
+    running: actix_web::rt::task::JoinHandle<anyhow::Result<()>>,
+    client: awc::Client,
+}
+
+/// A task as the create reply describes it.
+#[derive(Debug, Clone)]
+pub struct TaskUrls {
+    pub task_id: i64,
+    pub upload_url: String,
+    pub blocks_url: String,
+    pub state_url: String,
+}
+
+/// A reply: HTTP status and the JSON envelope.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn ret_code(&self) -> &str {
+        self.json["retCode"].as_str().unwrap_or("<none>")
+    }
+
+    /// Asserts (HTTP status, retCode), showing the whole reply when they differ.
+    pub fn expect(&self, status: u16, ret_code: &str) -> &Self {
+        assert_eq!((self.status, self.ret_code()), (status, ret_code), "reply: {}", self.json);
+        self
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let callbacks = CallbackReceiver::start().await;
+    let mut settings = Settings::from_yaml("{}", Vec::new()).unwrap();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.database.url = format!("sqlite://{}", dir.path().join("fupload.db").display());
+    settings.tmp_dir = dir.path().join("tmp");
+    settings.store_dir = dir.path().join("store");
+    settings.callback.initial_backoff = 0.05;
+    settings.callback.max_backoff = 0.2;
+    settings.business_servers =
+        HashMap::from([(TOKEN.to_owned(), BusinessServer { name: "cp1".into(), notify_url: callbacks.url.clone() })]);
+    tweak(&mut settings);
+    start(settings, dir, callbacks).await
+}
+
+/// A server on an existing database and directories.
+pub async fn restart_on(settings: Settings, dir: Arc<tempfile::TempDir>, callbacks: CallbackReceiver) -> TestApp {
+    start(settings, dir, callbacks).await
+}
+
+async fn start(settings: Settings, dir: Arc<tempfile::TempDir>, callbacks: CallbackReceiver) -> TestApp {
+    let app = Application::build(settings.clone()).await.expect("the app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let running = actix_web::rt::spawn(app.run_until_stopped());
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    TestApp { base, settings, dir, callbacks, _server: StopOnDrop(handle.clone()), handle, running, client }
+}
+
+impl TestApp {
+    /// Stops the server and its workers, as a shutdown would.
+    pub async fn stop(self) -> (Settings, Arc<tempfile::TempDir>, CallbackReceiver) {
+        self.handle.stop(false).await;
+        self.running.await.unwrap().unwrap();
+        (self.settings, self.dir, self.callbacks)
+    }
+
+    /// A new server on the same database and directories.
+    pub async fn restart(self) -> TestApp {
+        let (settings, dir, callbacks) = self.stop().await;
+        start(settings, dir, callbacks).await
+    }
+
+    pub fn path(&self, relative: &str) -> std::path::PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub async fn post_json(&self, url: &str, body: &Value) -> Reply {
+        self.post_raw(url, "application/json", body.to_string().into_bytes()).await
+    }
+
+    pub async fn post_raw(&self, url: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        let url = self.absolute(url);
+        let mut response =
+            self.client.post(url).insert_header(("content-type", content_type)).send_body(body).await.unwrap();
+        let json = response.json::<Value>().limit(16 << 20).await.unwrap_or(Value::Null);
+        Reply { status: response.status().as_u16(), json }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        let mut response = self.client.get(self.absolute(url)).send().await.unwrap();
+        let json = response.json::<Value>().limit(16 << 20).await.unwrap_or(Value::Null);
+        Reply { status: response.status().as_u16(), json }
+    }
+
+    fn absolute(&self, url: &str) -> String {
+        if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.base)
+        }
+    }
+
+    pub async fn create(&self, body: &Value) -> Reply {
+        self.post_json("/api/upload/new/task", body).await
+    }
+
+    /// Creates a task for `data` with the example fields.
+    pub async fn new_task(&self, file_name: &str, data: &[u8]) -> TaskUrls {
+        let reply = self.create(&task_body(file_name, data)).await;
+        reply.expect(200, "0");
+        task_urls(&reply.json)
+    }
+
+    /// Sends `data[start..=end]` as one block with its md5.
+    pub async fn send_block(&self, task: &TaskUrls, data: &[u8], start: usize, end: usize) -> Reply {
+        let part = &data[start..=end];
+        self.send_fields(
+            &task.upload_url,
+            &[
+                ("startByte", start.to_string().as_bytes()),
+                ("endByte", end.to_string().as_bytes()),
+                ("partMd5", md5_hex(part).as_bytes()),
+                ("file", part),
+            ],
+        )
+        .await
+    }
+
+    pub async fn send_fields(&self, url: &str, fields: &[(&str, &[u8])]) -> Reply {
+        let (content_type, body) = multipart(fields);
+        self.post_raw(url, &content_type, body).await
+    }
+
+    /// Sends all of `data` in blocks of `block` bytes, in order.
+    pub async fn upload_all(&self, task: &TaskUrls, data: &[u8], block: usize) -> Reply {
+        let mut last = None;
+        for start in (0..data.len()).step_by(block) {
+            let end = (start + block).min(data.len()) - 1;
+            let reply = self.send_block(task, data, start, end).await;
+            assert_eq!(reply.status, 200, "{}", reply.json);
+            last = Some(reply);
+        }
+        last.expect("data is not empty")
+    }
+
+    pub async fn blocks_info(&self, task: &TaskUrls) -> Value {
+        let reply = self.get(&task.blocks_url).await;
+        reply.expect(200, "0");
+        reply.json["data"].clone()
+    }
+
+    pub async fn set_state(&self, task: &TaskUrls, status: &str) -> Reply {
+        self.post_json(&task.state_url, &json!({"taskId": task.task_id, "status": status})).await
+    }
+
+    /// Waits until the task reaches `status`; panics after 15 s.
+    pub async fn wait_for_status(&self, task: &TaskUrls, status: &str) -> Value {
+        for _ in 0..300 {
+            let info = self.blocks_info(task).await;
+            if info["status"] == status {
+                return info;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("task {} never reached {status}: {}", task.task_id, self.blocks_info(task).await);
+    }
+
+    /// The stored file of a finished task, as its callback names it.
+    pub fn stored_file(callback: &Callback) -> Vec<u8> {
+        std::fs::read(callback.json["storePath"].as_str().unwrap()).unwrap()
+    }
+
+    pub fn tmp_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+pub fn task_body(file_name: &str, data: &[u8]) -> Value {
+    json!({
+        "token": TOKEN, "userId": "123", "storePath": "hello/", "fileName": file_name,
+        "fileSize": data.len(), "fileMd5": md5_hex(data),
+        "feedBackParameter": {"order": 42, "note": "keep me"}
+    })
+}
+
+pub fn task_urls(json: &Value) -> TaskUrls {
+    let data = &json["data"];
+    TaskUrls {
+        task_id: data["taskId"].as_i64().unwrap(),
+        upload_url: data["uploadUrl"].as_str().unwrap().to_owned(),
+        blocks_url: data["blocksUrl"].as_str().unwrap().to_owned(),
+        state_url: data["stateUrl"].as_str().unwrap().to_owned(),
+    }
+}
+
+pub const BOUNDARY: &str = "fupload-test-boundary-7MA4YWxkTrZu0gW";
+
+/// A multipart/form-data body with the fields in the given order (`file` as a file part).
+pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        if *name == "file" {
+            body.extend_from_slice(
+                b"Content-Disposition: form-data; name=\"file\"; filename=\"blob\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            );
+        } else {
+            body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes());
+        }
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+/// Rows of a query on the task database, as text.
+pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    let mut conn: sqlx::SqliteConnection = sqlx::Connection::connect(&app.settings.database.url).await.unwrap();
+    let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+    rows.iter()
+        .map(|row| {
+            (0..row.columns().len())
+                .map(|i| {
+                    let value = match row.try_get::<Option<i64>, _>(i) {
+                        Ok(number) => number.map(|n| n.to_string()),
+                        Err(_) => row.try_get::<Option<String>, _>(i).unwrap(),
+                    };
+                    value.unwrap_or_else(|| "NULL".into())
+                })
+                .collect()
+        })
+        .collect()
+}
