@@ -128,6 +128,9 @@ fn write_chunks(
     let mut md5 = Md5::new();
     let mut offset = range.start();
     while let Some(chunk) = queue.blocking_recv() {
+        if chunk.is_empty() {
+            continue;
+        }
         md5.update(&chunk);
         let chunk_range = ByteRange::new(offset, offset + chunk.len() as u64 - 1);
         if let (Some(pieces), Some(chunk_range)) = (pieces.as_mut(), chunk_range) {

@@ -29,16 +29,16 @@ struct CallbackBody<'a> {
 /// final path of a finished file, else where the file would have gone.
 pub fn body(task: &Task, code: CallbackCode, store_path: &str) -> String {
     let null = RawValue::NULL;
-    let data = serde_json::from_str::<&RawValue>(&task.feedback_parameter).unwrap_or(null);
+    let data = serde_json::from_str::<&RawValue>(&task.spec.feedback_parameter).unwrap_or(null);
     let body = CallbackBody {
         ret_code: code.ret_code(),
         status: code.status_text(),
         data,
         task_id: task.task_id,
-        user_id: &task.user_id,
-        file_name: &task.file_name,
-        file_size: task.file_size,
-        file_md5: &task.file_md5,
+        user_id: &task.spec.user_id,
+        file_name: &task.spec.file_name,
+        file_size: task.spec.file_size,
+        file_md5: &task.spec.file_md5,
         store_path,
     };
     // Serialising strings, integers and already-valid JSON cannot fail.

@@ -6,7 +6,7 @@ pub mod error;
 mod info;
 mod state;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, Resource, Route};
 use serde::{Deserialize, Serialize};
 
 use crate::service::TaskRef;
@@ -20,27 +20,15 @@ pub const STATE_PATH: &str = "/api/upload/files/state";
 /// Mounts every endpoint. A wrong method on a known path, and an unknown path, still get the
 /// JSON envelope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource(NEW_TASK_PATH)
-            .route(web::post().to(create_task::create_task))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource(BLOCK_PATH)
-            .route(web::post().to(block::upload_block))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource(BLOCKS_INFO_PATH)
-            .route(web::get().to(info::blocks_info))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource(STATE_PATH)
-            .route(web::post().to(state::change_state))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .default_service(web::to(error::unknown_path));
+    cfg.service(endpoint(NEW_TASK_PATH, web::post().to(create_task::create_task)))
+        .service(endpoint(BLOCK_PATH, web::post().to(block::upload_block)))
+        .service(endpoint(BLOCKS_INFO_PATH, web::get().to(info::blocks_info)))
+        .service(endpoint(STATE_PATH, web::post().to(state::change_state)))
+        .default_service(web::to(error::unknown_path));
+}
+
+fn endpoint(path: &str, route: Route) -> Resource {
+    web::resource(path).route(route).default_service(web::to(error::method_not_allowed))
 }
 
 /// `{"retCode": …, "status": …, "data": …}`, the reply of every endpoint.

@@ -52,7 +52,7 @@ impl Uploads {
         if task.status != TaskStatus::Upload {
             return Err(UploadError::for_status(Some(task.status)));
         }
-        let file_size = u64::try_from(task.file_size).unwrap_or(0);
+        let file_size = u64::try_from(task.spec.file_size).unwrap_or(0);
         let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
         if end >= file_size {
             return Err(UploadError::BadRange(RangeProblem::OutsideFile { start, end, size: file_size }));

@@ -9,7 +9,7 @@ use super::{blocking, UploadError, Uploads};
 use crate::blob;
 use crate::domain::store_path::{self, StorePathError};
 use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
-use crate::store::NewTask;
+use crate::store::{NewTask, TaskSpec};
 
 /// The JSON body of a create request, each field still raw: the token is checked before any
 /// other field is looked at, and each field's error can name the field.
@@ -108,7 +108,7 @@ impl Uploads {
         let store_dir = self.resolve_store_dir(&request.store_path).await?;
         let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
         let file_size = request.file_size.bytes();
-        let new_task = NewTask {
+        let spec = TaskSpec {
             upload_key: upload_key.as_str().to_owned(),
             business_server: authorized.server.name.clone(),
             token_sha256: authorized.token_sha256,
@@ -120,6 +120,9 @@ impl Uploads {
             store_path: request.store_path,
             store_dir: store_dir.to_string_lossy().into_owned(),
             feedback_parameter: request.feedback_parameter,
+        };
+        let new_task = NewTask {
+            spec,
             tmp_dir: self.settings.tmp_dir.to_string_lossy().into_owned(),
             // An empty file has nothing to receive: straight to verify.
             status: if file_size == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
@@ -136,7 +139,7 @@ impl Uploads {
                 status = self.finish(task.task_id).await?;
             }
         }
-        Ok(CreatedTask { task_id: task.task_id, upload_key: task.upload_key, status, created })
+        Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })
     }
 
     /// `storePath` as an absolute directory inside `storeDir`, symlinks included.
@@ -185,7 +188,7 @@ mod tests {
         assert_eq!(created.upload_key.len(), 32);
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
         assert_eq!(std::fs::metadata(&task.tmp_path).unwrap().len(), 345_000_000);
-        assert!(task.store_dir.ends_with("/store/hello"));
+        assert!(task.spec.store_dir.ends_with("/store/hello"));
         let again = t.uploads.create_task(json(&body(""))).await.unwrap();
         assert_eq!((again.task_id, again.created), (created.task_id, false));
         assert_eq!(again.upload_key, created.upload_key);
@@ -197,7 +200,7 @@ mod tests {
         let raw = r#"{"z": 1, "a": [1.50, "x"]}"#;
         let created = t.uploads.create_task(json(&body(&format!(r#","feedbackParameter":{raw}"#)))).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
-        assert_eq!(task.feedback_parameter, raw);
+        assert_eq!(task.spec.feedback_parameter, raw);
     }
 
     #[tokio::test]
@@ -208,8 +211,8 @@ mod tests {
         );
         let created = t.uploads.create_task(json(&body)).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
-        assert_eq!((task.user_id.as_str(), task.file_size), ("123", 10));
-        assert_eq!(task.file_md5, "04465d416b4eca345976021db8698f15");
+        assert_eq!((task.spec.user_id.as_str(), task.spec.file_size), ("123", 10));
+        assert_eq!(task.spec.file_md5, "04465d416b4eca345976021db8698f15");
     }
 
     #[tokio::test]

@@ -41,9 +41,9 @@ impl Uploads {
         }
         let (tmp, dir, name, expected) = (
             PathBuf::from(&task.tmp_path),
-            PathBuf::from(&task.store_dir),
-            task.file_name.clone(),
-            task.file_md5.clone(),
+            PathBuf::from(&task.spec.store_dir),
+            task.spec.file_name.clone(),
+            task.spec.file_md5.clone(),
         );
         let root = self.settings.store_root().map(Path::to_path_buf);
         let fsync = self.settings.durability == Durability::Power;
@@ -88,11 +88,11 @@ impl Uploads {
         error: Option<String>,
         idle_for: Option<Duration>,
     ) -> Result<Result<(), Option<TaskStatus>>, UploadError> {
-        let reported_path = final_path
-            .clone()
-            .unwrap_or_else(|| Path::new(&task.store_dir).join(&task.file_name).to_string_lossy().into_owned());
+        let reported_path = final_path.clone().unwrap_or_else(|| {
+            Path::new(&task.spec.store_dir).join(&task.spec.file_name).to_string_lossy().into_owned()
+        });
         let body = callback::body(task, code, &reported_path);
-        let callback = match self.business_servers.by_token_sha256(&task.token_sha256) {
+        let callback = match self.business_servers.by_token_sha256(&task.spec.token_sha256) {
             Some((token, server)) => NewCallback {
                 ret_code: code.ret_code().to_owned(),
                 notify_url: server.notify_url.clone(),
@@ -105,7 +105,10 @@ impl Uploads {
                 notify_url: String::new(),
                 signature: String::new(),
                 body,
-                undeliverable: Some(format!("business server {:?} is no longer in the config", task.business_server)),
+                undeliverable: Some(format!(
+                    "business server {:?} is no longer in the config",
+                    task.spec.business_server
+                )),
             },
         };
         let ending = TaskEnding { status: code.final_status(), final_path, error, idle_for };

@@ -135,7 +135,7 @@ impl Uploads {
     /// answered exactly like an unknown task.
     async fn authorized_task(&self, task_ref: &TaskRef) -> Result<Task, UploadError> {
         let task = self.store.task(task_ref.task_id).await?.ok_or(UploadError::TaskNotFound)?;
-        let key = UploadKey::from_stored(task.upload_key.clone());
+        let key = UploadKey::from_stored(task.spec.upload_key.clone());
         let key_ok = match &task_ref.key {
             Some(candidate) => key.matches(candidate),
             None => !self.settings.require_upload_key,

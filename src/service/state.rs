@@ -61,7 +61,7 @@ impl Uploads {
 
     pub async fn blocks_info(&self, task_ref: &TaskRef) -> Result<BlocksInfo, UploadError> {
         let task = self.authorized_task(task_ref).await?;
-        let total_size = u64::try_from(task.file_size).unwrap_or(0);
+        let total_size = u64::try_from(task.spec.file_size).unwrap_or(0);
         // The gaps as they are, also for an ended task: its `status` says it takes no more.
         let received_size = self.store.received_size(task.task_id).await?;
         let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;

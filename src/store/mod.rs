@@ -20,7 +20,7 @@ use crate::domain::TaskStatus;
 
 pub use outbox::{DueCallback, NewCallback};
 pub use ranges::BlockCommit;
-pub use tasks::{NewTask, Task, TaskEnding};
+pub use tasks::{NewTask, Task, TaskEnding, TaskSpec};
 
 /// Errors of this layer: the database failed, or holds something this version cannot read.
 pub type StoreError = sqlx::Error;

@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime};
 use super::{now, outbox, timestamp, Store, StoreError};
 use crate::domain::TaskStatus;
 
+/// What a task is: fixed when it is created.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Task {
-    pub task_id: i64,
+pub struct TaskSpec {
     pub upload_key: String,
     pub business_server: String,
     pub token_sha256: String,
@@ -16,27 +16,26 @@ pub struct Task {
     pub file_size: i64,
     pub file_md5: String,
     pub store_path: String,
+    /// The resolved absolute directory the file goes to.
     pub store_dir: String,
     pub feedback_parameter: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Task {
+    pub task_id: i64,
+    #[sqlx(flatten)]
+    pub spec: TaskSpec,
     pub tmp_path: String,
     pub status: TaskStatus,
     pub final_path: Option<String>,
     pub error: Option<String>,
 }
 
-/// What a new task row holds; the rest is filled in by the store.
+/// A task to create; the rest is filled in by the store.
 #[derive(Debug, Clone)]
 pub struct NewTask {
-    pub upload_key: String,
-    pub business_server: String,
-    pub token_sha256: String,
-    pub user_id: String,
-    pub file_name: String,
-    pub file_size: i64,
-    pub file_md5: String,
-    pub store_path: String,
-    pub store_dir: String,
-    pub feedback_parameter: String,
+    pub spec: TaskSpec,
     /// Directory of the temp file, which is named after the task id.
     pub tmp_dir: String,
     /// `Upload`, or `Verify` for a file with nothing to receive.
@@ -67,12 +66,12 @@ impl Store {
                AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')
              ORDER BY task_id DESC LIMIT 1"
         ))
-        .bind(&new.token_sha256)
-        .bind(&new.user_id)
-        .bind(&new.file_md5)
-        .bind(new.file_size)
-        .bind(&new.file_name)
-        .bind(&new.store_dir)
+        .bind(&new.spec.token_sha256)
+        .bind(&new.spec.user_id)
+        .bind(&new.spec.file_md5)
+        .bind(new.spec.file_size)
+        .bind(&new.spec.file_name)
+        .bind(&new.spec.store_dir)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(task) = existing {
@@ -85,16 +84,16 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', ?11, ?12, ?12)
              RETURNING task_id",
         )
-        .bind(&new.upload_key)
-        .bind(&new.business_server)
-        .bind(&new.token_sha256)
-        .bind(&new.user_id)
-        .bind(&new.file_name)
-        .bind(new.file_size)
-        .bind(&new.file_md5)
-        .bind(&new.store_path)
-        .bind(&new.store_dir)
-        .bind(&new.feedback_parameter)
+        .bind(&new.spec.upload_key)
+        .bind(&new.spec.business_server)
+        .bind(&new.spec.token_sha256)
+        .bind(&new.spec.user_id)
+        .bind(&new.spec.file_name)
+        .bind(new.spec.file_size)
+        .bind(&new.spec.file_md5)
+        .bind(&new.spec.store_path)
+        .bind(&new.spec.store_dir)
+        .bind(&new.spec.feedback_parameter)
         .bind(new.status.as_str())
         .bind(&now)
         .fetch_one(&mut *tx)
@@ -239,16 +238,18 @@ pub(crate) mod tests {
 
     pub(crate) fn new_task(file_size: i64) -> NewTask {
         NewTask {
-            upload_key: "k".repeat(32),
-            business_server: "cp1".into(),
-            token_sha256: "t".into(),
-            user_id: "123".into(),
-            file_name: "hello.mp4".into(),
-            file_size,
-            file_md5: "0".repeat(32),
-            store_path: "hello/".into(),
-            store_dir: "/store/hello".into(),
-            feedback_parameter: "{\"a\": 1}".into(),
+            spec: TaskSpec {
+                upload_key: "k".repeat(32),
+                business_server: "cp1".into(),
+                token_sha256: "t".into(),
+                user_id: "123".into(),
+                file_name: "hello.mp4".into(),
+                file_size,
+                file_md5: "0".repeat(32),
+                store_path: "hello/".into(),
+                store_dir: "/store/hello".into(),
+                feedback_parameter: "{\"a\": 1}".into(),
+            },
             tmp_dir: "/tmp/x/".into(),
             status: TaskStatus::Upload,
         }
@@ -260,7 +261,7 @@ pub(crate) mod tests {
         let (first, created) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         assert!(created);
         assert_eq!(first.tmp_path, format!("/tmp/x/task-{}.part", first.task_id));
-        assert_eq!(first.feedback_parameter, "{\"a\": 1}");
+        assert_eq!(first.spec.feedback_parameter, "{\"a\": 1}");
         let (again, created) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         assert!(!created);
         assert_eq!(again.task_id, first.task_id);

@@ -129,11 +129,7 @@ async fn concurrent_overlapping_blocks_assemble_the_right_file() {
     for reply in futures_util::future::join_all(sends).await {
         assert!(reply.status == 200 || reply.ret_code() == "11", "{}", reply.json);
     }
-    let info = app.blocks_info(&task).await;
-    for gap in info["expectBlocks"].as_array().unwrap() {
-        let (start, end) = (gap["startByte"].as_u64().unwrap() as usize, gap["endByte"].as_u64().unwrap() as usize);
-        app.send_block(&task, &data, start, end).await.expect(200, "0");
-    }
+    app.send_missing(&task, &data).await;
     let callback = &app.callbacks.wait_for(1).await[0];
     assert_eq!(callback.json["retCode"], "0");
     assert_eq!(TestApp::stored_file(callback), data);

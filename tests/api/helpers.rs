@@ -283,6 +283,15 @@ impl TestApp {
         last.expect("data is not empty")
     }
 
+    /// Sends every range `blocksUrl` still expects, one block each.
+    pub async fn send_missing(&self, task: &TaskUrls, data: &[u8]) {
+        let info = self.blocks_info(task).await;
+        for gap in info["expectBlocks"].as_array().unwrap() {
+            let (start, end) = (gap["startByte"].as_u64().unwrap() as usize, gap["endByte"].as_u64().unwrap() as usize);
+            self.send_block(task, data, start, end).await.expect(200, "0");
+        }
+    }
+
     pub async fn blocks_info(&self, task: &TaskUrls) -> Value {
         let reply = self.get(&task.blocks_url).await;
         reply.expect(200, "0");
