@@ -2,7 +2,7 @@
 //! and the move into the store directory. Blocking I/O runs on the blocking thread pool.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -197,19 +197,6 @@ pub async fn read_stream(path: &Path) -> io::Result<impl Stream<Item = io::Resul
     Ok(tokio_util::io::ReaderStream::with_capacity(file, WRITE_PIECE))
 }
 
-/// The md5 of a whole file, read in pieces. Blocking.
-pub fn md5_of_file(path: &Path) -> io::Result<Md5Hex> {
-    let mut file = File::open(path)?;
-    let mut md5 = Md5::new();
-    let mut buffer = vec![0u8; WRITE_PIECE];
-    loop {
-        match file.read(&mut buffer)? {
-            0 => return Ok(Md5Hex::of_digest(&md5.finalize())),
-            n => md5.update(&buffer[..n]),
-        }
-    }
-}
-
 /// Whether `dir` (which need not exist yet) lies inside `root` once symlinks are followed:
 /// the deepest part of `dir` that exists must resolve to a place inside `root`.
 pub fn is_confined(root: &Path, dir: &Path) -> io::Result<bool> {
@@ -333,7 +320,7 @@ mod tests {
             stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
         assert_eq!(streamed.body_len, size);
         assert_eq!(fs::read(&path).unwrap(), data);
-        assert_eq!(md5_of_file(&path).unwrap(), Md5Hex::of_digest(&Md5::digest(&data)));
+        assert_eq!(streamed.md5, Md5Hex::of_digest(&Md5::digest(&data)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod callback;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod prefix_hash;
 pub mod service;
 pub mod startup;
 pub mod store;

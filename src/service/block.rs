@@ -119,6 +119,7 @@ impl Uploads {
             .await?
             .map_err(UploadError::for_status)?;
         drop(plan.claim);
+        self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
         let mut task_status = commit.status;
         if task_status == TaskStatus::Verify {
             let finishing = self.spawn_finish(plan.task_id);
@@ -137,5 +138,59 @@ impl Uploads {
             task_status,
             expect_blocks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::test_support::test_uploads;
+    use crate::store::Store;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn an_in_order_upload_is_hashed_once_while_it_arrives() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(3 << 20);
+        let task = t.create(&data).await;
+        let mut last = None;
+        for start in (0..data.len()).step_by(512 << 10) {
+            last = Some(t.send(&task, &data, start, start + (512 << 10) - 1).await.unwrap());
+        }
+        assert_eq!(last.unwrap().task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64, "no byte read back twice");
+    }
+
+    #[tokio::test]
+    async fn out_of_order_blocks_are_hashed_once_the_gap_before_them_is_filled() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(1 << 20);
+        let task = t.create(&data).await;
+        t.send(&task, &data, 500_000, data.len() - 1).await.unwrap();
+        t.send(&task, &data, 0, 99).await.unwrap();
+        let last = t.send(&task, &data, 100, 499_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_received_prefix_is_hashed_again_once() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(2 << 20);
+        let task = t.create(&data).await;
+        t.send(&task, &data, 0, (1 << 20) - 1).await.unwrap();
+        let settings = t.uploads.settings.clone();
+        t.uploads.store().close().await;
+        let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
+        let restarted = Uploads::new(store, settings);
+        restarted.recover().await.unwrap();
+        let again = crate::service::test_support::TestUploads { uploads: restarted, dir: t.dir };
+        let last = again.send(&task, &data, 1 << 20, data.len() - 1).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        // The first MiB is read again once (the md5 state was in memory), the second once.
+        assert_eq!(again.uploads.hashers.bytes_read(), data.len() as u64);
     }
 }

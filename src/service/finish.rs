@@ -45,10 +45,11 @@ impl Uploads {
             task.spec.file_name.clone(),
             task.spec.file_md5.clone(),
         );
+        let (hashers, size) = (self.hashers.clone(), u64::try_from(task.spec.file_size).unwrap_or(0));
         let root = self.settings.store_root().map(Path::to_path_buf);
         let fsync = self.settings.durability == Durability::Power;
         let verified = blocking(move || -> std::io::Result<Verified> {
-            let md5 = blob::md5_of_file(&tmp)?;
+            let md5 = hashers.finish(task_id, &tmp, size)?;
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
@@ -114,6 +115,7 @@ impl Uploads {
         let ending = TaskEnding { status: code.final_status(), final_path, error, idle_for };
         let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
         if ended.is_ok() {
+            self.hashers.forget(task.task_id);
             tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
             self.outbox_wakeup.notify_one();
         }
@@ -142,9 +144,18 @@ impl Uploads {
         Ok(expired)
     }
 
-    /// After a restart: finish the tasks caught in `verify`, and remove temp files that no open
-    /// task owns (tasks that ended before their temp file was removed, or were never recorded).
+    /// After a restart: hash the received prefix of open tasks again (the md5 state was in memory),
+    /// finish the tasks caught in `verify`, and remove temp files that no open task owns (tasks that
+    /// ended before their temp file was removed, or were never recorded).
     pub async fn recover(&self) -> Result<(), UploadError> {
+        for status in [TaskStatus::Upload, TaskStatus::Pause] {
+            for task_id in self.store.tasks_in_status(status).await? {
+                if let Some(task) = self.store.task(task_id).await? {
+                    let prefix = self.store.received_prefix(task_id).await?;
+                    self.hashers.advance(task_id, Path::new(&task.tmp_path), prefix);
+                }
+            }
+        }
         for task_id in self.store.tasks_in_status(TaskStatus::Verify).await? {
             tracing::info!(task_id, "verifying a task left in verify");
             self.spawn_finish(task_id);

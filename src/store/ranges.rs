@@ -11,6 +11,8 @@ pub struct BlockCommit {
     /// Bytes the block added that were not recorded before.
     pub new_bytes: u64,
     pub received_size: u64,
+    /// `[0, received_prefix)` is received without a gap.
+    pub received_prefix: u64,
     /// `Verify` when this block completed the file, else `Upload`.
     pub status: TaskStatus,
 }
@@ -54,6 +56,7 @@ impl Store {
             new_bytes += insert_coalesced(&mut tx, task_id, range).await?;
         }
         let received_size = received_size(&mut tx, task_id).await?;
+        let received_prefix = received_prefix(&mut tx, task_id).await?;
         let status = if received_size >= file_size { TaskStatus::Verify } else { TaskStatus::Upload };
         if status == TaskStatus::Verify {
             sqlx::query("UPDATE upload_tasks SET status = 'verify' WHERE task_id = ?1")
@@ -62,7 +65,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(Ok(BlockCommit { new_bytes, received_size, status }))
+        Ok(Ok(BlockCommit { new_bytes, received_size, received_prefix, status }))
     }
 
     /// The byte ranges of `[0, file_size)` not yet received, ascending, computed by SQLite
@@ -103,6 +106,21 @@ impl Store {
         let mut conn = self.reader.acquire().await?;
         received_size(&mut conn, task_id).await
     }
+
+    pub async fn received_prefix(&self, task_id: i64) -> Result<u64, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        received_prefix(&mut conn, task_id).await
+    }
+}
+
+/// The length of the gap-free received run from byte 0.
+async fn received_prefix(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
+    let end: Option<i64> =
+        sqlx::query_scalar("SELECT end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte = 0")
+            .bind(task_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(end.and_then(|end| u64::try_from(end + 1).ok()).unwrap_or(0))
 }
 
 async fn received_size(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
@@ -203,11 +221,11 @@ mod tests {
     async fn gaps_at_the_start_middle_and_end() {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
-        commit(&store, id, 100, r(10, 19)).await;
+        assert_eq!(commit(&store, id, 100, r(10, 19)).await.received_prefix, 0);
         commit(&store, id, 100, r(40, 49)).await;
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(0, 9), r(20, 39), r(50, 99)]);
-        commit(&store, id, 100, r(0, 0)).await;
-        commit(&store, id, 100, r(99, 99)).await;
+        assert_eq!(commit(&store, id, 100, r(0, 0)).await.received_prefix, 1);
+        assert_eq!(commit(&store, id, 100, r(99, 99)).await.received_prefix, 1);
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(1, 9), r(20, 39), r(50, 98)]);
         assert_eq!(store.received_size(id).await.unwrap(), 22);
     }
@@ -243,7 +261,10 @@ mod tests {
         let id = task_of(&store, 100).await;
         assert_eq!(commit(&store, id, 100, r(0, 98)).await.status, TaskStatus::Upload);
         let last = commit(&store, id, 100, r(99, 99)).await;
-        assert_eq!(last, BlockCommit { new_bytes: 1, received_size: 100, status: TaskStatus::Verify });
+        assert_eq!(
+            last,
+            BlockCommit { new_bytes: 1, received_size: 100, received_prefix: 100, status: TaskStatus::Verify }
+        );
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![]);
         assert_eq!(store.commit_block(id, 100, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
     }
