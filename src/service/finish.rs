@@ -35,6 +35,7 @@ impl Uploads {
     /// Verifies the whole-file md5 of a task in `verify`, moves the file into place and ends the
     /// task with its callback. Returns the status the task is in afterwards.
     pub(super) async fn finish(&self, task_id: i64) -> Result<TaskStatus, UploadError> {
+        let started = std::time::Instant::now();
         let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
         if task.status != TaskStatus::Verify {
             return Ok(task.status);
@@ -72,6 +73,9 @@ impl Uploads {
         };
         let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
         self.remove_temp(&task).await;
+        // From the last block's commit to here: what a client waits for after its last byte.
+        let finish_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(task_id, status = %code.final_status(), finish_ms, "finish done");
         Ok(match ended {
             Ok(()) => code.final_status(),
             Err(now) => now.unwrap_or(code.final_status()),

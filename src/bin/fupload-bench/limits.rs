@@ -1,0 +1,33 @@
+//! What this machine can do at most, measured on the same bytes and file system as the server.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use md5::Digest;
+
+/// MB/s (10^6 bytes) of one core computing md5 over `data`.
+pub fn md5_mb_s(data: &[u8]) -> f64 {
+    let started = Instant::now();
+    std::hint::black_box(md5::Md5::digest(data));
+    mb_s(data.len(), started)
+}
+
+/// MB/s of writing `data` to a new file in `dir` in 256 KiB pieces, then fsync.
+pub fn write_fsync_mb_s(dir: &Path, data: &[u8]) -> anyhow::Result<f64> {
+    let path = dir.join("limit-write.bin");
+    let started = Instant::now();
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+    for piece in data.chunks(256 * 1024) {
+        file.write_all(piece)?;
+    }
+    file.sync_all()?;
+    let speed = mb_s(data.len(), started);
+    std::fs::remove_file(&path)?;
+    Ok(speed)
+}
+
+pub fn mb_s(bytes: usize, since: Instant) -> f64 {
+    bytes as f64 / 1e6 / since.elapsed().as_secs_f64()
+}
