@@ -69,7 +69,7 @@ impl Uploads {
         let claim = self.claims.claim(task.task_id, range);
         let received = self.store.received_within(task.task_id, range).await?;
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path.into(), range, claim, writes })
+        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path(), range, claim, writes })
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
@@ -113,11 +113,7 @@ impl Uploads {
             }
             _ => {}
         }
-        let commit = self
-            .store
-            .commit_block(plan.task_id, plan.file_size, &plan.writes)
-            .await?
-            .map_err(UploadError::for_status)?;
+        let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
         drop(plan.claim);
         self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
         let mut task_status = commit.status;

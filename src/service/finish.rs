@@ -41,7 +41,7 @@ impl Uploads {
             return Ok(task.status);
         }
         let (tmp, dir, name, expected) = (
-            PathBuf::from(&task.tmp_path),
+            task.tmp_path(),
             PathBuf::from(&task.spec.store_dir),
             task.spec.file_name.clone(),
             task.spec.file_md5.clone(),
@@ -127,7 +127,7 @@ impl Uploads {
     }
 
     pub(super) async fn remove_temp(&self, task: &Task) {
-        let path = PathBuf::from(&task.tmp_path);
+        let path = task.tmp_path();
         if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
             tracing::warn!(task_id = task.task_id, error = %e, "cannot remove the temp file");
         }
@@ -156,7 +156,7 @@ impl Uploads {
             for task_id in self.store.tasks_in_status(status).await? {
                 if let Some(task) = self.store.task(task_id).await? {
                     let prefix = self.store.received_prefix(task_id).await?;
-                    self.hashers.advance(task_id, Path::new(&task.tmp_path), prefix);
+                    self.hashers.advance(task_id, &task.tmp_path(), prefix);
                 }
             }
         }

@@ -123,6 +123,16 @@ impl BenchClient {
         self.json(self.client.get(&task.blocks_url), None).await
     }
 
+    /// `GET blocksUrl`: the milliseconds until the whole reply is in (parsing it is the client's
+    /// business, not timed), and the parsed reply.
+    pub async fn timed_blocks_info(&self, task: &Task) -> anyhow::Result<(f64, Value)> {
+        let started = Instant::now();
+        let mut response = self.client.get(&task.blocks_url).send().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let body = response.body().limit(64 << 20).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok((ms, serde_json::from_slice(&body)?))
+    }
+
     /// Creates the task and sends every block in order, one after the other; the last block's
     /// reply waits for the finish.
     pub async fn upload(&self, upload: &Upload) -> anyhow::Result<Uploaded> {
