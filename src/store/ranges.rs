@@ -22,6 +22,18 @@ fn to_sql(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
+/// `"0-9,20-29"` as written by the gap query.
+fn parse_ranges(text: &str) -> Result<Vec<ByteRange>, StoreError> {
+    text.split(',')
+        .map(|pair| {
+            pair.split_once('-')
+                .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
+                .ok_or_else(|| StoreError::Protocol(format!("gap {pair:?} is not start-end")))
+                .and_then(|(start, end)| from_sql(start, end))
+        })
+        .collect()
+}
+
 fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
     u64::try_from(start)
         .ok()
@@ -80,28 +92,32 @@ impl Store {
     /// from the gaps between stored ranges.
     pub async fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError> {
         // `covered_before` is the furthest byte any earlier range reaches, so the query stays
-        // right even if ranges overlapped; the second SELECT is the gap after the last range.
-        let gaps: Vec<(i64, i64)> = sqlx::query_as(
+        // right even if ranges overlapped; the last SELECT is the gap after the last range. The
+        // gaps come back as one text row ("start-end,start-end"): sqlx hands rows over from its
+        // connection thread one at a time, which costs more than the query for thousands of gaps.
+        let gaps: Option<String> = sqlx::query_scalar(
             "WITH ordered AS (
                  SELECT start_byte,
                         MAX(end_byte) OVER (ORDER BY start_byte ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
                             AS covered_before
                  FROM received_ranges WHERE task_id = ?1
+             ),
+             gaps AS (
+                 SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
+                 FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
+                 UNION ALL
+                 SELECT gap_start, gap_end FROM (
+                     SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
+                     FROM received_ranges WHERE task_id = ?1
+                 ) WHERE gap_start <= gap_end
              )
-             SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
-             FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
-             UNION ALL
-             SELECT gap_start, gap_end FROM (
-                 SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
-                 FROM received_ranges WHERE task_id = ?1
-             ) WHERE gap_start <= gap_end
-             ORDER BY gap_start",
+             SELECT group_concat(gap_start || '-' || gap_end, ',' ORDER BY gap_start) FROM gaps",
         )
         .bind(task_id)
         .bind(to_sql(file_size))
-        .fetch_all(&self.reader)
+        .fetch_one(&self.reader)
         .await?;
-        gaps.into_iter().map(|(start, end)| from_sql(start, end)).collect()
+        gaps.as_deref().map_or(Ok(Vec::new()), parse_ranges)
     }
 
     /// The stored ranges that overlap `within`.
