@@ -115,9 +115,11 @@ impl Uploads {
         }
         let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
         drop(plan.claim);
-        self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
         let mut task_status = commit.status;
-        if task_status == TaskStatus::Verify {
+        if task_status == TaskStatus::Upload {
+            self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
+        } else {
+            // The finish hashes what is left itself, at once.
             let finishing = self.spawn_finish(plan.task_id);
             if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
                 task_status = status;
