@@ -14,18 +14,16 @@ pub fn md5_mb_s(data: &[u8]) -> f64 {
     mb_s(data.len(), started)
 }
 
-/// MB/s of writing `data` to a new file in `dir` in 256 KiB pieces, then fsync.
-pub fn write_fsync_mb_s(dir: &Path, data: &[u8]) -> anyhow::Result<f64> {
-    let path = dir.join("limit-write.bin");
+/// MB/s of writing `data` to a new file `path` in 256 KiB pieces, then fsync. The file stays
+/// (see `workloads::verify_stored` on deleting during the benchmark).
+pub fn write_fsync_mb_s(path: &Path, data: &[u8]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
     for piece in data.chunks(256 * 1024) {
         file.write_all(piece)?;
     }
     file.sync_all()?;
-    let speed = mb_s(data.len(), started);
-    std::fs::remove_file(&path)?;
-    Ok(speed)
+    Ok(mb_s(data.len(), started))
 }
 
 pub fn mb_s(bytes: usize, since: Instant) -> f64 {

@@ -93,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it first (cargo build --release --bins)",
         server_bin.display()
     );
-    std::fs::create_dir_all(&args.dir)?;
+    // A directory of its own per invocation, away from files an earlier one deleted.
+    let scratch = args.dir.join(std::process::id().to_string());
+    std::fs::create_dir_all(&scratch)?;
     let block = args.block_mib * MIB;
     println!("{}", machine());
     println!("generating data and md5s ...");
@@ -130,9 +132,9 @@ async fn main() -> anyhow::Result<()> {
             .collect();
 
         figures.md5.push(limits::md5_mb_s(&w1_data));
-        figures.write_fsync.push(limits::write_fsync_mb_s(&args.dir, &w1_data)?);
-
-        let server = ServerProcess::start(&server_bin, &args.dir.join("server"), &sink.url, (block + MIB) as u64)?;
+        let run_dir = scratch.join(format!("run-{run}"));
+        let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
+        figures.write_fsync.push(limits::write_fsync_mb_s(&run_dir.join("limit-write.bin"), &w1_data)?);
         let client = BenchClient::new(&server.base);
         let one = workloads::w1(&client, &server, &w1).await.context("W1")?;
         workloads::verify_stored(&sink, &[one.task_id], &[&w1]).await?;
@@ -153,12 +155,12 @@ async fn main() -> anyhow::Result<()> {
         figures.peak_rss_mib.push(peak);
     }
 
-    let server = ServerProcess::start(&server_bin, &args.dir.join("server"), &sink.url, (block + MIB) as u64)?;
+    let server = ServerProcess::start(&server_bin, &scratch.join("ranges"), &sink.url, (block + MIB) as u64)?;
     let ranges_ms =
         workloads::expect_blocks_ms(&BenchClient::new(&server.base), args.ranges).await.context("ranges")?;
     server.stop();
     sink.stop().await;
-    std::fs::remove_dir_all(args.dir.join("server")).ok();
+    std::fs::remove_dir_all(&scratch).ok();
     report(&args, &mut figures, ranges_ms);
     Ok(())
 }

@@ -50,7 +50,10 @@ pub async fn w3(client: &BenchClient, uploads: &[Upload], parallel: usize) -> an
     Ok((rate, done.iter().map(|d| d.task_id).collect()))
 }
 
-/// Checks each stored file's md5 against its upload (outside any timing), then deletes it.
+/// Checks each stored file's md5 against its upload (outside any timing). The files stay until
+/// the benchmark ends: on ext4, creating files soon after deleting many others is several times
+/// slower (the allocator skips recently freed inodes), which would measure the benchmark's own
+/// clean-up.
 pub async fn verify_stored(sink: &CallbackSink, tasks: &[i64], uploads: &[&Upload]) -> anyhow::Result<()> {
     for (task_id, upload) in tasks.iter().zip(uploads) {
         let mut path = sink.store_path(*task_id);
@@ -64,7 +67,6 @@ pub async fn verify_stored(sink: &CallbackSink, tasks: &[i64], uploads: &[&Uploa
         let path = path.with_context(|| format!("no callback for task {task_id}"))?;
         let stored = std::fs::read(&path)?;
         ensure!(hex_md5(&stored) == upload.md5, "{path}: md5 differs from the upload's");
-        std::fs::remove_file(&path)?;
     }
     Ok(())
 }
