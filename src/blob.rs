@@ -67,9 +67,12 @@ pub enum StreamError {
 /// writing only the parts inside `writes` (which must lie inside `range`). A body longer than
 /// `range` is cut off without writing past it. With `fsync`, the data is on disk before this returns.
 ///
-/// `keep` is held by the writer thread until it has finished writing and handed back on success:
+/// `keep` is held by the writing thread until it has finished writing and handed back on success:
 /// a claim on the written ranges must not be released while a write into them could still
 /// happen, even if the request that started it is dropped.
+///
+/// The first `WRITE_PIECE` bytes are gathered here; a body that ends within them (a small block)
+/// is written in one blocking call. A longer one goes on to a writer thread through a short queue.
 pub async fn stream_into<S, E, K>(
     path: PathBuf,
     range: ByteRange,
@@ -83,37 +86,79 @@ where
     E: std::fmt::Display,
     K: Send + 'static,
 {
-    let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || {
-        let written = write_chunks(&path, range, &writes, fsync, queue);
-        (written, keep)
-    });
     let mut body = std::pin::pin!(body);
     let mut body_len = 0u64;
-    let mut outcome = Ok(());
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => {
+    let mut next_chunk = async || -> Result<Option<Bytes>, StreamError> {
+        match body.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(StreamError::Body(e.to_string())),
+            Some(Ok(bytes)) => {
                 body_len += bytes.len() as u64;
                 if body_len > range.size() {
-                    outcome = Err(StreamError::TooLong(range.size()));
-                    break;
+                    return Err(StreamError::TooLong(range.size()));
                 }
-                if chunks.send(bytes).await.is_err() {
-                    break; // the writer stopped on a disk error, which it reports below
-                }
+                Ok(Some(bytes))
             }
-            Err(e) => {
-                outcome = Err(StreamError::Body(e.to_string()));
+        }
+    };
+    let mut gathered = Vec::new();
+    let mut gathered_len = 0;
+    let mut ended = false;
+    while gathered_len < WRITE_PIECE {
+        match next_chunk().await? {
+            Some(chunk) => {
+                gathered_len += chunk.len();
+                gathered.push(chunk);
+            }
+            None => {
+                ended = true;
                 break;
             }
         }
     }
-    drop(chunks);
-    // Once the writer thread has ended nothing writes any more, so `keep` may go on any error.
-    let (written, keep) = writer.await.map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
-    outcome?;
+    let (written, keep) = if ended {
+        let write = move || (write_chunks(&path, range, &writes, fsync, gathered), keep);
+        tokio::task::spawn_blocking(write).await
+    } else {
+        let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            let written = write_chunks(&path, range, &writes, fsync, gathered.into_iter().chain(Queue(queue)));
+            (written, keep)
+        });
+        let mut outcome = Ok(());
+        loop {
+            match next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if chunks.send(chunk).await.is_err() {
+                        break; // the writer stopped on a disk error, which it reports below
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(chunks);
+        // Once the writer thread has ended nothing writes any more, so `keep` may go on any error.
+        let joined = writer.await;
+        outcome?;
+        joined
+    }
+    .map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
     Ok((StreamedBlock { body_len, md5: written? }, keep))
+}
+
+/// The chunks a request hands to its writer thread, taken as they come.
+struct Queue(mpsc::Receiver<Bytes>);
+
+impl Iterator for Queue {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        self.0.blocking_recv()
+    }
 }
 
 fn write_chunks(
@@ -121,13 +166,13 @@ fn write_chunks(
     range: ByteRange,
     writes: &[ByteRange],
     fsync: bool,
-    mut queue: mpsc::Receiver<Bytes>,
+    chunks: impl IntoIterator<Item = Bytes>,
 ) -> io::Result<Md5Hex> {
     let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
     let mut pieces = file.as_ref().map(PieceWriter::new);
     let mut md5 = Md5::new();
     let mut offset = range.start();
-    while let Some(chunk) = queue.blocking_recv() {
+    for chunk in chunks {
         if chunk.is_empty() {
             continue;
         }
@@ -298,13 +343,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_longer_than_its_range_is_cut_off() {
+    async fn a_small_body_longer_than_its_range_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.part");
         fs::write(&path, b"....").unwrap();
         let result = stream_into(path.clone(), r(0, 1), vec![r(0, 1)], false, body(&[b"ab", b"cd"]), ()).await;
         assert!(matches!(result, Err(StreamError::TooLong(2))));
-        assert_eq!(fs::read(&path).unwrap(), b"ab..");
+        assert_eq!(fs::read(&path).unwrap(), b"....");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_longer_than_its_range_never_writes_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        let size = 2 * WRITE_PIECE as u64;
+        fs::write(&path, vec![b'.'; size as usize + 10]).unwrap();
+        let chunks: Vec<Result<Bytes, String>> = (0..3).map(|_| Ok(Bytes::from(vec![b'x'; WRITE_PIECE]))).collect();
+        let whole = r(0, size - 1);
+        let result = stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await;
+        assert!(matches!(result, Err(StreamError::TooLong(_))));
+        assert_eq!(&fs::read(&path).unwrap()[size as usize..], b"..........");
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ pub fn md5_mb_s(data: &[u8]) -> f64 {
 /// (see `workloads::verify_stored` on deleting during the benchmark).
 pub fn write_fsync_mb_s(path: &Path, data: &[u8]) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
     for piece in data.chunks(256 * 1024) {
         file.write_all(piece)?;
     }
