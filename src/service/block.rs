@@ -41,7 +41,8 @@ pub struct BlockAccepted {
     pub new_bytes: u64,
     pub received_size: u64,
     pub task_status: TaskStatus,
-    /// What is still missing, when the block brought nothing new.
+    /// What is still missing, when the block brought nothing new or part of its range is not
+    /// recorded (another block in flight had claimed it).
     pub expect_blocks: Option<Vec<ByteRange>>,
 }
 
@@ -79,15 +80,19 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let fsync = self.settings.durability == Durability::Power;
-        let (path, range, writes) = (plan.tmp_path.clone(), plan.range, plan.writes.clone());
-        let (streamed, plan) =
-            blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
-                StreamError::TooLong(_) | StreamError::Body(_) => {
-                    UploadError::BadRange(RangeProblem::BodyLength(e.to_string()))
-                }
-                StreamError::Disk(e) => UploadError::disk("cannot write block", e),
-            })?;
-        Ok(ReceivedBlock { plan, streamed })
+        let (task_id, path, range, writes) = (plan.task_id, plan.tmp_path.clone(), plan.range, plan.writes.clone());
+        match blob::stream_into(path, range, writes, fsync, body, plan).await {
+            Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
+            Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
+                Err(UploadError::BadRange(RangeProblem::BodyLength(e.to_string())))
+            }
+            // A task that ended meanwhile (cancel, expiry) had its temp file removed: that is the
+            // answer, not a disk error.
+            Err(StreamError::Disk(e)) => match self.store.task(task_id).await?.map(|task| task.status) {
+                Some(status) if status != TaskStatus::Upload => Err(UploadError::for_status(Some(status))),
+                _ => Err(UploadError::disk("cannot write block", e)),
+            },
+        }
     }
 
     /// Checks the body's length and md5, then commits the written ranges. If the block completed
@@ -114,6 +119,8 @@ impl Uploads {
             _ => {}
         }
         let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
+        // Parts of the range that other blocks in flight had claimed were not written by this one.
+        let left_to_others = !plan.range.minus(plan.claim.ranges()).is_empty();
         drop(plan.claim);
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
@@ -125,9 +132,14 @@ impl Uploads {
                 task_status = status;
             }
         }
-        let expect_blocks = match commit.new_bytes {
-            0 => Some(self.store.expected_blocks(plan.task_id, plan.file_size).await?),
-            _ => None,
+        // The reply never acknowledges a byte that is not committed: if another block's part of
+        // this range is not recorded (yet, or ever: that block may fail), it lists what is missing.
+        let unrecorded = left_to_others
+            && commit.status == TaskStatus::Upload
+            && !plan.range.minus(&self.store.received_within(plan.task_id, plan.range).await?).is_empty();
+        let expect_blocks = match commit.new_bytes == 0 || unrecorded {
+            true => Some(self.store.expected_blocks(plan.task_id, plan.file_size).await?),
+            false => None,
         };
         Ok(BlockAccepted {
             range: plan.range,
