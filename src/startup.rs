@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
@@ -35,9 +36,20 @@ impl Application {
         let uploads = Uploads::new(store, Arc::new(settings));
         uploads.recover().await.map_err(|e| anyhow::anyhow!("recovering after restart: {e:?}"))?;
         let data = web::Data::new(uploads.clone());
+        let limits = &uploads.settings().server;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {
-            App::new().wrap(TracingLogger::default()).app_data(data.clone()).configure(http::configure)
+            App::new()
+                .wrap(from_fn(http::body_guard::fail_idle_bodies))
+                .wrap(TracingLogger::default())
+                .app_data(data.clone())
+                .configure(http::configure)
         })
+        .workers(workers)
+        // actix counts connections per worker thread.
+        .max_connections(limits.max_connections.div_ceil(workers))
+        .client_request_timeout(Duration::from_secs_f64(limits.client_request_timeout))
+        .keep_alive(Duration::from_secs_f64(limits.keep_alive))
         .listen(listener)?
         .run();
         Ok(Self { port: uploads.settings().server.port, server, uploads })

@@ -2,6 +2,8 @@
 //! once; requests racing to complete (or cancel) the same task; a block overlapping another one
 //! still in flight. The real server in-process, over loopback HTTP.
 
+#[path = "support/acks.rs"]
+mod acks;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -14,36 +16,10 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
+use acks::{acknowledged, Ranges};
 use helpers::*;
-use raw_http::{post_head, split_url, Raw};
-
-/// Inclusive byte ranges.
-type Ranges = Vec<(u64, u64)>;
-
-/// The bytes of `start..=end` that a block reply acknowledges: all of them, less whatever the
-/// reply lists as still expected.
-fn acknowledged(start: u64, end: u64, reply: &Value) -> Ranges {
-    let mut left = vec![(start, end)];
-    for gap in reply["data"]["expectBlocks"].as_array().into_iter().flatten() {
-        let (gap_start, gap_end) = (gap["startByte"].as_u64().unwrap(), gap["endByte"].as_u64().unwrap());
-        left = left
-            .into_iter()
-            .flat_map(|(s, e)| {
-                let mut parts = Vec::new();
-                if s < gap_start {
-                    parts.push((s, e.min(gap_start - 1)));
-                }
-                if e > gap_end {
-                    parts.push((s.max(gap_end + 1), e));
-                }
-                parts.into_iter().filter(|(s, e)| s <= e).collect::<Vec<_>>()
-            })
-            .collect();
-    }
-    left
-}
+use raw_http::send_partly;
 
 /// Asserts that no acknowledged byte is among the bytes the task still expects.
 async fn assert_recorded(app: &TestApp, task: &TaskUrls, acked: &Ranges) {
@@ -238,11 +214,8 @@ async fn a_block_overlapping_one_in_flight_acknowledges_only_committed_bytes() {
             ("partMd5", md5_hex(first).as_bytes()),
             ("file", first),
         ]);
-        let (addr, path) = split_url(&task.upload_url);
-        let mut stalled = Raw::connect(&addr);
-        stalled.send(&post_head(&path, &content_type, body.len())).unwrap();
-        let file_starts = body.windows(first.len().min(64)).position(|w| w == &first[..64]).unwrap();
-        stalled.send(&body[..file_starts + 100_000]).unwrap();
+        let file_starts = body.windows(64).position(|w| w == &first[..64]).unwrap();
+        let stalled = send_partly(&task.upload_url, &content_type, &body, file_starts + 100_000);
         actix_web::rt::time::sleep(Duration::from_millis(300 * (attempt as u64 + 1))).await;
         // Block B: 200000-399999, overlapping A's claim on 200000-299999.
         let reply = app.send_block(&task, &data, 200_000, 399_999).await;
@@ -277,10 +250,7 @@ async fn a_block_still_arriving_when_its_task_is_cancelled_is_told_the_task_ende
         ("partMd5", md5_hex(&data).as_bytes()),
         ("file", &data),
     ]);
-    let (addr, path) = split_url(&task.upload_url);
-    let mut arriving = Raw::connect(&addr);
-    arriving.send(&post_head(&path, &content_type, body.len())).unwrap();
-    arriving.send(&body[..body.len() / 2]).unwrap();
+    let mut arriving = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
     app.set_state(&task, "cancel").await.expect(200, "0");
     arriving.send(&body[body.len() / 2..]).unwrap();
     let reply = arriving.reply().unwrap();

@@ -12,6 +12,9 @@
 //! `FUPLOAD_CRASH_KILLS=200 cargo test --release --test crash -- --nocapture` is the soak mode.
 //! `FUPLOAD_CRASH_SEED` repeats a run.
 
+#[path = "support/acks.rs"]
+#[allow(dead_code)]
+mod acks;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -31,6 +34,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
 
+use acks::acknowledged;
 use helpers::{md5_hex, multipart, StopOnDrop, TOKEN};
 
 /// Files uploaded at once, and the clients sending blocks of each of them in parallel.
@@ -445,23 +449,6 @@ impl World {
     }
 }
 
-/// The bytes of `start..=end` a block reply acknowledges: all, less what it lists as expected.
-fn acknowledged(start: u64, end: u64, reply: &Value) -> Vec<(u64, u64)> {
-    let mut left = vec![(start, end)];
-    for gap in reply["data"]["expectBlocks"].as_array().into_iter().flatten() {
-        let (gap_start, gap_end) = (gap["startByte"].as_u64().unwrap(), gap["endByte"].as_u64().unwrap());
-        left = left
-            .into_iter()
-            .flat_map(|(s, e)| {
-                let before = (s < gap_start).then(|| (s, e.min(gap_start - 1)));
-                let after = (e > gap_end).then(|| (s.max(gap_end + 1), e));
-                before.into_iter().chain(after).filter(|(s, e)| s <= e)
-            })
-            .collect();
-    }
-    left
-}
-
 async fn client_loop(world: Rc<World>, group: Rc<Group>) {
     loop {
         world.wait_until_up().await;
@@ -516,6 +503,15 @@ struct Crash {
 impl Crash {
     async fn db(&self) -> SqliteConnection {
         SqliteConnection::connect(&self.db_url).await.unwrap()
+    }
+
+    /// Every task's status.
+    async fn statuses(&self) -> HashMap<i64, String> {
+        let mut db = self.db().await;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT task_id, status FROM upload_tasks").fetch_all(&mut db).await.unwrap();
+        db.close().await.unwrap();
+        rows.into_iter().collect()
     }
 
     fn fail(&self, problem: String) -> ! {
@@ -644,18 +640,11 @@ impl Crash {
     /// With the server serving again, before the clients go on: recovery removed the temp files
     /// of ended tasks and every spool file, and every open task has its temp file.
     async fn check_after_restart(&self, before: &Snapshot) {
-        let mut db = self.db().await;
-        let uploading: HashSet<i64> =
-            sqlx::query_scalar("SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause')")
-                .fetch_all(&mut db)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
-        db.close().await.unwrap();
+        let statuses = self.statuses().await;
         // (A task in verify may have finished since, and rightly lost its temp file.)
-        for task_id in before.open.intersection(&uploading) {
-            if !self.dir.join(format!("tmp/task-{task_id}.part")).exists() {
+        for task_id in &before.open {
+            let uploading = matches!(statuses.get(task_id).map(String::as_str), Some("upload" | "pause"));
+            if uploading && !self.dir.join(format!("tmp/task-{task_id}.part")).exists() {
                 self.fail(format!("open task {task_id} has no temp file after a restart"));
             }
         }
@@ -677,15 +666,9 @@ impl Crash {
     async fn wait_until_verified(&self, verifying: &HashSet<i64>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut db = self.db().await;
-            let statuses: Vec<(i64, String)> =
-                sqlx::query_as("SELECT task_id, status FROM upload_tasks").fetch_all(&mut db).await.unwrap();
-            db.close().await.unwrap();
-            let stuck: Vec<i64> = statuses
-                .into_iter()
-                .filter(|(id, s)| verifying.contains(id) && s == "verify")
-                .map(|(id, _)| id)
-                .collect();
+            let statuses = self.statuses().await;
+            let stuck: Vec<&i64> =
+                verifying.iter().filter(|id| statuses.get(id).is_some_and(|s| s == "verify")).collect();
             if stuck.is_empty() {
                 return;
             }

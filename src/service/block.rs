@@ -47,6 +47,17 @@ pub struct BlockAccepted {
 }
 
 impl Uploads {
+    /// Refuses a block for an unknown task, with a wrong key, or for a task that takes no blocks,
+    /// before any of its body is read: nobody without the key makes the server read, spool or
+    /// buffer a body.
+    pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<(), UploadError> {
+        let task = self.authorized_task(task_ref).await?;
+        match task.status {
+            TaskStatus::Upload => Ok(()),
+            other => Err(UploadError::for_status(Some(other))),
+        }
+    }
+
     /// Checks the task and the range, and claims the range's unreceived bytes for this block.
     pub async fn plan_block(&self, task_ref: &TaskRef, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
         let task = self.authorized_task(task_ref).await?;

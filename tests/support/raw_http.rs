@@ -116,6 +116,16 @@ impl Raw {
     }
 }
 
+/// Starts a POST of `body` to `url` on a fresh connection and sends only its first `sent` bytes:
+/// the request stays open, as a client that stalls or is cut off mid-body leaves it.
+pub fn send_partly(url: &str, content_type: &str, body: &[u8], sent: usize) -> Raw {
+    let (addr, path) = split_url(url);
+    let mut raw = Raw::connect(&addr);
+    raw.send(&post_head(&path, content_type, body.len())).unwrap();
+    raw.send(&body[..sent]).unwrap();
+    raw
+}
+
 /// One request on a fresh connection, and its reply.
 pub fn exchange(addr: &str, request: &[u8]) -> io::Result<RawReply> {
     let mut raw = Raw::connect(addr);
