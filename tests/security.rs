@@ -396,3 +396,20 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
     drop(held);
     still_serving(&app).await;
 }
+
+/// Regression: a multipart body that ended inside a part (no closing boundary) left the parser
+/// waiting for good: the request never got a reply and held its connection and its block's bytes.
+#[actix_web::test]
+async fn a_body_that_ends_inside_a_part_is_refused_not_left_hanging() {
+    let app = spawn_app_with(|s| s.server.client_body_timeout = 1.0).await;
+    let data = content(1000, 9);
+    let task = app.new_task("a.bin", &data).await;
+    let (content_type, mut body) =
+        multipart(&[("startByte", b"0"), ("endByte", b"999"), ("partMd5", md5_hex(&data).as_bytes()), ("file", &data)]);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    let mut raw = send_partly(&task.upload_url, &content_type, &body, body.len());
+    raw.set_read_timeout(Duration::from_secs(10));
+    let reply = raw.reply().expect("a reply, not a hang");
+    assert_eq!((reply.status, reply.ret_code().as_str()), (400, "6"), "{}", reply.json());
+    app.send_block(&task, &data, 0, 999).await.expect(200, "0");
+}

@@ -4,6 +4,7 @@
 //! file. If `file` comes first, it is spooled to a file in tmpDir until the range is known.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
 use actix_web::web::Bytes;
@@ -57,7 +58,38 @@ pub async fn upload_block(
     let task = task_ref(&req)?;
     uploads.check_block_target(&task).await?;
     let meter = Meter::default();
-    let mut multipart = Multipart::new(req.headers(), meter.body(payload));
+    let multipart = Multipart::new(req.headers(), meter.body(payload));
+    let fields = read_fields(&uploads, &task, &meter, multipart);
+    let (text, body) = match uploads.settings().server.client_body_timeout {
+        seconds if seconds > 0.0 => tokio::select! {
+            read = fields => read?,
+            () = meter.ended_for(Duration::from_secs_f64(seconds)) => {
+                return Err(ApiError::field("body", "bad multipart: the body ended inside a part"))
+            }
+        },
+        _ => fields.await?,
+    };
+    let received = match body {
+        None => return Err(ApiError::field("file", "is required")),
+        Some(Body::Received(received)) => received,
+        Some(Body::Spooled(spool)) => {
+            let (start, end) = range_fields(&text)?;
+            let plan = uploads.plan_block(&task, start, end).await?;
+            let stream = blob::read_stream(&spool.path).await.map_err(UploadError::Disk)?;
+            uploads.receive_block(plan, stream).await?
+        }
+    };
+    let accepted = uploads.commit_block(received, text.part_md5).await?;
+    Ok(reply(accepted))
+}
+
+/// Reads the fields, streaming the `file` part to the temp file (or a spool) as it comes.
+async fn read_fields(
+    uploads: &Uploads,
+    task: &TaskRef,
+    meter: &Meter,
+    mut multipart: Multipart,
+) -> Result<(TextFields, Option<Body>), ApiError> {
     let mut text = TextFields::default();
     let mut body = None;
     let mut fields = 0;
@@ -72,25 +104,14 @@ pub async fn upload_block(
         let field = meter.take(field);
         match name.as_str() {
             "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
-            "file" => body = Some(receive_file(&uploads, &task, &text, field).await?),
+            "file" => body = Some(receive_file(uploads, task, &text, field).await?),
             "startByte" => text.start_byte = Some(parse_offset("startByte", &read_text("startByte", field).await?)?),
             "endByte" => text.end_byte = Some(parse_offset("endByte", &read_text("endByte", field).await?)?),
             "partMd5" => text.part_md5 = Some(Md5Hex::parse("partMd5", read_text("partMd5", field).await?.trim())?),
             _ => skip(field).await?,
         }
     }
-    let received = match body {
-        None => return Err(ApiError::field("file", "is required")),
-        Some(Body::Received(received)) => received,
-        Some(Body::Spooled(spool)) => {
-            let (start, end) = range_fields(&text)?;
-            let plan = uploads.plan_block(&task, start, end).await?;
-            let stream = blob::read_stream(&spool.path).await.map_err(UploadError::Disk)?;
-            uploads.receive_block(plan, stream).await?
-        }
-    };
-    let accepted = uploads.commit_block(received, text.part_md5).await?;
-    Ok(reply(accepted))
+    Ok((text, body))
 }
 
 fn reply(accepted: BlockAccepted) -> HttpResponse {

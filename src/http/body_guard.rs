@@ -7,6 +7,9 @@
 //! - The multipart parser keeps in memory whatever it has read and not yet handed out, so a
 //!   part header or boundary line that never ends would grow it without bound. A block's body may
 //!   run ahead of what the handler has taken by at most `MAX_BUFFERED` bytes.
+//! - A multipart body that ends inside a part leaves the parser waiting for good (actix-multipart
+//!   0.7 answers `Pending` at the end of the body): such a block is refused once its body has
+//!   ended `clientBodyTimeout` ago.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -22,7 +25,8 @@ use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpMessage;
-use futures_util::{Stream, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::service::Uploads;
@@ -82,11 +86,13 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>> + Unpin> Stream for IdleTimeo
     }
 }
 
-/// Counts the bytes the multipart parser reads and the bytes the handler takes out of fields.
+/// Counts the bytes the multipart parser reads and the bytes the handler takes out of fields, and
+/// tells when the body has ended.
 #[derive(Clone, Default)]
 pub struct Meter {
     read: Rc<Cell<u64>>,
     taken: Rc<Cell<u64>>,
+    ended: Rc<Notify>,
 }
 
 impl Meter {
@@ -94,12 +100,25 @@ impl Meter {
     /// `MAX_BUFFERED` bytes ahead of what the handler took.
     pub fn body(&self, payload: web::Payload) -> impl Stream<Item = Result<Bytes, PayloadError>> + 'static {
         let meter = self.clone();
-        payload.and_then(move |chunk| {
-            let read = meter.read.get() + chunk.len() as u64;
-            meter.read.set(read);
-            let ahead = read.saturating_sub(meter.taken.get());
-            futures_util::future::ready(if ahead > MAX_BUFFERED { Err(PayloadError::Overflow) } else { Ok(chunk) })
-        })
+        let ended = self.ended.clone();
+        payload
+            .and_then(move |chunk| {
+                let read = meter.read.get() + chunk.len() as u64;
+                meter.read.set(read);
+                let ahead = read.saturating_sub(meter.taken.get());
+                futures_util::future::ready(if ahead > MAX_BUFFERED { Err(PayloadError::Overflow) } else { Ok(chunk) })
+            })
+            .chain(futures_util::stream::poll_fn(move |_| {
+                ended.notify_one();
+                Poll::Ready(None)
+            }))
+    }
+
+    /// Resolves `grace` after the body ended. A body that ends inside a part (no closing
+    /// boundary) leaves the multipart parser waiting for bytes that never come.
+    pub async fn ended_for(&self, grace: Duration) {
+        self.ended.notified().await;
+        tokio::time::sleep(grace).await;
     }
 
     /// A field's bytes, counted as taken by the handler as they are read.
