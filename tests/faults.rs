@@ -82,7 +82,9 @@ async fn a_full_disk_refuses_the_block_with_507_records_nothing_and_the_upload_r
         break;
     }
     let refused_at = refused_at.expect("the 1 MiB tmpfs filled up");
-    println!("tmpDir on a 1 MiB tmpfs: a block at byte {refused_at} was refused with 507; resumed after a remount to 8 MiB");
+    println!(
+        "tmpDir on a 1 MiB tmpfs: a block at byte {refused_at} was refused with 507; resumed after a remount to 8 MiB"
+    );
     assert!(refused_at >= 512 << 10, "blocks were accepted until the disk was full ({refused_at})");
     let ranges = query(&app, "SELECT start_byte, end_byte FROM received_ranges").await;
     assert_eq!(ranges, vec![vec!["0".to_string(), (refused_at - 1).to_string()]]);
