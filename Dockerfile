@@ -8,6 +8,7 @@ RUN cargo build --release --locked --bin fupload-server
 
 # Run: a small Debian with the binary, its config and a data volume, as a non-root user.
 FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/fupload fupload \
  && mkdir -p /var/lib/fupload/data && chown -R fupload /var/lib/fupload
 WORKDIR /var/lib/fupload

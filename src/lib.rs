@@ -2,6 +2,7 @@
 
 pub mod blob;
 pub mod callback;
+pub mod checksum;
 pub mod config;
 pub mod domain;
 pub mod http;
