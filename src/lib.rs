@@ -3,6 +3,7 @@
 pub mod blob;
 pub mod callback;
 pub mod checksum;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod http;
