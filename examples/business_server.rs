@@ -151,7 +151,9 @@ async fn new_task(
         Value::Number(id) if id.is_u64() => id.to_string(),
         _ => String::new(),
     };
-    if user_id.is_empty() || user_id.len() > 64 || !user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    if user_id.is_empty()
+        || user_id.len() > 64
+        || !user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return envelope(StatusCode::BAD_REQUEST, "6", "userId: must be 1-64 letters, digits, - or _");
     }
@@ -194,7 +196,8 @@ async fn callback(request: HttpRequest, body: web::Bytes, business: web::Data<Bu
 /// Whether `signature` is `sha256=<hex HMAC-SHA256 of body keyed by token>`, compared in
 /// constant time.
 pub fn signature_is_valid(token: &str, body: &[u8], signature: Option<&str>) -> bool {
-    let Some(digest) = signature.and_then(|s| s.strip_prefix("sha256=")).and_then(|hex_digits| hex::decode(hex_digits).ok())
+    let Some(digest) =
+        signature.and_then(|s| s.strip_prefix("sha256=")).and_then(|hex_digits| hex::decode(hex_digits).ok())
     else {
         return false;
     };

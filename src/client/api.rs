@@ -154,7 +154,10 @@ impl Client {
                     self.progress.unsent(failed_try);
                 }
                 let (content_type, length, body) = self.block_body(file, range, &part_md5, this_try.clone());
-                self.http.post(&task.upload_url).insert_header((CONTENT_TYPE, content_type)).send_body(SizedStream::new(length, body))
+                self.http
+                    .post(&task.upload_url)
+                    .insert_header((CONTENT_TYPE, content_type))
+                    .send_body(SizedStream::new(length, body))
             })
             .await?;
         match reply.ret_code.as_str() {

@@ -47,7 +47,10 @@ mod tests {
     #[test]
     fn extremes_do_not_overflow() {
         assert_eq!(blocks(&[r(0, 2)], 0), vec![r(0, 0), r(1, 1), r(2, 2)]);
-        assert_eq!(blocks(&[r(u64::MAX - 1, u64::MAX)], u64::MAX), vec![r(u64::MAX - 1, u64::MAX - 1), r(u64::MAX, u64::MAX)]);
+        assert_eq!(
+            blocks(&[r(u64::MAX - 1, u64::MAX)], u64::MAX),
+            vec![r(u64::MAX - 1, u64::MAX - 1), r(u64::MAX, u64::MAX)]
+        );
         assert_eq!(blocks(&[r(0, 5)], u64::MAX), vec![r(0, 5)]);
     }
 }

@@ -38,7 +38,8 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap_and_tries_are_bounded() {
-        let policy = RetryPolicy { attempts: 4, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(3) };
+        let policy =
+            RetryPolicy { attempts: 4, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(3) };
         let delays: Vec<u128> = (1..=5).map(|n| policy.delay_after(n).as_millis()).collect();
         assert_eq!(delays, vec![500, 1000, 2000, 3000, 3000]);
         assert_eq!(policy.delay_after(u32::MAX), Duration::from_secs(3));

@@ -129,7 +129,9 @@ impl BlocksInfo {
         let expect_blocks = json
             .expect_blocks
             .iter()
-            .map(|r| ByteRange::new(r.start_byte, r.end_byte).ok_or(format!("bad range {}-{}", r.start_byte, r.end_byte)))
+            .map(|r| {
+                ByteRange::new(r.start_byte, r.end_byte).ok_or(format!("bad range {}-{}", r.start_byte, r.end_byte))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             task_id: json.task_id,
