@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Upload FILE: create (or find again) its task, send what the server is missing, wait until
-    /// the task is `finish`. Exit status 0 only then; 130 when interrupted.
+    /// the task is `finish`. Exit status 0 only then; 1 on failure, 2 for bad arguments, 130 when
+    /// interrupted.
     Upload(UploadArgs),
     /// Show a task's status, how much is received and what is missing.
     Status(TaskArgs),
@@ -219,9 +220,13 @@ async fn change_state(args: TaskArgs, wanted: WantedState) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints why, and exits with 2 for unusable arguments (as for those clap refuses), else 1.
 fn failed(error: &ClientError) -> ExitCode {
     eprintln!("fupload-client: {error}");
-    ExitCode::FAILURE
+    match error {
+        ClientError::Usage(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 /// `8MiB`, `256K`, `1048576`: a byte count, with an optional binary unit (K = KiB).

@@ -17,7 +17,7 @@ use super::error::ClientError;
 use super::file::LocalFile;
 use super::progress::Progress;
 use super::retry::RetryPolicy;
-use super::task::{BlocksInfo, TaskCreator, TaskUrls, WantedState};
+use super::task::{self, BlocksInfo, TaskCreator, TaskUrls, WantedState};
 use crate::domain::{ByteRange, Md5Hex, TaskStatus};
 
 /// The largest reply read: an `expectBlocks` list of a badly fragmented file can be long.
@@ -117,7 +117,7 @@ impl Client {
         let what = format!("asking task {} for its expected blocks", task.task_id);
         let reply = self.call(&what, || self.http.get(&task.blocks_url).send()).await?;
         match reply.ret_code.as_str() {
-            "0" => BlocksInfo::from_data(reply.data).map_err(|e| bad_reply(&what, e)),
+            "0" => task::blocks_info(reply.data).map_err(|e| bad_reply(&what, e)),
             _ => Err(reply.refused(&what)),
         }
     }

@@ -62,11 +62,8 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(display: Display) -> Self {
-        let target = match display {
-            Display::Bar => ProgressDrawTarget::stderr(),
-            Display::Lines | Display::Quiet => ProgressDrawTarget::hidden(),
-        };
-        let bar = ProgressBar::with_draw_target(None, target);
+        // Hidden until a phase has set its style and length; only Display::Bar ever draws it.
+        let bar = ProgressBar::hidden();
         Self { display, bar, phase: Cell::new(Phase::Start), last_line: Cell::new(Instant::now()) }
     }
 
@@ -92,6 +89,9 @@ impl Reporter {
         self.bar.set_position(position);
         self.bar.reset_eta();
         self.last_line.set(Instant::now());
+        if self.display == Display::Bar && self.bar.is_hidden() {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
     }
 
     /// In [`Display::Lines`], a line every `LINE_EVERY`.

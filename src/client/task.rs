@@ -7,6 +7,8 @@ use super::error::ClientError;
 use super::file::LocalFile;
 use crate::domain::{ByteRange, TaskStatus};
 use crate::http::{BLOCKS_INFO_PATH, BLOCK_PATH, NEW_TASK_PATH, STATE_PATH};
+/// What `blocksUrl` says about a task: the server's own type.
+pub use crate::service::BlocksInfo;
 
 /// The URLs of one task, as the create reply gives them. They carry the task's upload key.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -94,17 +96,6 @@ impl TaskCreator {
     }
 }
 
-/// What `blocksUrl` says about a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlocksInfo {
-    pub task_id: i64,
-    pub total_size: u64,
-    pub received_size: u64,
-    pub status: TaskStatus,
-    /// The byte ranges still missing, ascending.
-    pub expect_blocks: Vec<ByteRange>,
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct BlocksInfoJson {
@@ -122,25 +113,22 @@ struct RangeJson {
     end_byte: u64,
 }
 
-impl BlocksInfo {
-    pub(super) fn from_data(data: Value) -> Result<Self, String> {
-        let json: BlocksInfoJson = serde_json::from_value(data).map_err(|e| e.to_string())?;
-        let status = json.status.parse().map_err(|e| format!("{e}"))?;
-        let expect_blocks = json
-            .expect_blocks
-            .iter()
-            .map(|r| {
-                ByteRange::new(r.start_byte, r.end_byte).ok_or(format!("bad range {}-{}", r.start_byte, r.end_byte))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            task_id: json.task_id,
-            total_size: json.total_size,
-            received_size: json.received_size,
-            status,
-            expect_blocks,
-        })
-    }
+/// What `blocksUrl` says about a task (the `data` of its reply), in the server's own terms.
+pub(super) fn blocks_info(data: Value) -> Result<BlocksInfo, String> {
+    let json: BlocksInfoJson = serde_json::from_value(data).map_err(|e| e.to_string())?;
+    let status = json.status.parse().map_err(|e| format!("{e}"))?;
+    let expect_blocks = json
+        .expect_blocks
+        .iter()
+        .map(|r| ByteRange::new(r.start_byte, r.end_byte).ok_or(format!("bad range {}-{}", r.start_byte, r.end_byte)))
+        .collect::<Result<_, _>>()?;
+    Ok(BlocksInfo {
+        task_id: json.task_id,
+        total_size: json.total_size,
+        received_size: json.received_size,
+        status,
+        expect_blocks,
+    })
 }
 
 /// A state a client may ask for on `stateUrl`.
@@ -213,11 +201,11 @@ mod tests {
     fn blocks_info_is_read_from_the_reply_data() {
         let data = json!({"taskId": 1, "totalSize": 10, "receivedSize": 4, "status": "upload",
             "expectBlocks": [{"startByte": 4, "endByte": 9}]});
-        let info = BlocksInfo::from_data(data).unwrap();
+        let info = blocks_info(data).unwrap();
         assert_eq!(info.status, TaskStatus::Upload);
         assert_eq!(info.expect_blocks, vec![ByteRange::new(4, 9).unwrap()]);
         let bad = json!({"taskId": 1, "totalSize": 10, "receivedSize": 4, "status": "upload",
             "expectBlocks": [{"startByte": 9, "endByte": 4}]});
-        assert!(BlocksInfo::from_data(bad).is_err());
+        assert!(blocks_info(bad).is_err());
     }
 }

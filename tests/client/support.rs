@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use fupload::client::{Client, ClientOptions, LocalFile, RetryPolicy, Silent, TaskCreator};
+use fupload::client::{Client, ClientOptions, LocalFile, RetryPolicy, Silent, TaskCreator, TaskUrls};
 
 use crate::helpers::{content, md5_hex, Callback, TestApp, TOKEN};
+use crate::proxy::{spawn_behind_proxy, Proxy};
 
 pub const USER: &str = "tester";
 
@@ -46,4 +47,25 @@ pub async fn assert_stored(app: &TestApp, path: &Path) -> Callback {
     let stored = TestApp::stored_file(&callback);
     assert_eq!(md5_hex(&stored), md5_hex(&std::fs::read(path).unwrap()), "stored and source md5");
     callback
+}
+
+/// fupload behind the proxy, a file of `len` bytes, a client and the file's task.
+pub struct Scene {
+    pub app: TestApp,
+    pub proxy: Proxy,
+    pub path: PathBuf,
+    pub client: Client,
+    pub file: LocalFile,
+    pub task: TaskUrls,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn scene(name: &str, len: usize) -> Scene {
+    let (app, proxy) = spawn_behind_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), name, len);
+    let client = client();
+    let file = open(&path).await;
+    let task = client.create_task(&creator(&proxy.url), &file).await.unwrap();
+    Scene { app, proxy, path, client, file, task, _dir: dir }
 }
