@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use business_server::{serve, Business, CALLBACK_ROUTE, NEW_TASK_ROUTE};
 use fupload::client::{
-    upload, Client, ClientOptions, Display, LocalFile, Reporter, Silent, TaskCreator, UploadOptions, Uploaded,
+    upload, Client, ClientOptions, DisplayMode, LocalFile, Reporter, Silent, TaskCreator, UploadOptions, Uploaded,
 };
 use fupload::config::Settings;
 use fupload::startup::Application;
@@ -30,7 +30,7 @@ const TOKEN: &str = "demo-secret";
 const DEMO_SIZE: u64 = 256 << 20;
 
 fn main() -> anyhow::Result<()> {
-    let display = if std::io::stderr().is_terminal() { Display::Bar } else { Display::Lines };
+    let display = if std::io::stderr().is_terminal() { DisplayMode::Bar } else { DisplayMode::Lines };
     let dir = tempfile::tempdir()?;
     let options = UploadOptions::default();
     actix_web::rt::System::new().block_on(async {
@@ -75,7 +75,7 @@ impl Demo {
 }
 
 /// The whole flow with a file of `size` bytes in `dir`.
-async fn run(dir: &Path, size: u64, options: UploadOptions, display: Display) -> anyhow::Result<Demo> {
+async fn run(dir: &Path, size: u64, options: UploadOptions, display: DisplayMode) -> anyhow::Result<Demo> {
     let business_listener = TcpListener::bind("127.0.0.1:0")?;
     let business_address = business_listener.local_addr()?;
     let fupload = start_fupload(dir, &format!("http://{business_address}{CALLBACK_ROUTE}")).await?;
@@ -179,8 +179,9 @@ mod tests {
     async fn the_demo_stores_the_file_after_a_resume_and_calls_back() {
         let dir = tempfile::tempdir().unwrap();
         let size = 4 << 20;
-        let demo =
-            run(dir.path(), size, UploadOptions { block_size: 256 << 10, parallel: 4 }, Display::Quiet).await.unwrap();
+        let demo = run(dir.path(), size, UploadOptions { block_size: 256 << 10, parallel: 4 }, DisplayMode::Quiet)
+            .await
+            .unwrap();
         assert_eq!(demo.stored_md5, demo.source_md5);
         assert!(demo.stored.ends_with("store/users/demo/demo.bin"), "{}", demo.stored.display());
         assert_eq!(demo.callback["retCode"], "0");

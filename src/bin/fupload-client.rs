@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fupload::client::{
-    upload, Client, ClientError, ClientOptions, Display, LocalFile, Reporter, RetryPolicy, Silent, TaskCreator,
+    upload, Client, ClientError, ClientOptions, DisplayMode, LocalFile, Reporter, RetryPolicy, Silent, TaskCreator,
     TaskUrls, UploadOptions, WantedState,
 };
 
@@ -136,9 +136,9 @@ fn main() -> ExitCode {
 
 async fn upload_file(args: UploadArgs) -> ExitCode {
     let display = match (args.quiet, std::io::stderr().is_terminal()) {
-        (true, _) => Display::Quiet,
-        (false, true) => Display::Bar,
-        (false, false) => Display::Lines,
+        (true, _) => DisplayMode::Quiet,
+        (false, true) => DisplayMode::Bar,
+        (false, false) => DisplayMode::Lines,
     };
     let reporter = Rc::new(Reporter::new(display));
     let client = Client::new(args.network.options(), reporter.clone());

@@ -35,7 +35,7 @@ pub use api::{Client, ClientOptions, StateChanged};
 pub use error::ClientError;
 pub use file::LocalFile;
 pub use plan::blocks;
-pub use progress::{Display, Progress, Reporter, Silent};
+pub use progress::{DisplayMode, Progress, Reporter, Silent};
 pub use retry::RetryPolicy;
 pub use task::{BlocksInfo, TaskCreator, TaskUrls, WantedState};
 pub use upload::{upload, UploadOptions, Uploaded};

@@ -33,7 +33,7 @@ impl Progress for Silent {}
 
 /// How a [`Reporter`] shows progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Display {
+pub enum DisplayMode {
     /// A progress bar with bytes, rate and ETA (for a terminal).
     Bar,
     /// A line every few seconds (for logs).
@@ -41,7 +41,7 @@ pub enum Display {
     Quiet,
 }
 
-/// Seconds between two progress lines in [`Display::Lines`].
+/// Seconds between two progress lines in [`DisplayMode::Lines`].
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +54,15 @@ enum Phase {
 
 /// Shows progress on stderr. The bar's state (position, rate, ETA) serves the plain lines too.
 pub struct Reporter {
-    display: Display,
+    display: DisplayMode,
     bar: ProgressBar,
     phase: Cell<Phase>,
     last_line: Cell<Instant>,
 }
 
 impl Reporter {
-    pub fn new(display: Display) -> Self {
-        // Hidden until a phase has set its style and length; only Display::Bar ever draws it.
+    pub fn new(display: DisplayMode) -> Self {
+        // Hidden until a phase has set its style and length; only DisplayMode::Bar ever draws it.
         let bar = ProgressBar::hidden();
         Self { display, bar, phase: Cell::new(Phase::Start), last_line: Cell::new(Instant::now()) }
     }
@@ -72,12 +72,12 @@ impl Reporter {
         self.bar.finish_and_clear();
     }
 
-    /// A message between progress updates (not in [`Display::Quiet`]).
+    /// A message between progress updates (not in [`DisplayMode::Quiet`]).
     pub fn note(&self, message: &str) {
         match self.display {
-            Display::Bar => self.bar.println(message),
-            Display::Lines => eprintln!("{message}"),
-            Display::Quiet => {}
+            DisplayMode::Bar => self.bar.println(message),
+            DisplayMode::Lines => eprintln!("{message}"),
+            DisplayMode::Quiet => {}
         }
     }
 
@@ -89,14 +89,14 @@ impl Reporter {
         self.bar.set_position(position);
         self.bar.reset_eta();
         self.last_line.set(Instant::now());
-        if self.display == Display::Bar && self.bar.is_hidden() {
+        if self.display == DisplayMode::Bar && self.bar.is_hidden() {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
         }
     }
 
-    /// In [`Display::Lines`], a line every `LINE_EVERY`.
+    /// In [`DisplayMode::Lines`], a line every `LINE_EVERY`.
     fn tick(&self, verb: &str) {
-        if self.display != Display::Lines || self.last_line.get().elapsed() < LINE_EVERY {
+        if self.display != DisplayMode::Lines || self.last_line.get().elapsed() < LINE_EVERY {
             return;
         }
         self.last_line.set(Instant::now());
@@ -164,7 +164,7 @@ impl Progress for Reporter {
     fn verifying(&self) {
         if self.phase.replace(Phase::Verifying) != Phase::Verifying {
             self.bar.set_message("verifying on the server");
-            if self.display == Display::Lines {
+            if self.display == DisplayMode::Lines {
                 eprintln!("all bytes sent; the server is verifying the md5 and storing the file");
             }
         }
