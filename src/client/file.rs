@@ -131,7 +131,10 @@ mod tests {
         let pieces: Vec<Bytes> = file.stream(range).try_collect().await.unwrap();
         assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), vec![SEND_PIECE, SEND_PIECE, 5]);
         assert_eq!(pieces.concat(), &data[5..=SEND_PIECE * 2 + 9]);
-        assert_eq!(file.md5_of(range).await.unwrap(), Md5Hex::of_digest(&md5::Md5::digest(&data[5..=SEND_PIECE * 2 + 9])));
+        assert_eq!(
+            file.md5_of(range).await.unwrap(),
+            Md5Hex::of_digest(&md5::Md5::digest(&data[5..=SEND_PIECE * 2 + 9]))
+        );
     }
 
     #[actix_web::test]
