@@ -4,6 +4,7 @@ pub mod blob;
 pub mod callback;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod http;
 pub mod service;
 pub mod startup;

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use crate::config::CallbackSettings;
 use crate::store::{DueCallback, Store};
+use crate::telemetry::metrics;
 
 /// Callbacks sent at once.
 const BATCH: u32 = 32;
@@ -61,11 +62,13 @@ async fn deliver(client: &awc::Client, store: &Store, settings: &CallbackSetting
     let recorded = match &error {
         None => {
             tracing::info!(task_id = callback.task_id, attempts, "callback delivered");
+            metrics::callback_delivered();
             store.callback_delivered(callback.callback_id).await
         }
         Some(error) => {
             let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
             tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
+            metrics::callback_failed(retry_in.is_none());
             store.callback_attempt_failed(callback.callback_id, error, retry_in).await
         }
     };

@@ -115,6 +115,7 @@ impl Uploads {
         let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
         if ended.is_ok() {
             tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
+            crate::telemetry::metrics::task_ended(ending.status);
             self.outbox_wakeup.notify_one();
         }
         Ok(ended)
