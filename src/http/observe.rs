@@ -41,6 +41,8 @@ pub async fn observe(
     if let Some(bytes) = content_length(&req) {
         span.record("bytes", bytes);
     }
+    // Debug: a long upload shows up while it is still arriving.
+    span.in_scope(|| tracing::debug!("request started"));
     let result = next.call(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let (status, ret_code, accepted) = match &result {
