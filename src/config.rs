@@ -400,6 +400,15 @@ bServer:
     }
 
     #[test]
+    fn the_shipped_configs_load() {
+        for file in ["conf/fupload.yml", "conf/fupload.production.yml"] {
+            let settings = Settings::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(file).as_path(), env(&[]))
+                .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert!(!settings.business_servers.is_empty(), "{file}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(Settings::from_yaml(YAML, env(&[("FUPLOAD__NOPE", "1")])).is_err());
         assert!(Settings::from_yaml("taskTimeot: 5\n", env(&[])).is_err());

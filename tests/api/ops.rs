@@ -101,6 +101,10 @@ async fn cors_is_closed_by_default() {
     assert_eq!((status, allowed_origin(&headers)), (400, None));
     let (status, headers, _) = app.request(Method::GET, "/healthz", &[("origin", "https://app.example")]).await;
     assert_eq!((status, allowed_origin(&headers)), (200, None));
+    // An OPTIONS that is not a preflight is just a wrong method, answered with the envelope.
+    let (status, _, body) = app.request(Method::OPTIONS, BLOCK_PATH, &[]).await;
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, json["retCode"].as_str()), (405, Some("6")));
 }
 
 #[actix_web::test]
