@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::info::{ranges_json, RangeJson};
+use super::openapi::{BlockForm, Refusal, TaskParams};
 use super::{envelope, task_ref};
 use crate::blob;
 use crate::domain::{ByteRange, FieldError, Md5Hex};
@@ -52,21 +53,18 @@ pub struct BlockJson {
     post,
     path = "/api/upload/files/block",
     tag = "tasks",
-    params(
-        ("taskId" = i64, Query, description = "The task, from its URL"),
-        ("key" = Option<String>, Query, description = "The task's upload key, from its URL")
-    ),
-    request_body(content = crate::http::openapi::BlockForm, content_type = "multipart/form-data"),
+    params(TaskParams),
+    request_body(content = BlockForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "retCode 0: accepted; retCode 1: accepted but held no new bytes (data.expectBlocks \
             lists what is missing)", body = super::Envelope<BlockJson>),
-        (status = 400, description = "retCode 6, 7 or 8: a field, the part md5 or the body length is wrong", body = crate::http::openapi::Refusal),
-        (status = 404, description = "retCode 2: no such task, or a wrong key", body = crate::http::openapi::Refusal),
-        (status = 409, description = "retCode 4 or 11: the task is paused or has ended", body = crate::http::openapi::Refusal),
-        (status = 413, description = "retCode 10: the block is larger than maxBlockSize", body = crate::http::openapi::Refusal),
-        (status = 416, description = "retCode 8: the range lies outside the file", body = crate::http::openapi::Refusal),
-        (status = 500, description = "retCode 3 or 20: disk or system error", body = crate::http::openapi::Refusal),
-        (status = 507, description = "retCode 3: disk full", body = crate::http::openapi::Refusal),
+        (status = 400, description = "retCode 6, 7 or 8: a field, the part md5 or the body length is wrong", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 409, description = "retCode 4 or 11: the task is paused or has ended", body = Refusal),
+        (status = 413, description = "retCode 10: the block is larger than maxBlockSize", body = Refusal),
+        (status = 416, description = "retCode 8: the range lies outside the file", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+        (status = 507, description = "retCode 3: disk full", body = Refusal),
     )
 )]
 pub async fn upload_block(

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{CreateTaskRequest, Refusal};
 use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, STATE_PATH};
 use crate::service::{CreateTaskJson, UploadError, Uploads};
 use crate::telemetry::metrics;
@@ -26,15 +27,15 @@ pub struct TaskUrls {
     post,
     path = "/api/upload/new/task",
     tag = "tasks",
-    request_body(content = crate::http::openapi::CreateTaskRequest, content_type = "application/json"),
+    request_body(content = CreateTaskRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "retCode 0: the task and its URLs", body = super::Envelope<TaskUrls>),
-        (status = 400, description = "retCode 6: a field is wrong", body = crate::http::openapi::Refusal),
-        (status = 401, description = "retCode 1: unknown or missing token", body = crate::http::openapi::Refusal),
-        (status = 403, description = "retCode 9: storePath leaves storeDir", body = crate::http::openapi::Refusal),
-        (status = 413, description = "retCode 10: fileSize or body too large", body = crate::http::openapi::Refusal),
-        (status = 500, description = "retCode 3 or 20: disk or system error", body = crate::http::openapi::Refusal),
-        (status = 507, description = "retCode 3: disk full", body = crate::http::openapi::Refusal),
+        (status = 400, description = "retCode 6: a field is wrong", body = Refusal),
+        (status = 401, description = "retCode 1: unknown or missing token", body = Refusal),
+        (status = 403, description = "retCode 9: storePath leaves storeDir", body = Refusal),
+        (status = 413, description = "retCode 10: fileSize or body too large", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+        (status = 507, description = "retCode 3: disk full", body = Refusal),
     )
 )]
 pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Result<HttpResponse, ApiError> {

@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{Refusal, TaskParams};
 use super::{ok, task_ref};
 use crate::domain::ByteRange;
 use crate::service::Uploads;
@@ -42,15 +43,12 @@ pub struct BlocksInfoJson {
     get,
     path = "/api/upload/files/blocks/info",
     tag = "tasks",
-    params(
-        ("taskId" = i64, Query, description = "The task, from its URL"),
-        ("key" = Option<String>, Query, description = "The task's upload key, from its URL")
-    ),
+    params(TaskParams),
     responses(
         (status = 200, description = "retCode 0", body = super::Envelope<BlocksInfoJson>),
-        (status = 400, description = "retCode 6: taskId is missing or not an integer", body = crate::http::openapi::Refusal),
-        (status = 404, description = "retCode 2: no such task, or a wrong key", body = crate::http::openapi::Refusal),
-        (status = 500, description = "retCode 20: system error", body = crate::http::openapi::Refusal),
+        (status = 400, description = "retCode 6: taskId is missing or not an integer", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 500, description = "retCode 20: system error", body = Refusal),
     )
 )]
 pub async fn blocks_info(uploads: web::Data<Uploads>, req: HttpRequest) -> Result<HttpResponse, ApiError> {

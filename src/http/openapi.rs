@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{block, create_task, info, ops, state};
 use crate::domain::TaskStatus;
@@ -58,6 +58,16 @@ pub struct Refusal {
     pub status: String,
     #[schema(schema_with = null)]
     pub data: (),
+}
+
+/// The query of the task URLs that must name their task.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct TaskParams {
+    /// The task, from its URL.
+    pub task_id: i64,
+    /// The task's upload key, from its URL.
+    pub key: Option<String>,
 }
 
 /// `POST /api/upload/new/task`.
@@ -172,5 +182,12 @@ mod tests {
         assert!(json["openapi"].as_str().unwrap().starts_with("3."));
         let block = &json["paths"][super::super::BLOCK_PATH]["post"];
         assert!(block["requestBody"]["content"]["multipart/form-data"].is_object(), "{block}");
+        let params: Vec<(&str, &str, bool)> = block["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap(), p["required"] == true))
+            .collect();
+        assert_eq!(params, [("taskId", "query", true), ("key", "query", false)]);
     }
 }

@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{Refusal, StateRequest};
 use super::{ok, parse_task_id, task_query};
 use crate::service::{RequestedState, TaskRef, Uploads};
 
@@ -27,13 +28,13 @@ pub struct StateJson {
         ("taskId" = Option<i64>, Query, description = "The task, from its URL (or given in the body)"),
         ("key" = Option<String>, Query, description = "The task's upload key, from its URL")
     ),
-    request_body(content = crate::http::openapi::StateRequest, content_type = "application/json"),
+    request_body(content = StateRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "retCode 0: the task's status now", body = super::Envelope<StateJson>),
-        (status = 400, description = "retCode 6: a field is wrong", body = crate::http::openapi::Refusal),
-        (status = 404, description = "retCode 2: no such task, or a wrong key", body = crate::http::openapi::Refusal),
-        (status = 409, description = "retCode 5 or 11: already in that state, or the task has ended", body = crate::http::openapi::Refusal),
-        (status = 500, description = "retCode 3 or 20: disk or system error", body = crate::http::openapi::Refusal),
+        (status = 400, description = "retCode 6: a field is wrong", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 409, description = "retCode 5 or 11: already in that state, or the task has ended", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
     )
 )]
 pub async fn change_state(
