@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -89,7 +90,10 @@ fn dir_check(name: &'static str, dir: &Path, min_free: u64) -> Check {
 }
 
 fn write_probe(dir: &Path) -> io::Result<()> {
-    let probe: PathBuf = dir.join(format!(".ready-probe-{}", std::process::id()));
+    // A name of its own per probe: readiness checks may run side by side.
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let probe: PathBuf = dir.join(format!(".ready-probe-{}-{n}", std::process::id()));
     let written = std::fs::write(&probe, b"ok").and_then(|()| std::fs::File::open(&probe)?.sync_all());
     let removed = std::fs::remove_file(&probe);
     written.and(removed)

@@ -59,21 +59,22 @@ async fn deliver(client: &awc::Client, store: &Store, settings: &CallbackSetting
         Err(e) => Some(format!("cannot reach the business server: {e}")),
     };
     let attempts = u32::try_from(callback.attempts).unwrap_or(u32::MAX).saturating_add(1);
+    let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
     let recorded = match &error {
         None => {
             tracing::info!(task_id = callback.task_id, attempts, "callback delivered");
-            metrics::callback_delivered();
             store.callback_delivered(callback.callback_id).await
         }
         Some(error) => {
-            let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
             tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
-            metrics::callback_failed(retry_in.is_none());
             store.callback_attempt_failed(callback.callback_id, error, retry_in).await
         }
     };
-    if let Err(e) = recorded {
-        tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt");
+    match (recorded, error) {
+        // Counted once recorded, so the counters never run ahead of the outbox table.
+        (Ok(()), None) => metrics::callback_delivered(),
+        (Ok(()), Some(_)) => metrics::callback_failed(retry_in.is_none()),
+        (Err(e), _) => tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt"),
     }
 }
 

@@ -98,8 +98,8 @@ pub fn callback_failed(gave_up: bool) {
     }
 }
 
-pub fn request_finished(method: &str, route: String, status: u16, took: Duration) {
-    histogram!(REQUEST_DURATION, "method" => method.to_owned(), "route" => route, "status" => status.to_string())
+pub fn request_finished(method: &'static str, route: String, status: u16, took: Duration) {
+    histogram!(REQUEST_DURATION, "method" => method, "route" => route, "status" => status.to_string())
         .record(took.as_secs_f64());
 }
 
