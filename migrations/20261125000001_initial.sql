@@ -14,7 +14,8 @@ CREATE TABLE upload_tasks (
     store_path         TEXT    NOT NULL,                   -- as the business server sent it
     store_dir          TEXT    NOT NULL,                   -- resolved absolute directory the file goes to
     feedback_parameter TEXT    NOT NULL,                   -- raw JSON, verbatim
-    tmp_path           TEXT    NOT NULL,
+    tmp_dir            TEXT    NOT NULL,                   -- the temp file is tmp_dir/task-<task_id>.part
+    received_bytes     INTEGER NOT NULL DEFAULT 0,         -- sum of received_ranges, kept with each block's commit
     status             TEXT    NOT NULL CHECK (status IN ('upload', 'pause', 'verify', 'finish', 'fail', 'cancel', 'expire')),
     final_path         TEXT,                               -- set on finish
     error              TEXT,                               -- why it failed, when it did
@@ -23,8 +24,8 @@ CREATE TABLE upload_tasks (
     ended_at           TEXT                                -- when it reached finish/fail/cancel/expire
 );
 
--- Finding an unfinished task again on create (resume).
-CREATE INDEX upload_tasks_resume ON upload_tasks (token_sha256, user_id, file_md5, file_size, file_name)
+-- At most one unfinished task per file and destination: a create that repeats one resumes it.
+CREATE UNIQUE INDEX upload_tasks_unfinished ON upload_tasks (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
     WHERE status IN ('upload', 'pause', 'verify');
 -- The expiry sweep.
 CREATE INDEX upload_tasks_active ON upload_tasks (updated_at) WHERE status IN ('upload', 'pause');

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Replays the Dockerfile without Docker (no Docker engine runs on our build machines): the build
-# stage's `cargo build` command, then the runtime stage's instructions, read from the Dockerfile
-# itself so the two cannot drift apart: its RUN (the same useradd, mkdir and chown), COPY, ENV,
-# WORKDIR, USER, VOLUME, HEALTHCHECK and ENTRYPOINT. The image's paths are laid out under a temp
-# root, and the server runs as the image's user with the image's environment. Then it checks
-# that the HEALTHCHECK passes, /readyz answers 200, the data lands in the volume owned by that
-# user, and SIGTERM stops the server cleanly. Everything it made is removed afterwards.
+# Replays the Dockerfile without Docker (no Docker engine runs on our build machines), reading
+# its instructions from the Dockerfile itself so the two cannot drift apart:
+# - build stage: its COPYs lay out the build context under a temp root, and its `cargo build`
+#   command runs there (so a file the build needs but the Dockerfile forgets to copy fails here);
+#   cargo-chef's prepare/cook steps only pre-build the dependencies for layer caching, and are
+#   left out;
+# - runtime stage: its RUN (the same useradd, mkdir and chown), COPY, ENV, WORKDIR, USER, VOLUME,
+#   HEALTHCHECK and ENTRYPOINT, with the image's paths under the temp root; a RUN that installs
+#   Debian packages is not run on this host: the packages it names must be installed here.
+# Then the server runs as the image's user with the image's environment only, and the script
+# checks that the HEALTHCHECK passes, /readyz answers 200, the data lands in the volume owned by
+# that user, the logs are JSON, and SIGTERM stops the server cleanly. It removes all it made.
 #
-#   scripts/docker-smoke.sh              # cargo build as the Dockerfile does (--release)
-#   PROFILE=debug scripts/docker-smoke.sh   # the same command without --release (CI: reuses the test build)
+#   scripts/docker-smoke.sh                 # the build command as the Dockerfile has it (--release)
+#   PROFILE=debug scripts/docker-smoke.sh   # the same without --release (CI: a debug build is quicker)
 #
 # Needs root (it creates the image's user, as the image's RUN does) and python3.
 set -euo pipefail
@@ -46,7 +51,10 @@ for line in joined:
     else:
         stages[current].append((word, rest.strip()))
 runtime = stages[list(stages)[-1]]
-build = [rest for word, rest in stages["build"] if word == "RUN" and rest.startswith("cargo build")][-1]
+build_stage = stages["build"]
+build = [rest for word, rest in build_stage if word == "RUN" and rest.startswith("cargo build")][-1]
+build_workdir = [rest for word, rest in stages["chef"] if word == "WORKDIR"][-1]
+build_copies = [rest.split() for word, rest in build_stage if word == "COPY" and not rest.startswith("--from")]
 
 def emit(name, value):
     if isinstance(value, list):
@@ -76,19 +84,37 @@ for word, rest in runtime:
     elif word == "ENTRYPOINT":
         emit("entrypoint", json.loads(rest))
 emit("build_command", build)
+emit("build_workdir", build_workdir)
+emit("build_copies", ["|".join(args) for args in build_copies])
 emit("runs", runs)
 emit("copies", copies)
 emit("envs", envs)
 PY
 )"
 
-echo "== build: $build_command (profile $profile)"
-if [[ "$profile" == release ]]; then
-  eval "$build_command"
-else
-  eval "${build_command/ --release/}"
-fi
-binary="${CARGO_TARGET_DIR:-target}/$profile/fupload-server"
+# Build stage: the context its COPYs take, then its cargo build. The dependencies compiled for
+# this checkout are reused through the same target directory.
+target_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
+build_root="$root$build_workdir"
+mkdir -p "$build_root"
+for copy in "${build_copies[@]}"; do
+  IFS='|' read -r -a args <<< "$copy"
+  destination="${args[-1]}"
+  [[ "$destination" == /* ]] || destination="$build_workdir/${destination#./}"
+  for source in "${args[@]:0:${#args[@]}-1}"; do
+    echo "== build: COPY $source -> $destination"
+    if [[ "$destination" == */ ]]; then
+      mkdir -p "$root$destination" && cp -r "$source" "$root$destination"
+    else
+      mkdir -p "$(dirname "$root$destination")" && cp -r "$source" "$root$destination"
+    fi
+  done
+done
+command="$build_command"
+[[ "$profile" == release ]] || command="${build_command/ --release/}"
+echo "== build: RUN $command (in $build_workdir)"
+(cd "$build_root" && CARGO_TARGET_DIR="$target_dir" eval "$command")
+binary="$target_dir/$profile/fupload-server"
 
 # The image's paths, under the temp root: absolute paths of the WORKDIR tree are rewritten.
 in_root() { echo "$root$1"; }
@@ -98,6 +124,15 @@ if getent passwd "$uid" >/dev/null; then
   exit 1
 fi
 for run in "${runs[@]}"; do
+  if [[ "$run" == apt-get* ]]; then
+    # Not on this host: check that what the image installs is here too.
+    packages="$(sed -n 's/.*apt-get install[^&]*-y \(--no-install-recommends \)\{0,1\}\([^&]*\).*/\2/p' <<< "$run")"
+    for package in $packages; do
+      echo "== RUN apt-get install $package: installed here? (not run)"
+      dpkg -s "${package%%=*}" >/dev/null
+    done
+    continue
+  fi
   echo "== RUN $run"
   sh -c "${run//$workdir/$root$workdir}"
 done

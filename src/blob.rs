@@ -2,15 +2,15 @@
 //! and the move into the store directory. Blocking I/O runs on the blocking thread pool.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
+use crate::checksum::Md5;
 use crate::domain::{ByteRange, Md5Hex};
 
 /// Bytes handed to one `write` call at most: larger writes into freshly freed memory are slow
@@ -67,9 +67,12 @@ pub enum StreamError {
 /// writing only the parts inside `writes` (which must lie inside `range`). A body longer than
 /// `range` is cut off without writing past it. With `fsync`, the data is on disk before this returns.
 ///
-/// `keep` is held by the writer thread until it has finished writing and handed back on success:
+/// `keep` is held by the writing thread until it has finished writing and handed back on success:
 /// a claim on the written ranges must not be released while a write into them could still
 /// happen, even if the request that started it is dropped.
+///
+/// The first `WRITE_PIECE` bytes are gathered here; a body that ends within them (a small block)
+/// is written in one blocking call. A longer one goes on to a writer thread through a short queue.
 pub async fn stream_into<S, E, K>(
     path: PathBuf,
     range: ByteRange,
@@ -83,37 +86,79 @@ where
     E: std::fmt::Display,
     K: Send + 'static,
 {
-    let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || {
-        let written = write_chunks(&path, range, &writes, fsync, queue);
-        (written, keep)
-    });
     let mut body = std::pin::pin!(body);
     let mut body_len = 0u64;
-    let mut outcome = Ok(());
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => {
+    let mut next_chunk = async || -> Result<Option<Bytes>, StreamError> {
+        match body.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(StreamError::Body(e.to_string())),
+            Some(Ok(bytes)) => {
                 body_len += bytes.len() as u64;
                 if body_len > range.size() {
-                    outcome = Err(StreamError::TooLong(range.size()));
-                    break;
+                    return Err(StreamError::TooLong(range.size()));
                 }
-                if chunks.send(bytes).await.is_err() {
-                    break; // the writer stopped on a disk error, which it reports below
-                }
+                Ok(Some(bytes))
             }
-            Err(e) => {
-                outcome = Err(StreamError::Body(e.to_string()));
+        }
+    };
+    let mut gathered = Vec::new();
+    let mut gathered_len = 0;
+    let mut ended = false;
+    while gathered_len < WRITE_PIECE {
+        match next_chunk().await? {
+            Some(chunk) => {
+                gathered_len += chunk.len();
+                gathered.push(chunk);
+            }
+            None => {
+                ended = true;
                 break;
             }
         }
     }
-    drop(chunks);
-    // Once the writer thread has ended nothing writes any more, so `keep` may go on any error.
-    let (written, keep) = writer.await.map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
-    outcome?;
+    let (written, keep) = if ended {
+        let write = move || (write_chunks(&path, range, &writes, fsync, gathered), keep);
+        tokio::task::spawn_blocking(write).await
+    } else {
+        let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            let written = write_chunks(&path, range, &writes, fsync, gathered.into_iter().chain(Queue(queue)));
+            (written, keep)
+        });
+        let mut outcome = Ok(());
+        loop {
+            match next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if chunks.send(chunk).await.is_err() {
+                        break; // the writer stopped on a disk error, which it reports below
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(chunks);
+        // Once the writer thread has ended nothing writes any more, so `keep` may go on any error.
+        let joined = writer.await;
+        outcome?;
+        joined
+    }
+    .map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
     Ok((StreamedBlock { body_len, md5: written? }, keep))
+}
+
+/// The chunks a request hands to its writer thread, taken as they come.
+struct Queue(mpsc::Receiver<Bytes>);
+
+impl Iterator for Queue {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        self.0.blocking_recv()
+    }
 }
 
 fn write_chunks(
@@ -121,13 +166,13 @@ fn write_chunks(
     range: ByteRange,
     writes: &[ByteRange],
     fsync: bool,
-    mut queue: mpsc::Receiver<Bytes>,
+    chunks: impl IntoIterator<Item = Bytes>,
 ) -> io::Result<Md5Hex> {
     let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
     let mut pieces = file.as_ref().map(PieceWriter::new);
     let mut md5 = Md5::new();
     let mut offset = range.start();
-    while let Some(chunk) = queue.blocking_recv() {
+    for chunk in chunks {
         if chunk.is_empty() {
             continue;
         }
@@ -147,7 +192,7 @@ fn write_chunks(
     if let (Some(file), true) = (&file, fsync) {
         file.sync_data()?;
     }
-    Ok(Md5Hex::of_digest(&md5.finalize()))
+    Ok(md5.finish())
 }
 
 /// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.
@@ -195,19 +240,6 @@ impl<'f> PieceWriter<'f> {
 pub async fn read_stream(path: &Path) -> io::Result<impl Stream<Item = io::Result<Bytes>>> {
     let file = tokio::fs::File::open(path).await?;
     Ok(tokio_util::io::ReaderStream::with_capacity(file, WRITE_PIECE))
-}
-
-/// The md5 of a whole file, read in pieces. Blocking.
-pub fn md5_of_file(path: &Path) -> io::Result<Md5Hex> {
-    let mut file = File::open(path)?;
-    let mut md5 = Md5::new();
-    let mut buffer = vec![0u8; WRITE_PIECE];
-    loop {
-        match file.read(&mut buffer)? {
-            0 => return Ok(Md5Hex::of_digest(&md5.finalize())),
-            n => md5.update(&buffer[..n]),
-        }
-    }
 }
 
 /// Whether `dir` (which need not exist yet) lies inside `root` once symlinks are followed:
@@ -311,13 +343,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_longer_than_its_range_is_cut_off() {
+    async fn a_small_body_longer_than_its_range_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.part");
         fs::write(&path, b"....").unwrap();
         let result = stream_into(path.clone(), r(0, 1), vec![r(0, 1)], false, body(&[b"ab", b"cd"]), ()).await;
         assert!(matches!(result, Err(StreamError::TooLong(2))));
-        assert_eq!(fs::read(&path).unwrap(), b"ab..");
+        assert_eq!(fs::read(&path).unwrap(), b"....");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_longer_than_its_range_never_writes_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        let size = 2 * WRITE_PIECE as u64;
+        fs::write(&path, vec![b'.'; size as usize + 10]).unwrap();
+        let chunks: Vec<Result<Bytes, String>> = (0..3).map(|_| Ok(Bytes::from(vec![b'x'; WRITE_PIECE]))).collect();
+        let whole = r(0, size - 1);
+        let result = stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await;
+        assert!(matches!(result, Err(StreamError::TooLong(_))));
+        assert_eq!(&fs::read(&path).unwrap()[size as usize..], b"..........");
     }
 
     #[tokio::test]
@@ -333,7 +378,7 @@ mod tests {
             stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
         assert_eq!(streamed.body_len, size);
         assert_eq!(fs::read(&path).unwrap(), data);
-        assert_eq!(md5_of_file(&path).unwrap(), Md5Hex::of_digest(&Md5::digest(&data)));
+        assert_eq!(streamed.md5, Md5::digest(&data));
     }
 
     #[test]

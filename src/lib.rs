@@ -2,10 +2,13 @@
 
 pub mod blob;
 pub mod callback;
+pub mod checksum;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod health;
 pub mod http;
+pub mod prefix_hash;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -29,7 +29,15 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
     loop {
         match store.due_callbacks(BATCH).await {
             Ok(due) if !due.is_empty() => {
-                join_all(due.into_iter().map(|callback| deliver(&client, &store, &settings, callback))).await;
+                let sent =
+                    join_all(due.into_iter().map(|callback| deliver(&client, &store, &settings, callback))).await;
+                let delivered: Vec<i64> = sent.into_iter().flatten().collect();
+                match store.callbacks_delivered(&delivered).await {
+                    // Counted once recorded, so the counters never run ahead of the outbox table.
+                    Ok(()) => metrics::callbacks_delivered(delivered.len()),
+                    // They stay pending and are sent again: at least once.
+                    Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
+                }
                 continue;
             }
             Ok(_) => {}
@@ -46,36 +54,36 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
     }
 }
 
-async fn deliver(client: &awc::Client, store: &Store, settings: &CallbackSettings, callback: DueCallback) {
+/// POSTs one callback. Returns its id when the business server took it (2xx); a failed attempt
+/// is recorded here, with the next try scheduled or the callback given up.
+async fn deliver(
+    client: &awc::Client,
+    store: &Store,
+    settings: &CallbackSettings,
+    callback: DueCallback,
+) -> Option<i64> {
     let sent = client
         .post(&callback.notify_url)
         .insert_header(("content-type", "application/json"))
         .insert_header(("x-fupload-signature", callback.signature.as_str()))
         .send_body(callback.body.clone())
         .await;
-    let error = match sent {
-        Ok(response) if response.status().is_success() => None,
-        Ok(response) => Some(format!("business server answered {}", response.status())),
-        Err(e) => Some(format!("cannot reach the business server: {e}")),
-    };
     let attempts = u32::try_from(callback.attempts).unwrap_or(u32::MAX).saturating_add(1);
-    let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
-    let recorded = match &error {
-        None => {
+    let error = match sent {
+        Ok(response) if response.status().is_success() => {
             tracing::info!(task_id = callback.task_id, attempts, "callback delivered");
-            store.callback_delivered(callback.callback_id).await
+            return Some(callback.callback_id);
         }
-        Some(error) => {
-            tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
-            store.callback_attempt_failed(callback.callback_id, error, retry_in).await
-        }
+        Ok(response) => format!("business server answered {}", response.status()),
+        Err(e) => format!("cannot reach the business server: {e}"),
     };
-    match (recorded, error) {
-        // Counted once recorded, so the counters never run ahead of the outbox table.
-        (Ok(()), None) => metrics::callback_delivered(),
-        (Ok(()), Some(_)) => metrics::callback_failed(retry_in.is_none()),
-        (Err(e), _) => tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt"),
+    let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
+    tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
+    match store.callback_attempt_failed(callback.callback_id, &error, retry_in).await {
+        Ok(()) => metrics::callback_failed(retry_in.is_none()),
+        Err(e) => tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt"),
     }
+    None
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ impl Uploads {
         let claim = self.claims.claim(task.task_id, range);
         let received = self.store.received_within(task.task_id, range).await?;
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path.into(), range, claim, writes })
+        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path(), range, claim, writes })
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
@@ -113,14 +113,13 @@ impl Uploads {
             }
             _ => {}
         }
-        let commit = self
-            .store
-            .commit_block(plan.task_id, plan.file_size, &plan.writes)
-            .await?
-            .map_err(UploadError::for_status)?;
+        let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
         drop(plan.claim);
         let mut task_status = commit.status;
-        if task_status == TaskStatus::Verify {
+        if task_status == TaskStatus::Upload {
+            self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
+        } else {
+            // The finish hashes what is left itself, at once.
             let finishing = self.spawn_finish(plan.task_id);
             if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
                 task_status = status;
@@ -137,5 +136,59 @@ impl Uploads {
             task_status,
             expect_blocks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::test_support::test_uploads;
+    use crate::store::Store;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn an_in_order_upload_is_hashed_once_while_it_arrives() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(3 << 20);
+        let task = t.create(&data).await;
+        let mut last = None;
+        for start in (0..data.len()).step_by(512 << 10) {
+            last = Some(t.send(&task, &data, start, start + (512 << 10) - 1).await.unwrap());
+        }
+        assert_eq!(last.unwrap().task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64, "no byte read back twice");
+    }
+
+    #[tokio::test]
+    async fn out_of_order_blocks_are_hashed_once_the_gap_before_them_is_filled() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(1 << 20);
+        let task = t.create(&data).await;
+        t.send(&task, &data, 500_000, data.len() - 1).await.unwrap();
+        t.send(&task, &data, 0, 99).await.unwrap();
+        let last = t.send(&task, &data, 100, 499_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_received_prefix_is_hashed_again_once() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(2 << 20);
+        let task = t.create(&data).await;
+        t.send(&task, &data, 0, (1 << 20) - 1).await.unwrap();
+        let settings = t.uploads.settings.clone();
+        t.uploads.store().close().await;
+        let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
+        let restarted = Uploads::new(store, settings);
+        restarted.recover().await.unwrap();
+        let again = crate::service::test_support::TestUploads { uploads: restarted, dir: t.dir };
+        let last = again.send(&task, &data, 1 << 20, data.len() - 1).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        // The first MiB is read again once (the md5 state was in memory), the second once.
+        assert_eq!(again.uploads.hashers.bytes_read(), data.len() as u64);
     }
 }

@@ -130,8 +130,8 @@ impl Uploads {
         let (task, created) = self.store.create_or_resume_task(&new_task).await?;
         let mut status = task.status;
         if created {
-            let tmp_path = task.tmp_path.clone();
-            if let Err(e) = blocking(move || blob::create_temp(Path::new(&tmp_path), file_size)).await? {
+            let tmp_path = task.tmp_path();
+            if let Err(e) = blocking(move || blob::create_temp(&tmp_path, file_size)).await? {
                 self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
                 crate::telemetry::metrics::task_ended(TaskStatus::Fail);
                 return Err(UploadError::disk("cannot create temp file", e));
@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(created.status, TaskStatus::Upload);
         assert_eq!(created.upload_key.len(), 32);
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
-        assert_eq!(std::fs::metadata(&task.tmp_path).unwrap().len(), 345_000_000);
+        assert_eq!(std::fs::metadata(task.tmp_path()).unwrap().len(), 345_000_000);
         assert!(task.spec.store_dir.ends_with("/store/hello"));
         let again = t.uploads.create_task(json(&body(""))).await.unwrap();
         assert_eq!((again.task_id, again.created), (created.task_id, false));

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::domain::{FieldError, TaskStatus, UploadKey};
+use crate::prefix_hash::PrefixHashers;
 use crate::store::{Store, StoreError, Task};
 
 pub use block::{BlockAccepted, BlockPlan, ReceivedBlock};
@@ -103,6 +104,8 @@ pub struct Uploads {
     settings: Arc<Settings>,
     business_servers: Arc<BusinessServers>,
     claims: claims::InFlightClaims,
+    /// Whole-file md5 of each task's received prefix, advanced as blocks arrive.
+    hashers: Arc<PrefixHashers>,
     /// Woken when a callback is queued, so the outbox worker sends it at once.
     outbox_wakeup: Arc<Notify>,
 }
@@ -115,6 +118,7 @@ impl Uploads {
             store,
             settings,
             claims: claims::InFlightClaims::default(),
+            hashers: Arc::new(PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             outbox_wakeup: Arc::new(Notify::new()),
         }
     }
@@ -166,7 +170,39 @@ pub(crate) mod test_support {
 
     pub struct TestUploads {
         pub uploads: Uploads,
-        pub _dir: tempfile::TempDir,
+        pub dir: tempfile::TempDir,
+    }
+
+    impl TestUploads {
+        /// Creates a task for `data`.
+        pub async fn create(&self, data: &[u8]) -> TaskRef {
+            use md5::Digest;
+            let body = format!(
+                r#"{{"token":"{TOKEN}","userId":"1","fileName":"f.bin","fileSize":{},"fileMd5":"{}"}}"#,
+                data.len(),
+                hex::encode(md5::Md5::digest(data))
+            );
+            let created = self.uploads.create_task(CreateTaskJson::parse(body.as_bytes()).unwrap()).await.unwrap();
+            TaskRef { task_id: created.task_id, key: Some(created.upload_key) }
+        }
+
+        /// Sends `data[start..=end]` as one block, in 64 KiB chunks, with its md5.
+        pub async fn send(
+            &self,
+            task: &TaskRef,
+            data: &[u8],
+            start: usize,
+            end: usize,
+        ) -> Result<BlockAccepted, UploadError> {
+            use md5::Digest;
+            let part = bytes::Bytes::copy_from_slice(&data[start..=end]);
+            let chunks: Vec<Result<bytes::Bytes, String>> =
+                (0..part.len()).step_by(65536).map(|i| Ok(part.slice(i..(i + 65536).min(part.len())))).collect();
+            let md5 = crate::domain::Md5Hex::of_digest(&md5::Md5::digest(&part));
+            let plan = self.uploads.plan_block(task, start as u64, end as u64).await?;
+            let received = self.uploads.receive_block(plan, futures_util::stream::iter(chunks)).await?;
+            self.uploads.commit_block(received, Some(md5)).await
+        }
     }
 
     /// An upload service on a temp database and temp dirs, with one business server.
@@ -185,6 +221,6 @@ pub(crate) mod test_support {
         std::fs::create_dir_all(&settings.tmp_dir).unwrap();
         std::fs::create_dir_all(&settings.store_dir).unwrap();
         let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
-        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), _dir: dir }
+        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), dir }
     }
 }

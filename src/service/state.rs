@@ -63,7 +63,7 @@ impl Uploads {
         let task = self.authorized_task(task_ref).await?;
         let total_size = u64::try_from(task.spec.file_size).unwrap_or(0);
         // The gaps as they are, also for an ended task: its `status` says it takes no more.
-        let received_size = self.store.received_size(task.task_id).await?;
+        let received_size = u64::try_from(task.received_bytes).unwrap_or(0);
         let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;
         Ok(BlocksInfo { task_id: task.task_id, total_size, received_size, status: task.status, expect_blocks })
     }

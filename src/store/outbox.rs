@@ -80,12 +80,17 @@ impl Store {
         }))
     }
 
-    pub async fn callback_delivered(&self, callback_id: i64) -> Result<(), StoreError> {
+    /// Marks callbacks delivered, all in one statement.
+    pub async fn callbacks_delivered(&self, callback_ids: &[i64]) -> Result<(), StoreError> {
+        if callback_ids.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(callback_ids).map_err(|e| StoreError::Protocol(e.to_string()))?;
         sqlx::query(
             "UPDATE callback_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2, last_error = NULL
-             WHERE callback_id = ?1",
+             WHERE callback_id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(callback_id)
+        .bind(ids)
         .bind(now())
         .execute(&self.writer)
         .await?;

@@ -11,6 +11,8 @@ pub struct BlockCommit {
     /// Bytes the block added that were not recorded before.
     pub new_bytes: u64,
     pub received_size: u64,
+    /// `[0, received_prefix)` is received without a gap.
+    pub received_prefix: u64,
     /// `Verify` when this block completed the file, else `Upload`.
     pub status: TaskStatus,
 }
@@ -18,6 +20,18 @@ pub struct BlockCommit {
 fn to_sql(offset: u64) -> i64 {
     // Offsets are below the file size, which FileSize keeps within 63 bits.
     i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+/// `"0-9,20-29"` as written by the gap query.
+fn parse_ranges(text: &str) -> Result<Vec<ByteRange>, StoreError> {
+    text.split(',')
+        .map(|pair| {
+            pair.split_once('-')
+                .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
+                .ok_or_else(|| StoreError::Protocol(format!("gap {pair:?} is not start-end")))
+                .and_then(|(start, end)| from_sql(start, end))
+        })
+        .collect()
 }
 
 fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
@@ -30,67 +44,80 @@ fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
 
 impl Store {
     /// Records `written` (ranges of the task's temp file that now hold the block's bytes) in one
-    /// transaction: the task must still be `upload`; its idle clock restarts; each range is merged
-    /// with the ranges it touches; and the task moves to `verify` if the file is now complete.
-    /// `Err(current)` when the task is not in `upload` (`None`: no such task); nothing is written.
+    /// transaction: each range is merged with the ranges it touches; the task must still be
+    /// `upload`; its byte count and idle clock move on; and it goes to `verify` if the file is
+    /// now complete. `Err(current)` when the task is not in `upload` (`None`: no such task); then
+    /// nothing is written.
     pub async fn commit_block(
         &self,
         task_id: i64,
-        file_size: u64,
         written: &[ByteRange],
     ) -> Result<Result<BlockCommit, Option<TaskStatus>>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let touched = sqlx::query("UPDATE upload_tasks SET updated_at = ?2 WHERE task_id = ?1 AND status = 'upload'")
-            .bind(task_id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if touched == 0 {
-            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
-        }
         let mut new_bytes = 0;
         for &range in written {
-            new_bytes += insert_coalesced(&mut tx, task_id, range).await?;
+            match insert_coalesced(&mut tx, task_id, range).await {
+                Ok(added) => new_bytes += added,
+                // Ranges of a task that does not exist.
+                Err(StoreError::Database(e)) if e.is_foreign_key_violation() => return Ok(Err(None)),
+                Err(e) => return Err(e),
+            }
         }
-        let received_size = received_size(&mut tx, task_id).await?;
-        let status = if received_size >= file_size { TaskStatus::Verify } else { TaskStatus::Upload };
-        if status == TaskStatus::Verify {
-            sqlx::query("UPDATE upload_tasks SET status = 'verify' WHERE task_id = ?1")
-                .bind(task_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let updated: Option<(i64, TaskStatus, Option<i64>)> = sqlx::query_as(
+            "UPDATE upload_tasks SET updated_at = ?2, received_bytes = received_bytes + ?3,
+                 status = CASE WHEN received_bytes + ?3 >= file_size THEN 'verify' ELSE status END
+             WHERE task_id = ?1 AND status = 'upload'
+             RETURNING received_bytes, status,
+                 (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)",
+        )
+        .bind(task_id)
+        .bind(now())
+        .bind(to_sql(new_bytes))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((received_size, status, prefix)) = updated else {
+            // Dropping the transaction rolls the range changes back.
+            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
+        };
         tx.commit().await?;
-        Ok(Ok(BlockCommit { new_bytes, received_size, status }))
+        Ok(Ok(BlockCommit {
+            new_bytes,
+            received_size: u64::try_from(received_size).unwrap_or(0),
+            received_prefix: prefix.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+            status,
+        }))
     }
 
     /// The byte ranges of `[0, file_size)` not yet received, ascending, computed by SQLite
     /// from the gaps between stored ranges.
     pub async fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError> {
         // `covered_before` is the furthest byte any earlier range reaches, so the query stays
-        // right even if ranges overlapped; the second SELECT is the gap after the last range.
-        let gaps: Vec<(i64, i64)> = sqlx::query_as(
+        // right even if ranges overlapped; the last SELECT is the gap after the last range. The
+        // gaps come back as one text row ("start-end,start-end"): sqlx hands rows over from its
+        // connection thread one at a time, which costs more than the query for thousands of gaps.
+        let gaps: Option<String> = sqlx::query_scalar(
             "WITH ordered AS (
                  SELECT start_byte,
                         MAX(end_byte) OVER (ORDER BY start_byte ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
                             AS covered_before
                  FROM received_ranges WHERE task_id = ?1
+             ),
+             gaps AS (
+                 SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
+                 FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
+                 UNION ALL
+                 SELECT gap_start, gap_end FROM (
+                     SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
+                     FROM received_ranges WHERE task_id = ?1
+                 ) WHERE gap_start <= gap_end
              )
-             SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
-             FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
-             UNION ALL
-             SELECT gap_start, gap_end FROM (
-                 SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
-                 FROM received_ranges WHERE task_id = ?1
-             ) WHERE gap_start <= gap_end
-             ORDER BY gap_start",
+             SELECT group_concat(gap_start || '-' || gap_end, ',' ORDER BY gap_start) FROM gaps",
         )
         .bind(task_id)
         .bind(to_sql(file_size))
-        .fetch_all(&self.reader)
+        .fetch_one(&self.reader)
         .await?;
-        gaps.into_iter().map(|(start, end)| from_sql(start, end)).collect()
+        gaps.as_deref().map_or(Ok(Vec::new()), parse_ranges)
     }
 
     /// The stored ranges that overlap `within`.
@@ -99,20 +126,20 @@ impl Store {
         ranges_overlapping(&mut conn, task_id, within.start(), within.end()).await
     }
 
-    pub async fn received_size(&self, task_id: i64) -> Result<u64, StoreError> {
+    pub async fn received_prefix(&self, task_id: i64) -> Result<u64, StoreError> {
         let mut conn = self.reader.acquire().await?;
-        received_size(&mut conn, task_id).await
+        received_prefix(&mut conn, task_id).await
     }
 }
 
-async fn received_size(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
-    let total: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(end_byte - start_byte + 1), 0) FROM received_ranges WHERE task_id = ?1",
-    )
-    .bind(task_id)
-    .fetch_one(conn)
-    .await?;
-    Ok(u64::try_from(total).unwrap_or(0))
+/// The length of the gap-free received run from byte 0.
+async fn received_prefix(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
+    let end: Option<i64> =
+        sqlx::query_scalar("SELECT end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte = 0")
+            .bind(task_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(end.and_then(|end| u64::try_from(end + 1).ok()).unwrap_or(0))
 }
 
 /// The stored ranges that overlap `[low, high]`: those starting inside it, plus the last one
@@ -177,6 +204,10 @@ mod tests {
         store.create_or_resume_task(&new_task(size)).await.unwrap().0.task_id
     }
 
+    async fn received_bytes(store: &Store, task_id: i64) -> i64 {
+        store.task(task_id).await.unwrap().unwrap().received_bytes
+    }
+
     async fn stored(store: &Store, task_id: i64) -> Vec<ByteRange> {
         let rows: Vec<(i64, i64)> =
             sqlx::query_as("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 ORDER BY start_byte")
@@ -187,8 +218,8 @@ mod tests {
         rows.into_iter().map(|(s, e)| from_sql(s, e).unwrap()).collect()
     }
 
-    async fn commit(store: &Store, task_id: i64, size: u64, range: ByteRange) -> BlockCommit {
-        store.commit_block(task_id, size, &[range]).await.unwrap().unwrap()
+    async fn commit(store: &Store, task_id: i64, range: ByteRange) -> BlockCommit {
+        store.commit_block(task_id, &[range]).await.unwrap().unwrap()
     }
 
     #[tokio::test]
@@ -196,32 +227,32 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(0, 99)]);
-        assert_eq!(store.received_size(id).await.unwrap(), 0);
+        assert_eq!(received_bytes(&store, id).await, 0);
     }
 
     #[tokio::test]
     async fn gaps_at_the_start_middle_and_end() {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
-        commit(&store, id, 100, r(10, 19)).await;
-        commit(&store, id, 100, r(40, 49)).await;
+        assert_eq!(commit(&store, id, r(10, 19)).await.received_prefix, 0);
+        commit(&store, id, r(40, 49)).await;
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(0, 9), r(20, 39), r(50, 99)]);
-        commit(&store, id, 100, r(0, 0)).await;
-        commit(&store, id, 100, r(99, 99)).await;
+        assert_eq!(commit(&store, id, r(0, 0)).await.received_prefix, 1);
+        assert_eq!(commit(&store, id, r(99, 99)).await.received_prefix, 1);
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![r(1, 9), r(20, 39), r(50, 98)]);
-        assert_eq!(store.received_size(id).await.unwrap(), 22);
+        assert_eq!(received_bytes(&store, id).await, 22);
     }
 
     #[tokio::test]
     async fn adjacent_and_overlapping_blocks_coalesce_into_one_row() {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
-        assert_eq!(commit(&store, id, 100, r(20, 29)).await.new_bytes, 10);
-        assert_eq!(commit(&store, id, 100, r(30, 39)).await.new_bytes, 10);
-        assert_eq!(commit(&store, id, 100, r(5, 19)).await.new_bytes, 15);
-        assert_eq!(commit(&store, id, 100, r(35, 44)).await.new_bytes, 5);
+        assert_eq!(commit(&store, id, r(20, 29)).await.new_bytes, 10);
+        assert_eq!(commit(&store, id, r(30, 39)).await.new_bytes, 10);
+        assert_eq!(commit(&store, id, r(5, 19)).await.new_bytes, 15);
+        assert_eq!(commit(&store, id, r(35, 44)).await.new_bytes, 5);
         assert_eq!(stored(&store, id).await, vec![r(5, 44)]);
-        let repeat = commit(&store, id, 100, r(10, 20)).await;
+        let repeat = commit(&store, id, r(10, 20)).await;
         assert_eq!((repeat.new_bytes, repeat.received_size), (0, 40));
         assert_eq!(stored(&store, id).await, vec![r(5, 44)]);
     }
@@ -230,10 +261,10 @@ mod tests {
     async fn a_block_bridging_two_ranges_merges_all_three() {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
-        commit(&store, id, 100, r(0, 9)).await;
-        commit(&store, id, 100, r(20, 29)).await;
-        commit(&store, id, 100, r(50, 59)).await;
-        assert_eq!(commit(&store, id, 100, r(10, 19)).await.new_bytes, 10);
+        commit(&store, id, r(0, 9)).await;
+        commit(&store, id, r(20, 29)).await;
+        commit(&store, id, r(50, 59)).await;
+        assert_eq!(commit(&store, id, r(10, 19)).await.new_bytes, 10);
         assert_eq!(stored(&store, id).await, vec![r(0, 29), r(50, 59)]);
     }
 
@@ -241,11 +272,14 @@ mod tests {
     async fn the_last_byte_completes_the_file_and_moves_it_to_verify() {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
-        assert_eq!(commit(&store, id, 100, r(0, 98)).await.status, TaskStatus::Upload);
-        let last = commit(&store, id, 100, r(99, 99)).await;
-        assert_eq!(last, BlockCommit { new_bytes: 1, received_size: 100, status: TaskStatus::Verify });
+        assert_eq!(commit(&store, id, r(0, 98)).await.status, TaskStatus::Upload);
+        let last = commit(&store, id, r(99, 99)).await;
+        assert_eq!(
+            last,
+            BlockCommit { new_bytes: 1, received_size: 100, received_prefix: 100, status: TaskStatus::Verify }
+        );
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![]);
-        assert_eq!(store.commit_block(id, 100, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
+        assert_eq!(store.commit_block(id, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
     }
 
     #[tokio::test]
@@ -253,11 +287,11 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let one = task_of(&store, 1).await;
         assert_eq!(store.expected_blocks(one, 1).await.unwrap(), vec![r(0, 0)]);
-        assert_eq!(commit(&store, one, 1, r(0, 0)).await.status, TaskStatus::Verify);
+        assert_eq!(commit(&store, one, r(0, 0)).await.status, TaskStatus::Verify);
         let big = task_of(&store, 1000).await;
-        commit(&store, big, 1000, r(3, 3)).await;
-        commit(&store, big, 1000, r(500, 600)).await;
-        let all = commit(&store, big, 1000, r(0, 999)).await;
+        commit(&store, big, r(3, 3)).await;
+        commit(&store, big, r(500, 600)).await;
+        let all = commit(&store, big, r(0, 999)).await;
         assert_eq!((all.new_bytes, all.status), (1000 - 1 - 101, TaskStatus::Verify));
         assert_eq!(stored(&store, big).await, vec![r(0, 999)]);
     }
@@ -267,8 +301,8 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
         store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap().unwrap();
-        assert_eq!(store.commit_block(id, 100, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
-        assert_eq!(store.commit_block(4242, 100, &[r(0, 9)]).await.unwrap(), Err(None));
+        assert_eq!(store.commit_block(id, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
+        assert_eq!(store.commit_block(4242, &[r(0, 9)]).await.unwrap(), Err(None));
         assert_eq!(stored(&store, id).await, vec![]);
     }
 
@@ -277,7 +311,7 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
         for range in [r(0, 9), r(20, 29), r(40, 49)] {
-            commit(&store, id, 100, range).await;
+            commit(&store, id, range).await;
         }
         assert_eq!(store.received_within(id, r(5, 25)).await.unwrap(), vec![r(0, 9), r(20, 29)]);
         assert_eq!(store.received_within(id, r(10, 19)).await.unwrap(), vec![]);
@@ -290,7 +324,7 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 30_000).await;
         let ranges: Vec<ByteRange> = (0..10_000).map(|i| r(i * 3, i * 3 + 1)).collect();
-        store.commit_block(id, 30_000, &ranges).await.unwrap().unwrap();
+        store.commit_block(id, &ranges).await.unwrap().unwrap();
         let gaps = store.expected_blocks(id, 30_000).await.unwrap();
         assert_eq!(gaps.len(), 10_000);
         assert_eq!(gaps[0], r(2, 2));

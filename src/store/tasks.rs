@@ -1,5 +1,6 @@
 //! The `upload_tasks` table: one row per task, its columns the task's history.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{now, outbox, timestamp, Store, StoreError};
@@ -26,7 +27,9 @@ pub struct Task {
     pub task_id: i64,
     #[sqlx(flatten)]
     pub spec: TaskSpec,
-    pub tmp_path: String,
+    pub tmp_dir: String,
+    /// Bytes received so far (the sum of its received ranges).
+    pub received_bytes: i64,
     pub status: TaskStatus,
     pub final_path: Option<String>,
     pub error: Option<String>,
@@ -53,37 +56,56 @@ pub struct TaskEnding {
 }
 
 const TASK_COLUMNS: &str = "task_id, upload_key, business_server, token_sha256, user_id, file_name, file_size, \
-     file_md5, store_path, store_dir, feedback_parameter, tmp_path, status, final_path, error";
+     file_md5, store_path, store_dir, feedback_parameter, tmp_dir, received_bytes, status, final_path, error";
+
+impl Task {
+    /// The temp file the task's blocks are written into.
+    pub fn tmp_path(&self) -> PathBuf {
+        Path::new(&self.tmp_dir).join(format!("task-{}.part", self.task_id))
+    }
+}
 
 impl Store {
     /// The unfinished task with these same identifying fields, or a new one. Returns the task
-    /// and whether it was created now.
+    /// and whether it was created now. A unique index keeps one unfinished task per identity,
+    /// so racing creates of the same file end with the same task.
     pub async fn create_or_resume_task(&self, new: &NewTask) -> Result<(Task, bool), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let existing = sqlx::query_as::<_, Task>(&format!(
-            "SELECT {TASK_COLUMNS} FROM upload_tasks
-             WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
-               AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')
-             ORDER BY task_id DESC LIMIT 1"
-        ))
-        .bind(&new.spec.token_sha256)
-        .bind(&new.spec.user_id)
-        .bind(&new.spec.file_md5)
-        .bind(new.spec.file_size)
-        .bind(&new.spec.file_name)
-        .bind(&new.spec.store_dir)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(task) = existing {
-            return Ok((task, false));
+        // The open task found on conflict may end before it is read back: then insert again.
+        for _ in 0..3 {
+            if let Some(created) = self.insert_task(new).await? {
+                return Ok((created, true));
+            }
+            let existing = sqlx::query_as::<_, Task>(&format!(
+                "SELECT {TASK_COLUMNS} FROM upload_tasks
+                 WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
+                   AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"
+            ))
+            .bind(&new.spec.token_sha256)
+            .bind(&new.spec.user_id)
+            .bind(&new.spec.file_md5)
+            .bind(new.spec.file_size)
+            .bind(&new.spec.file_name)
+            .bind(&new.spec.store_dir)
+            .fetch_optional(&self.writer)
+            .await?;
+            if let Some(task) = existing {
+                return Ok((task, false));
+            }
         }
+        Err(StoreError::Protocol("an unfinished task kept appearing and ending during a create".into()))
+    }
+
+    /// Inserts the task unless an unfinished one with the same identity exists (`None`).
+    async fn insert_task(&self, new: &NewTask) -> Result<Option<Task>, StoreError> {
         let now = now();
-        let task_id: i64 = sqlx::query_scalar(
+        sqlx::query_as::<_, Task>(&format!(
             "INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
-                 file_md5, store_path, store_dir, feedback_parameter, tmp_path, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', ?11, ?12, ?12)
-             RETURNING task_id",
-        )
+                 file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+             ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
+                 WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
+             RETURNING {TASK_COLUMNS}"
+        ))
         .bind(&new.spec.upload_key)
         .bind(&new.spec.business_server)
         .bind(&new.spec.token_sha256)
@@ -94,20 +116,11 @@ impl Store {
         .bind(&new.spec.store_path)
         .bind(&new.spec.store_dir)
         .bind(&new.spec.feedback_parameter)
+        .bind(&new.tmp_dir)
         .bind(new.status.as_str())
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let tmp_path = format!("{}/task-{task_id}.part", new.tmp_dir.trim_end_matches('/'));
-        let task = sqlx::query_as::<_, Task>(&format!(
-            "UPDATE upload_tasks SET tmp_path = ?2 WHERE task_id = ?1 RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(task_id)
-        .bind(&tmp_path)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((task, true))
+        .fetch_optional(&self.writer)
+        .await
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
@@ -154,8 +167,8 @@ impl Store {
         }
     }
 
-    /// Ends a task that is in one of `from`, and queues its callback, in one transaction.
-    /// `Err(current)` when it was not in `from`, and nothing is written.
+    /// Ends a task that is in one of `from` (and, with `idle_for`, idle that long), and queues its
+    /// callback, in one transaction. `Err(current)` when it was not, and nothing is written.
     pub async fn end_task(
         &self,
         task_id: i64,
@@ -163,32 +176,28 @@ impl Store {
         ending: &TaskEnding,
         callback: &outbox::NewCallback,
     ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let current = Self::status_of(&mut tx, task_id).await?;
-        if !current.is_some_and(|status| from.contains(&status)) {
-            return Ok(Err(current));
-        }
-        if let Some(idle) = ending.idle_for {
-            let last_activity: String = sqlx::query_scalar("SELECT updated_at FROM upload_tasks WHERE task_id = ?1")
-                .bind(task_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if last_activity >= cutoff(idle) {
-                return Ok(Err(current));
-            }
-        }
+        let from_json = serde_json::to_string(&from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Protocol(e.to_string()))?;
         let now = now();
-        sqlx::query(
+        let mut tx = self.writer.begin().await?;
+        let ended = sqlx::query(
             "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
-             WHERE task_id = ?1",
+             WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
+               AND (?7 IS NULL OR updated_at < ?7)",
         )
         .bind(task_id)
         .bind(ending.status.as_str())
         .bind(&ending.final_path)
         .bind(&ending.error)
         .bind(&now)
+        .bind(from_json)
+        .bind(ending.idle_for.map(cutoff))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
+        }
         outbox::insert(&mut tx, task_id, callback, &now).await?;
         tx.commit().await?;
         Ok(Ok(()))
@@ -260,7 +269,7 @@ pub(crate) mod tests {
         let (store, _dir) = temp_store().await;
         let (first, created) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         assert!(created);
-        assert_eq!(first.tmp_path, format!("/tmp/x/task-{}.part", first.task_id));
+        assert_eq!(first.tmp_path(), Path::new(&format!("/tmp/x/task-{}.part", first.task_id)));
         assert_eq!(first.spec.feedback_parameter, "{\"a\": 1}");
         let (again, created) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         assert!(!created);
@@ -268,6 +277,16 @@ pub(crate) mod tests {
         let (other, created) = store.create_or_resume_task(&new_task(11)).await.unwrap();
         assert!(created);
         assert_ne!(other.task_id, first.task_id);
+    }
+
+    #[tokio::test]
+    async fn racing_creates_of_the_same_file_get_the_same_task() {
+        let (store, _dir) = temp_store().await;
+        let task = new_task(10);
+        let (a, b) = tokio::join!(store.create_or_resume_task(&task), store.create_or_resume_task(&task));
+        let ((a, a_created), (b, b_created)) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.task_id, b.task_id);
+        assert!(a_created != b_created, "exactly one of them created it");
     }
 
     #[tokio::test]

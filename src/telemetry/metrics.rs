@@ -87,8 +87,8 @@ pub fn block_answered(ret_code: &'static str, accepted_bytes: Option<u64>) {
     }
 }
 
-pub fn callback_delivered() {
-    counter!(CALLBACKS_DELIVERED).increment(1);
+pub fn callbacks_delivered(n: usize) {
+    counter!(CALLBACKS_DELIVERED).increment(n as u64);
 }
 
 pub fn callback_failed(gave_up: bool) {

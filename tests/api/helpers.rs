@@ -114,7 +114,7 @@ impl CallbackReceiver {
 }
 
 /// Stops a server when the test lets go of it (the stop command is sent at once).
-pub struct StopOnDrop(ServerHandle);
+pub struct StopOnDrop(pub ServerHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {

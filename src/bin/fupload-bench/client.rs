@@ -1,0 +1,153 @@
+//! A minimal client of the upload protocol: create a task, send blocks as multipart with the text
+//! fields first, the file part streamed in 256 KiB slices of shared memory (no copies).
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::server::TOKEN;
+
+const BOUNDARY: &str = "fupload-bench-boundary-0123456789";
+const PIECE: usize = 256 * 1024;
+
+pub struct BenchClient {
+    client: awc::Client,
+    base: String,
+}
+
+pub struct Task {
+    pub task_id: i64,
+    upload_url: String,
+    pub blocks_url: String,
+}
+
+/// A file to upload: its bytes, md5 and the md5 of each block, all computed before timing.
+pub struct Upload {
+    pub name: String,
+    pub data: Bytes,
+    pub md5: String,
+    pub block: usize,
+    pub part_md5s: Vec<String>,
+}
+
+impl Upload {
+    pub fn new(name: String, data: Bytes, block: usize) -> Self {
+        let md5 = hex_md5(&data);
+        let part_md5s = data.chunks(block).map(hex_md5).collect();
+        Self { name, data, md5, block, part_md5s }
+    }
+}
+
+pub fn hex_md5(data: &[u8]) -> String {
+    fupload::checksum::Md5::digest(data).as_str().to_owned()
+}
+
+/// What one upload came to.
+pub struct Uploaded {
+    pub task_id: i64,
+    pub status: String,
+}
+
+impl BenchClient {
+    pub fn new(base: &str) -> Self {
+        let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        Self { client, base: base.to_owned() }
+    }
+
+    async fn json(&self, request: awc::ClientRequest, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut response = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let json: Value = response.json().limit(64 << 20).await.context("reading the reply")?;
+        Ok(json)
+    }
+
+    pub async fn create(&self, upload: &Upload) -> anyhow::Result<Task> {
+        let body = json!({"token": TOKEN, "userId": "bench", "storePath": "bench/", "fileName": upload.name,
+            "fileSize": upload.data.len(), "fileMd5": upload.md5});
+        let reply = self.json(self.client.post(format!("{}/api/upload/new/task", self.base)), Some(body)).await?;
+        if reply["retCode"] != "0" {
+            bail!("create refused: {reply}");
+        }
+        let data = &reply["data"];
+        Ok(Task {
+            task_id: data["taskId"].as_i64().context("taskId")?,
+            upload_url: data["uploadUrl"].as_str().context("uploadUrl")?.to_owned(),
+            blocks_url: data["blocksUrl"].as_str().context("blocksUrl")?.to_owned(),
+        })
+    }
+
+    /// Sends `data[start..=end]` (a slice of shared memory) with its md5; returns the reply.
+    pub async fn send_block(
+        &self,
+        task: &Task,
+        data: &Bytes,
+        start: usize,
+        end: usize,
+        md5: &str,
+    ) -> anyhow::Result<Value> {
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"startByte\"\r\n\r\n{start}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"endByte\"\r\n\r\n{end}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"partMd5\"\r\n\r\n{md5}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"blob\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        );
+        let tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let length = head.len() + (end - start + 1) + tail.len();
+        let mut pieces = vec![Bytes::from(head)];
+        pieces.extend((start..=end).step_by(PIECE).map(|at| data.slice(at..(at + PIECE).min(end + 1))));
+        pieces.push(Bytes::from(tail));
+        let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+        let mut response = self
+            .client
+            .post(&task.upload_url)
+            .insert_header(("content-type", format!("multipart/form-data; boundary={BOUNDARY}")))
+            .send_body(SizedStream::new(length as u64, stream))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let reply: Value = response.json().limit(64 << 20).await.context("reading the block reply")?;
+        if reply["retCode"] != "0" {
+            bail!("block {start}-{end} refused: {reply}");
+        }
+        Ok(reply)
+    }
+
+    pub async fn blocks_info(&self, task: &Task) -> anyhow::Result<Value> {
+        self.json(self.client.get(&task.blocks_url), None).await
+    }
+
+    /// `GET blocksUrl`: the milliseconds until the whole reply is in (parsing it is the client's
+    /// business, not timed), and the parsed reply.
+    pub async fn timed_blocks_info(&self, task: &Task) -> anyhow::Result<(f64, Value)> {
+        let started = Instant::now();
+        let mut response = self.client.get(&task.blocks_url).send().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let body = response.body().limit(64 << 20).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok((ms, serde_json::from_slice(&body)?))
+    }
+
+    /// Creates the task and sends every block in order, one after the other; the last block's
+    /// reply waits for the finish.
+    pub async fn upload(&self, upload: &Upload) -> anyhow::Result<Uploaded> {
+        let task = self.create(upload).await?;
+        let mut status = String::new();
+        for (i, md5) in upload.part_md5s.iter().enumerate() {
+            let start = i * upload.block;
+            let end = (start + upload.block).min(upload.data.len()) - 1;
+            let reply = self.send_block(&task, &upload.data, start, end, md5).await?;
+            status = reply["data"]["taskStatus"].as_str().unwrap_or_default().to_owned();
+        }
+        let waited = Instant::now();
+        while status == "verify" && waited.elapsed() < Duration::from_secs(60) {
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+            status = self.blocks_info(&task).await?["data"]["status"].as_str().unwrap_or_default().to_owned();
+        }
+        Ok(Uploaded { task_id: task.task_id, status })
+    }
+}

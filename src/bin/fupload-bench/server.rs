@@ -1,0 +1,134 @@
+//! The server under test as a child process on loopback, and the business server it calls back.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::{bail, Context};
+
+pub const TOKEN: &str = "bench-token";
+
+pub struct ServerProcess {
+    child: Child,
+    pub base: String,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `bin` on a free loopback port with its data in `dir` (created fresh).
+    pub fn start(bin: &Path, dir: &Path, notify_url: &str, max_block_size: u64) -> anyhow::Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = dir.join("fupload.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "server: {{host: \"127.0.0.1\", port: {port}, addr: \"http://127.0.0.1\"}}\n\
+                 database: {{url: \"sqlite://{db}\"}}\n\
+                 tmpDir: \"{tmp}\"\nstoreDir: \"{store}\"\nmaxBlockSize: {max_block_size}\n\
+                 bServer:\n  {TOKEN}: {{name: \"bench\", notifyUrl: \"{notify_url}\"}}\n",
+                db = dir.join("fupload.db").display(),
+                tmp = dir.join("tmp").display(),
+                store = dir.join("store").display(),
+            ),
+        )?;
+        let log = dir.join("server.log");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let server = Self { child, base: format!("http://127.0.0.1:{port}"), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the server did not start; see {}", server.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    fn status_field(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The server's peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_field("VmHWM:").unwrap_or(0)
+    }
+
+    /// How long the finish of `task_id` took, from its log line.
+    pub fn finish_ms(&self, task_id: i64) -> Option<f64> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let marker = format!("task_id={task_id} ");
+        let line = log.lines().find(|l| l.contains("finish done") && l.contains(&marker))?;
+        let value = line.split("finish_ms=").nth(1)?.split_whitespace().next()?;
+        value.parse().ok()
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A business server that answers every callback with 200 and remembers where files went.
+#[derive(Clone)]
+pub struct CallbackSink {
+    pub store_paths: Arc<Mutex<HashMap<i64, String>>>,
+    pub url: String,
+    handle: ServerHandle,
+}
+
+impl CallbackSink {
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://127.0.0.1:{}/callback", listener.local_addr()?.port());
+        let store_paths = Arc::new(Mutex::new(HashMap::new()));
+        let recorded = store_paths.clone();
+        let server = HttpServer::new(move || {
+            let recorded = recorded.clone();
+            App::new().route(
+                "/callback",
+                web::post().to(move |body: web::Json<serde_json::Value>| {
+                    let recorded = recorded.clone();
+                    async move {
+                        if let (Some(id), Some(path)) = (body["taskId"].as_i64(), body["storePath"].as_str()) {
+                            recorded.lock().map(|mut r| r.insert(id, path.to_owned())).ok();
+                        }
+                        HttpResponse::Ok().finish()
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Ok(Self { store_paths, url, handle })
+    }
+
+    pub fn store_path(&self, task_id: i64) -> Option<String> {
+        self.store_paths.lock().ok()?.get(&task_id).cloned()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Incremental whole-file md5: per task, an md5 state over the contiguous received prefix of its
+//! temp file, advanced in the background as the prefix grows. For an upload that arrives in order
+//! the digest is ready almost as soon as the last byte is; blocks that arrive out of order are read
+//! back (from the page cache, usually) once the gap before them is filled. The state lives in
+//! memory only: after a restart the prefix is hashed again from the file, once.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Semaphore;
+
+use crate::checksum::Md5;
+use crate::domain::Md5Hex;
+
+/// Bytes read per `read` call.
+const READ_PIECE: usize = 256 * 1024;
+/// Bytes one background run hashes before it lets other tasks' hashers have the thread.
+const RUN_SLICE: u64 = 64 << 20;
+
+/// The prefix hashers of all tasks in progress.
+pub struct PrefixHashers {
+    by_task: Mutex<HashMap<i64, Arc<PrefixHasher>>>,
+    /// Background runs at once: one per core, so hashing never crowds out the writers.
+    runs: Arc<Semaphore>,
+    /// Bytes read back from temp files, all tasks together (tests and benchmarks read it).
+    bytes_read: Arc<AtomicU64>,
+}
+
+struct PrefixHasher {
+    path: PathBuf,
+    /// `[0, received_prefix)` is received and committed: safe to hash.
+    received_prefix: AtomicU64,
+    /// A background run is scheduled or going on.
+    running: AtomicBool,
+    state: Mutex<HashState>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+struct HashState {
+    md5: Md5,
+    /// `[0, hashed)` has gone into `md5`.
+    hashed: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update is complete before the lock is let go; a panic cannot leave half of one.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PrefixHashers {
+    pub fn new(parallel_runs: usize) -> Self {
+        Self {
+            by_task: Mutex::default(),
+            runs: Arc::new(Semaphore::new(parallel_runs.max(1))),
+            bytes_read: Arc::default(),
+        }
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    fn hasher(&self, task_id: i64, path: &Path) -> Arc<PrefixHasher> {
+        lock(&self.by_task)
+            .entry(task_id)
+            .or_insert_with(|| {
+                Arc::new(PrefixHasher {
+                    path: path.to_path_buf(),
+                    received_prefix: AtomicU64::new(0),
+                    running: AtomicBool::new(false),
+                    state: Mutex::new(HashState { md5: Md5::new(), hashed: 0 }),
+                    bytes_read: self.bytes_read.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// `[0, prefix)` of the task's file is received: hash it in the background. Needs a Tokio runtime.
+    pub fn advance(&self, task_id: i64, path: &Path, prefix: u64) {
+        if prefix == 0 {
+            return;
+        }
+        let hasher = self.hasher(task_id, path);
+        hasher.received_prefix.fetch_max(prefix, Ordering::SeqCst);
+        if hasher.running.swap(true, Ordering::SeqCst) {
+            return; // the run going on will see the new prefix
+        }
+        let runs = self.runs.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = runs.clone().acquire_owned().await else { return };
+                let run = hasher.clone();
+                let more = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    run.run_slice()
+                })
+                .await;
+                if !matches!(more, Ok(true)) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The md5 of the task's whole file of `size` bytes: hashes whatever the background has not
+    /// yet, then forgets the task. Blocking.
+    pub fn finish(&self, task_id: i64, path: &Path, size: u64) -> io::Result<Md5Hex> {
+        let hasher = self.hasher(task_id, path);
+        let digest = {
+            let mut state = lock(&hasher.state);
+            hasher.hash_to(&mut state, size)?;
+            state.md5.clone().finish()
+        };
+        self.forget(task_id);
+        Ok(digest)
+    }
+
+    /// Drops the task's state (it ended without a finish).
+    pub fn forget(&self, task_id: i64) {
+        lock(&self.by_task).remove(&task_id);
+    }
+}
+
+impl PrefixHasher {
+    /// Hashes towards the received prefix for at most `RUN_SLICE` bytes. Returns whether it
+    /// stopped with work left (and so is still `running`).
+    fn run_slice(&self) -> bool {
+        let (hashed, cut_short) = {
+            let mut state = lock(&self.state);
+            let prefix = self.received_prefix.load(Ordering::SeqCst);
+            let until = prefix.min(state.hashed.saturating_add(RUN_SLICE));
+            if let Err(e) = self.hash_to(&mut state, until) {
+                // The finish reads again and reports the error then.
+                tracing::warn!(path = %self.path.display(), error = %e, "background hashing stopped");
+                self.running.store(false, Ordering::SeqCst);
+                return false;
+            }
+            (state.hashed, until < prefix)
+        };
+        if cut_short {
+            return true;
+        }
+        self.running.store(false, Ordering::SeqCst);
+        // A prefix that grew after the load above saw `running` still set and started nothing.
+        self.received_prefix.load(Ordering::SeqCst) > hashed && !self.running.swap(true, Ordering::SeqCst)
+    }
+
+    fn hash_to(&self, state: &mut HashState, until: u64) -> io::Result<()> {
+        if state.hashed >= until {
+            return Ok(());
+        }
+        let file = File::open(&self.path)?;
+        let mut buffer = vec![0u8; READ_PIECE];
+        while state.hashed < until {
+            let want = (until - state.hashed).min(READ_PIECE as u64) as usize;
+            let got = file.read_at(&mut buffer[..want], state.hashed)?;
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the temp file is shorter than its received bytes",
+                ));
+            }
+            state.md5.update(&buffer[..got]);
+            state.hashed += got as u64;
+            self.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5_of(data: &[u8]) -> Md5Hex {
+        use md5::Digest;
+        Md5Hex::of_digest(&md5::Md5::digest(data))
+    }
+
+    #[tokio::test]
+    async fn finish_without_any_advance_hashes_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let hashers = PrefixHashers::new(2);
+        assert_eq!(hashers.finish(1, &path, data.len() as u64).unwrap(), md5_of(&data));
+        assert_eq!(hashers.bytes_read(), data.len() as u64);
+        assert!(lock(&hashers.by_task).is_empty());
+    }
+
+    #[tokio::test]
+    async fn background_hashing_reads_each_byte_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let hashers = PrefixHashers::new(1);
+        for prefix in [1, 100_000, 100_000, 2_000_000, 2_999_999] {
+            hashers.advance(7, &path, prefix);
+            tokio::task::yield_now().await;
+        }
+        let digest = tokio::task::spawn_blocking(move || {
+            let digest = hashers.finish(7, &path, 3_000_000).unwrap();
+            (digest, hashers.bytes_read())
+        })
+        .await
+        .unwrap();
+        assert_eq!(digest, (md5_of(&data), 3_000_000));
+    }
+
+    #[tokio::test]
+    async fn a_short_file_is_an_error_not_a_wrong_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let hashers = PrefixHashers::new(1);
+        assert_eq!(hashers.finish(1, &path, 10).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
