@@ -32,7 +32,7 @@ struct TextFields {
 }
 
 enum Body {
-    Received(ReceivedBlock),
+    Received(Box<ReceivedBlock>),
     Spooled(Spool),
 }
 
@@ -89,7 +89,7 @@ pub async fn upload_block(
     }
     let received = match body {
         None => return Err(ApiError::field("file", "is required")),
-        Some(Body::Received(received)) => received,
+        Some(Body::Received(received)) => *received,
         Some(Body::Spooled(spool)) => {
             let (start, end) = range_fields(&text)?;
             let plan = uploads.plan_block(&task, start, end).await?;
@@ -127,7 +127,7 @@ async fn receive_file(uploads: &Uploads, task: &TaskRef, text: &TextFields, fiel
     match (text.start_byte, text.end_byte) {
         (Some(start), Some(end)) => {
             let plan = uploads.plan_block(task, start, end).await?;
-            Ok(Body::Received(uploads.receive_block(plan, field).await?))
+            Ok(Body::Received(Box::new(uploads.receive_block(plan, field).await?)))
         }
         _ => Ok(Body::Spooled(Spool::fill(uploads, field).await?)),
     }

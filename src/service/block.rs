@@ -1,6 +1,6 @@
 //! Receiving a block: plan which bytes it may write, stream it to the temp file, commit its ranges.
 
-use std::path::PathBuf;
+use crate::store::Task;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +18,7 @@ const FINISH_WAIT: Duration = Duration::from_secs(5);
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
 /// may write are claimed.
 pub struct BlockPlan {
-    task_id: i64,
-    file_size: u64,
-    tmp_path: PathBuf,
+    task: Task,
     range: ByteRange,
     claim: Claim,
     /// The claimed parts minus what was already received: the bytes this block writes.
@@ -67,9 +65,12 @@ impl Uploads {
         // Claim first, then read what is received: a block that committed and released its
         // claim before this claim was made is visible to the read below.
         let claim = self.claims.claim(task.task_id, range);
-        let received = self.store.received_within(task.task_id, range).await?;
+        let received = match task.received_bytes {
+            0 => Vec::new(),
+            _ => self.store.received_within(task.task_id, range).await?,
+        };
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path(), range, claim, writes })
+        Ok(BlockPlan { task, range, claim, writes })
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
@@ -79,7 +80,7 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let fsync = self.settings.durability == Durability::Power;
-        let (path, range, writes) = (plan.tmp_path.clone(), plan.range, plan.writes.clone());
+        let (path, range, writes) = (plan.task.tmp_path(), plan.range, plan.writes.clone());
         let (streamed, plan) =
             blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
                 StreamError::TooLong(_) | StreamError::Body(_) => {
@@ -113,24 +114,27 @@ impl Uploads {
             }
             _ => {}
         }
-        let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
-        drop(plan.claim);
+        let BlockPlan { mut task, range, claim, writes } = plan;
+        let commit = self.store.commit_block(task.task_id, &writes).await?.map_err(UploadError::for_status)?;
+        drop(claim);
+        let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
-            self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
+            self.hashers.advance(task_id, &task.tmp_path(), commit.received_prefix);
         } else {
             // The finish hashes what is left itself, at once.
-            let finishing = self.spawn_finish(plan.task_id);
+            task.status = TaskStatus::Verify;
+            let finishing = self.spawn_finish(task);
             if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
                 task_status = status;
             }
         }
         let expect_blocks = match commit.new_bytes {
-            0 => Some(self.store.expected_blocks(plan.task_id, plan.file_size).await?),
+            0 => Some(self.store.expected_blocks(task_id, file_size).await?),
             _ => None,
         };
         Ok(BlockAccepted {
-            range: plan.range,
+            range,
             new_bytes: commit.new_bytes,
             received_size: commit.received_size,
             task_status,

@@ -137,7 +137,7 @@ impl Uploads {
                 return Err(UploadError::disk("cannot create temp file", e));
             }
             if file_size == 0 {
-                status = self.finish(task.task_id).await?;
+                status = self.finish(task.clone()).await?;
             }
         }
         Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })
