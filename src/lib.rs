@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod http;
 pub mod prefix_hash;
 pub mod service;

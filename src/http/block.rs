@@ -6,13 +6,15 @@
 use std::path::PathBuf;
 
 use actix_multipart::{Field, Multipart};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::info::{ranges_json, RangeJson};
-use super::{task_ref, Envelope};
+use super::openapi::{BlockForm, Refusal, TaskParams};
+use super::{envelope, task_ref};
 use crate::blob;
 use crate::domain::{ByteRange, FieldError, Md5Hex};
 use crate::service::{BlockAccepted, ReceivedBlock, TaskRef, UploadError, Uploads};
@@ -34,17 +36,37 @@ enum Body {
     Spooled(Spool),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BlockJson {
+pub struct BlockJson {
     start_byte: u64,
     end_byte: u64,
     received_size: u64,
+    #[schema(schema_with = super::openapi::task_status)]
     task_status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     expect_blocks: Option<Vec<RangeJson>>,
 }
 
+/// Receives one block of a task's file.
+#[utoipa::path(
+    post,
+    path = "/api/upload/files/block",
+    tag = "tasks",
+    params(TaskParams),
+    request_body(content = BlockForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "retCode 0: accepted; retCode 1: accepted but held no new bytes (data.expectBlocks \
+            lists what is missing)", body = super::Envelope<BlockJson>),
+        (status = 400, description = "retCode 6, 7 or 8: a field, the part md5 or the body length is wrong", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 409, description = "retCode 4 or 11: the task is paused or has ended", body = Refusal),
+        (status = 413, description = "retCode 10: the block is larger than maxBlockSize", body = Refusal),
+        (status = 416, description = "retCode 8: the range lies outside the file", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+        (status = 507, description = "retCode 3: disk full", body = Refusal),
+    )
+)]
 pub async fn upload_block(
     uploads: web::Data<Uploads>,
     req: HttpRequest,
@@ -84,18 +106,21 @@ fn reply(accepted: BlockAccepted) -> HttpResponse {
         0 => ("1", "accepted, but the block held no new bytes"),
         _ => ("0", "ok"),
     };
-    HttpResponse::Ok().json(Envelope {
-        ret_code,
-        status: status.into(),
-        data: BlockJson {
-            start_byte: accepted.range.start(),
-            end_byte: accepted.range.end(),
-            received_size: accepted.received_size,
-            task_status: accepted.task_status.as_str(),
-            expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
-        },
-    })
+    let data = BlockJson {
+        start_byte: accepted.range.start(),
+        end_byte: accepted.range.end(),
+        received_size: accepted.received_size,
+        task_status: accepted.task_status.as_str(),
+        expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
+    };
+    let mut response = envelope(StatusCode::OK, ret_code, status.into(), data);
+    response.extensions_mut().insert(AcceptedBytes(accepted.range.size()));
+    response
 }
+
+/// The size of an accepted block, kept on the response for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptedBytes(pub u64);
 
 /// Streams the `file` part to the temp file if its range is known, else spools it.
 async fn receive_file(uploads: &Uploads, task: &TaskRef, text: &TextFields, field: Field) -> Result<Body, ApiError> {

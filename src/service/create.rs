@@ -133,6 +133,7 @@ impl Uploads {
             let tmp_path = task.tmp_path();
             if let Err(e) = blocking(move || blob::create_temp(&tmp_path, file_size)).await? {
                 self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
+                crate::telemetry::metrics::task_ended(TaskStatus::Fail);
                 return Err(UploadError::disk("cannot create temp file", e));
             }
             if file_size == 0 {

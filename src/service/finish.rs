@@ -120,6 +120,7 @@ impl Uploads {
         if ended.is_ok() {
             self.hashers.forget(task.task_id);
             tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
+            crate::telemetry::metrics::task_ended(ending.status);
             self.outbox_wakeup.notify_one();
         }
         Ok(ended)
