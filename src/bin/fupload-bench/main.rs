@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         let (w3_rate, w3_tasks) = workloads::w3(&client, &w3, args.w3_parallel).await.context("W3")?;
         workloads::verify_stored(&sink, &w3_tasks, &w3.iter().collect::<Vec<_>>()).await?;
         let peak = server.peak_rss_kib() as f64 / 1024.0;
-        server.stop();
+        drop(server);
         println!(
             "run {}: W1 {:.0} MB/s (finish {:.1} ms), W2 {:.0} MB/s, W3 {:.0} uploads/s, peak RSS {:.1} MiB; md5 {:.0} MB/s, write+fsync {:.0} MB/s",
             run + 1, one.mb_s, one.finish_ms, w2_speed, w3_rate, peak, figures.md5[run], figures.write_fsync[run]
@@ -158,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     let server = ServerProcess::start(&server_bin, &scratch.join("ranges"), &sink.url, (block + MIB) as u64)?;
     let ranges_ms =
         workloads::expect_blocks_ms(&BenchClient::new(&server.base), args.ranges).await.context("ranges")?;
-    server.stop();
+    drop(server);
     sink.stop().await;
     std::fs::remove_dir_all(&scratch).ok();
     report(&args, &mut figures, ranges_ms);

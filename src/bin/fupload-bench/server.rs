@@ -80,7 +80,11 @@ impl ServerProcess {
         value.parse().ok()
     }
 
-    pub fn stop(mut self) {
+}
+
+/// The server goes down with its handle, also when the benchmark stops on an error.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
