@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
+use crate::checksum::Md5;
 use crate::domain::{ByteRange, Md5Hex};
 
 /// Bytes handed to one `write` call at most: larger writes into freshly freed memory are slow
@@ -192,7 +192,7 @@ fn write_chunks(
     if let (Some(file), true) = (&file, fsync) {
         file.sync_data()?;
     }
-    Ok(Md5Hex::of_digest(&md5.finalize()))
+    Ok(md5.finish())
 }
 
 /// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.
@@ -378,7 +378,7 @@ mod tests {
             stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
         assert_eq!(streamed.body_len, size);
         assert_eq!(fs::read(&path).unwrap(), data);
-        assert_eq!(streamed.md5, Md5Hex::of_digest(&Md5::digest(&data)));
+        assert_eq!(streamed.md5, Md5::digest(&data));
     }
 
     #[test]

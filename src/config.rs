@@ -38,6 +38,15 @@ pub struct Settings {
     /// Business servers by token.
     #[serde(default, rename = "bServer")]
     pub business_servers: HashMap<String, BusinessServer>,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub cors: CorsSettings,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT before they are cut off.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: u64,
+    #[serde(default)]
+    pub readiness: ReadinessSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +141,61 @@ pub struct BusinessServer {
     pub notify_url: String,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Cross-origin access for browsers that upload straight to fupload. No allowed origin (the
+/// default) means no CORS headers are ever sent, so browsers keep other origins out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Exact origins (`https://app.example.com`), or `*` for any.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age: u64,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: vec!["GET".into(), "POST".into()],
+            allowed_headers: vec!["content-type".into()],
+            max_age: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadinessSettings {
+    /// Bytes that must stay free on the file systems of tmpDir and storeDir for `/readyz` to
+    /// answer ready.
+    pub min_free_disk: u64,
+}
+
+impl Default for ReadinessSettings {
+    fn default() -> Self {
+        Self { min_free_disk: 1 << 30 }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -149,6 +213,9 @@ fn default_max_file_size() -> u64 {
 }
 fn default_max_block_size() -> u64 {
     64 << 20
+}
+fn default_shutdown_grace() -> u64 {
+    25
 }
 
 /// The environment variable prefix; `__` separates key levels.
@@ -168,7 +235,11 @@ impl Settings {
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
             let key = known_key(&file, path).with_context(|| format!("{name}: no such setting"))?;
-            builder = builder.set_override(key, value)?;
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                builder.set_override(key, comma_separated(&value))?
+            } else {
+                builder.set_override(key, value)?
+            };
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.check()?;
@@ -196,6 +267,18 @@ impl Settings {
                 seconds == 0.0 || (least..=86_400.0).contains(&seconds),
                 "{key} must be 0 (no limit) or {least}..86400 seconds"
             );
+        }
+        for origin in self.cors.allowed_origins.iter().filter(|origin| *origin != "*") {
+            actix_web::http::Uri::try_from(origin.as_str())
+                .map_err(|_| anyhow::anyhow!("cors.allowedOrigins: {origin:?} is not an origin"))?;
+        }
+        for method in &self.cors.allowed_methods {
+            actix_web::http::Method::from_bytes(method.as_bytes())
+                .map_err(|_| anyhow::anyhow!("cors.allowedMethods: {method:?} is not an HTTP method"))?;
+        }
+        for header in &self.cors.allowed_headers {
+            actix_web::http::header::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| anyhow::anyhow!("cors.allowedHeaders: {header:?} is not a header name"))?;
         }
         Ok(())
     }
@@ -253,7 +336,22 @@ const SETTING_KEYS: &[&str] = &[
     "callback.maxAttempts",
     "callback.initialBackoff",
     "callback.maxBackoff",
+    "log.format",
+    "cors.allowedOrigins",
+    "cors.allowedMethods",
+    "cors.allowedHeaders",
+    "cors.maxAge",
+    "shutdownGrace",
+    "readiness.minFreeDisk",
 ];
+
+/// Settings that are lists: an environment variable gives them comma-separated
+/// (`FUPLOAD__CORS__ALLOWEDORIGINS=https://a.example,https://b.example`).
+const LIST_KEYS: &[&str] = &["cors.allowedOrigins", "cors.allowedMethods", "cors.allowedHeaders"];
+
+fn comma_separated(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+}
 
 #[cfg(test)]
 mod tests {
@@ -301,6 +399,47 @@ bServer:
         assert_eq!(settings.durability, Durability::Power);
         assert_eq!(settings.callback.max_attempts, 3);
         assert_eq!(settings.server.public_base_url(), "https://up.example.com");
+    }
+
+    #[test]
+    fn operations_settings_have_defaults_and_take_lists_from_the_environment() {
+        let settings = Settings::from_yaml(YAML, env(&[])).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Pretty);
+        assert!(settings.cors.allowed_origins.is_empty(), "CORS is closed by default");
+        assert_eq!(settings.shutdown_grace, 25);
+        assert_eq!(settings.readiness.min_free_disk, 1 << 30);
+        let settings = Settings::from_yaml(
+            YAML,
+            env(&[
+                ("FUPLOAD__LOG__FORMAT", "json"),
+                ("FUPLOAD__CORS__ALLOWEDORIGINS", "https://a.example, https://b.example"),
+                ("FUPLOAD__CORS__ALLOWEDMETHODS", "POST"),
+                ("FUPLOAD__CORS__MAXAGE", "60"),
+                ("FUPLOAD__SHUTDOWNGRACE", "5"),
+                ("FUPLOAD__READINESS__MINFREEDISK", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.log.format, LogFormat::Json);
+        assert_eq!(settings.cors.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(settings.cors.allowed_methods, vec!["POST"]);
+        assert_eq!(settings.cors.allowed_headers, vec!["content-type"]);
+        assert_eq!((settings.cors.max_age, settings.shutdown_grace, settings.readiness.min_free_disk), (60, 5, 0));
+        let yaml = "cors: {allowedOrigins: [\"https://a.example\"], allowedHeaders: [content-type, x-trace]}\n";
+        let settings = Settings::from_yaml(yaml, env(&[])).unwrap();
+        assert_eq!(settings.cors.allowed_headers, vec!["content-type", "x-trace"]);
+        assert!(Settings::from_yaml("cors: {allowedMethods: [\"GE T\"]}\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("cors: {allowedOrigins: [\"https://a b\"]}\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("log: {format: xml}\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn the_shipped_configs_load() {
+        for file in ["conf/fupload.yml", "conf/fupload.production.yml"] {
+            let settings = Settings::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(file).as_path(), env(&[]))
+                .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert!(!settings.business_servers.is_empty(), "{file}");
+        }
     }
 
     #[test]

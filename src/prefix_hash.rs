@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
+use crate::checksum::Md5;
 use crate::domain::Md5Hex;
 
 /// Bytes read per `read` call.
@@ -114,7 +114,7 @@ impl PrefixHashers {
         let digest = {
             let mut state = lock(&hasher.state);
             hasher.hash_to(&mut state, size)?;
-            Md5Hex::of_digest(&state.md5.clone().finalize())
+            state.md5.clone().finish()
         };
         self.forget(task_id);
         Ok(digest)
@@ -178,7 +178,8 @@ mod tests {
     use super::*;
 
     fn md5_of(data: &[u8]) -> Md5Hex {
-        Md5Hex::of_digest(&Md5::digest(data))
+        use md5::Digest;
+        Md5Hex::of_digest(&md5::Md5::digest(data))
     }
 
     #[tokio::test]

@@ -8,23 +8,27 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use tracing_actix_web::TracingLogger;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::callback;
+use crate::checksum::Md5;
 use crate::config::Settings;
 use crate::http;
 use crate::service::Uploads;
 use crate::store::Store;
+use crate::telemetry::metrics;
 
 pub struct Application {
     port: u16,
     server: Server,
     uploads: Uploads,
+    metrics: PrometheusHandle,
 }
 
 impl Application {
     /// Prepares everything and binds the listener (`server.port: 0` picks a free port).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        Md5::check_available().context("this OpenSSL offers no MD5 (FIPS mode?)")?;
         prepare_dirs(&mut settings)?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
@@ -35,16 +39,25 @@ impl Application {
             .with_context(|| format!("opening the database {}", settings.database.url))?;
         let uploads = Uploads::new(store, Arc::new(settings));
         uploads.recover().await.map_err(|e| anyhow::anyhow!("recovering after restart: {e:?}"))?;
+        let metrics = metrics::handle();
         let data = web::Data::new(uploads.clone());
+        let metrics_data = web::Data::new(metrics.clone());
+        let cors = uploads.settings().cors.clone();
         let limits = &uploads.settings().server;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(http::body_guard::fail_idle_bodies))
-                .wrap(TracingLogger::default())
+                .wrap(http::cors(&cors))
+                .wrap(from_fn(http::observe::observe))
                 .app_data(data.clone())
+                .app_data(metrics_data.clone())
                 .configure(http::configure)
         })
+        // Signals are the binary's business (`stop_on_signals`): a library, or a test, that
+        // builds an Application must not take over SIGINT for its whole process.
+        .disable_signals()
+        .shutdown_timeout(uploads.settings().shutdown_grace)
         .workers(workers)
         // actix counts connections per worker thread.
         .max_connections(limits.max_connections.div_ceil(workers))
@@ -52,7 +65,7 @@ impl Application {
         .keep_alive(Duration::from_secs_f64(limits.keep_alive))
         .listen(listener)?
         .run();
-        Ok(Self { port: uploads.settings().server.port, server, uploads })
+        Ok(Self { port: uploads.settings().server.port, server, uploads, metrics })
     }
 
     pub fn port(&self) -> u16 {
@@ -64,8 +77,12 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until the server stops (signal or handle), with the callback outbox worker and the
-    /// expiry sweeper running beside it; then stops them and closes the database.
+    /// Serves until the server stops (signal or handle), with the callback outbox worker, the
+    /// expiry sweeper and the metrics upkeep running beside it; then stops them and closes the
+    /// database (the last connection to close checkpoints the WAL into the database file).
+    ///
+    /// A graceful stop lets requests in flight finish for `shutdownGrace` seconds; a block still
+    /// arriving then is dropped unrecorded (its range is committed only after its whole body).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let settings = self.uploads.settings();
         let outbox = actix_web::rt::spawn(callback::run_outbox(
@@ -74,12 +91,40 @@ impl Application {
             self.uploads.outbox_wakeup(),
         ));
         let sweeper = actix_web::rt::spawn(sweep_expired(self.uploads.clone()));
+        let upkeep = actix_web::rt::spawn(metrics::keep_up(self.metrics.clone()));
         let served = self.server.await;
         outbox.abort();
         sweeper.abort();
+        upkeep.abort();
         self.uploads.store().close().await;
+        tracing::info!("stopped; the database is closed");
         served.context("HTTP server")
     }
+}
+
+/// Stops the server gracefully on the first SIGTERM or SIGINT, and at once on a second one.
+pub fn stop_on_signals(server: ServerHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    actix_web::rt::spawn(async move {
+        let mut graceful = true;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if graceful {
+                tracing::info!(signal = name, "shutting down: no new connections, requests in flight may finish");
+            } else {
+                tracing::warn!(signal = name, "second signal: stopping now");
+            }
+            // Not awaited: the server's own future reports when it has stopped.
+            drop(server.stop(graceful));
+            graceful = false;
+        }
+    });
+    Ok(())
 }
 
 /// Creates tmpDir and storeDir and makes them absolute, so stored paths do not depend on the

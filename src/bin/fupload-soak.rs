@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use md5::{Digest, Md5};
+use sha2::{Digest, Sha256};
 
 use client::{hex_md5, BenchClient, Upload};
 use server::{CallbackSink, ServerProcess};
@@ -52,12 +52,12 @@ struct Args {
     server: Option<PathBuf>,
 }
 
-/// Bytes that do not repeat or compress: md5 in counter mode.
+/// Bytes that do not repeat or compress: SHA-256 in counter mode.
 fn pool(len: usize) -> Bytes {
-    let mut data = Vec::with_capacity(len + 16);
+    let mut data = Vec::with_capacity(len + 32);
     let mut counter = 0u64;
     while data.len() < len {
-        data.extend_from_slice(&Md5::digest(counter.to_le_bytes()));
+        data.extend_from_slice(&Sha256::digest(counter.to_le_bytes()));
         counter += 1;
     }
     data.truncate(len);
@@ -82,7 +82,7 @@ async fn client_loop(id: usize, args: Rc<Args>, base: String, pool: Bytes, tally
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let seed = u64::from_le_bytes(Md5::digest(format!("{id}-{n}"))[..8].try_into().unwrap_or_default());
+        let seed = u64::from_le_bytes(Sha256::digest(format!("{id}-{n}"))[..8].try_into().unwrap_or_default());
         let large = seed % args.large_every == 0;
         let size = if large { args.large_mib * MIB } else { 1 + (seed >> 8) as usize % (args.small_kib * 1024) };
         let offset = (seed >> 24) as usize % (pool.len() - size);
@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     }
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
     let rss_end = server.status_field("VmRSS:").unwrap_or(0);
-    server.stop();
+    drop(server);
     sink.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use crate::config::CallbackSettings;
 use crate::store::{DueCallback, Store};
+use crate::telemetry::metrics;
 
 /// Callbacks sent at once.
 const BATCH: u32 = 32;
@@ -31,9 +32,11 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
                 let sent =
                     join_all(due.into_iter().map(|callback| deliver(&client, &store, &settings, callback))).await;
                 let delivered: Vec<i64> = sent.into_iter().flatten().collect();
-                if let Err(e) = store.callbacks_delivered(&delivered).await {
+                match store.callbacks_delivered(&delivered).await {
+                    // Counted once recorded, so the counters never run ahead of the outbox table.
+                    Ok(()) => metrics::callbacks_delivered(delivered.len()),
                     // They stay pending and are sent again: at least once.
-                    tracing::error!(error = %e, "cannot record delivered callbacks");
+                    Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
                 }
                 continue;
             }
@@ -76,8 +79,9 @@ async fn deliver(
     };
     let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
     tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
-    if let Err(e) = store.callback_attempt_failed(callback.callback_id, &error, retry_in).await {
-        tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt");
+    match store.callback_attempt_failed(callback.callback_id, &error, retry_in).await {
+        Ok(()) => metrics::callback_failed(retry_in.is_none()),
+        Err(e) => tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt"),
     }
     None
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
+use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -15,7 +16,8 @@ use serde::Serialize;
 use super::body_guard::Meter;
 use super::error::ApiError;
 use super::info::{ranges_json, RangeJson};
-use super::{task_ref, Envelope};
+use super::openapi::{BlockForm, Refusal, TaskParams};
+use super::{envelope, task_ref};
 use crate::blob;
 use crate::domain::{ByteRange, FieldError, Md5Hex};
 use crate::service::{BlockAccepted, ReceivedBlock, TaskRef, UploadError, Uploads};
@@ -35,21 +37,41 @@ struct TextFields {
 }
 
 enum Body {
-    Received(ReceivedBlock),
+    Received(Box<ReceivedBlock>),
     Spooled(Spool),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BlockJson {
+pub struct BlockJson {
     start_byte: u64,
     end_byte: u64,
     received_size: u64,
+    #[schema(schema_with = super::openapi::task_status)]
     task_status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     expect_blocks: Option<Vec<RangeJson>>,
 }
 
+/// Receives one block of a task's file.
+#[utoipa::path(
+    post,
+    path = "/api/upload/files/block",
+    tag = "tasks",
+    params(TaskParams),
+    request_body(content = BlockForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "retCode 0: accepted; retCode 1: accepted but held no new bytes (data.expectBlocks \
+            lists what is missing)", body = super::Envelope<BlockJson>),
+        (status = 400, description = "retCode 6, 7 or 8: a field, the part md5 or the body length is wrong", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 409, description = "retCode 4 or 11: the task is paused or has ended", body = Refusal),
+        (status = 413, description = "retCode 10: the block is larger than maxBlockSize", body = Refusal),
+        (status = 416, description = "retCode 8: the range lies outside the file", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+        (status = 507, description = "retCode 3: disk full", body = Refusal),
+    )
+)]
 pub async fn upload_block(
     uploads: web::Data<Uploads>,
     req: HttpRequest,
@@ -71,7 +93,7 @@ pub async fn upload_block(
     };
     let received = match body {
         None => return Err(ApiError::field("file", "is required")),
-        Some(Body::Received(received)) => received,
+        Some(Body::Received(received)) => *received,
         Some(Body::Spooled(spool)) => {
             let (start, end) = range_fields(&text)?;
             let plan = uploads.plan_block(&task, start, end).await?;
@@ -119,18 +141,21 @@ fn reply(accepted: BlockAccepted) -> HttpResponse {
         0 => ("1", "accepted, but the block held no new bytes"),
         _ => ("0", "ok"),
     };
-    HttpResponse::Ok().json(Envelope {
-        ret_code,
-        status: status.into(),
-        data: BlockJson {
-            start_byte: accepted.range.start(),
-            end_byte: accepted.range.end(),
-            received_size: accepted.received_size,
-            task_status: accepted.task_status.as_str(),
-            expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
-        },
-    })
+    let data = BlockJson {
+        start_byte: accepted.range.start(),
+        end_byte: accepted.range.end(),
+        received_size: accepted.received_size,
+        task_status: accepted.task_status.as_str(),
+        expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
+    };
+    let mut response = envelope(StatusCode::OK, ret_code, status.into(), data);
+    response.extensions_mut().insert(AcceptedBytes(accepted.range.size()));
+    response
 }
+
+/// The size of an accepted block, kept on the response for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptedBytes(pub u64);
 
 /// Streams the `file` part to the temp file if its range is known, else spools it.
 async fn receive_file(
@@ -142,7 +167,7 @@ async fn receive_file(
     match (text.start_byte, text.end_byte) {
         (Some(start), Some(end)) => {
             let plan = uploads.plan_block(task, start, end).await?;
-            Ok(Body::Received(uploads.receive_block(plan, field).await?))
+            Ok(Body::Received(Box::new(uploads.receive_block(plan, field).await?)))
         }
         _ => Ok(Body::Spooled(Spool::fill(uploads, field).await?)),
     }

@@ -4,22 +4,40 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{CreateTaskRequest, Refusal};
 use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, STATE_PATH};
 use crate::service::{CreateTaskJson, UploadError, Uploads};
+use crate::telemetry::metrics;
 
 /// Bodies larger than this are refused: a create request is a few hundred bytes plus the
 /// business server's feedBackParameter.
 pub const MAX_CREATE_BODY: usize = 1 << 20;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskUrls {
+pub struct TaskUrls {
     task_id: i64,
     upload_url: String,
     blocks_url: String,
     state_url: String,
 }
 
+/// Creates a task, or returns the unfinished task with the same fields again (resume).
+#[utoipa::path(
+    post,
+    path = "/api/upload/new/task",
+    tag = "tasks",
+    request_body(content = CreateTaskRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "retCode 0: the task and its URLs", body = super::Envelope<TaskUrls>),
+        (status = 400, description = "retCode 6: a field is wrong", body = Refusal),
+        (status = 401, description = "retCode 1: unknown or missing token", body = Refusal),
+        (status = 403, description = "retCode 9: storePath leaves storeDir", body = Refusal),
+        (status = 413, description = "retCode 10: fileSize or body too large", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+        (status = 507, description = "retCode 3: disk full", body = Refusal),
+    )
+)]
 pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let body = match body.to_bytes_limited(MAX_CREATE_BODY).await {
         Ok(Ok(bytes)) => bytes,
@@ -27,6 +45,9 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
         Err(_) => return Err(UploadError::TooLarge(format!("body is larger than {MAX_CREATE_BODY} bytes")).into()),
     };
     let created = uploads.create_task(CreateTaskJson::parse(&body)?).await?;
+    if created.created {
+        metrics::task_created();
+    }
     let base = uploads.settings().server.public_base_url();
     let url = |path| task_url(&base, path, created.task_id, &created.upload_key);
     Ok(ok(TaskUrls {

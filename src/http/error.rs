@@ -6,7 +6,7 @@ use std::io;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use super::Envelope;
+use super::envelope;
 use crate::domain::FieldError;
 use crate::service::{RangeProblem, UploadError};
 
@@ -81,26 +81,14 @@ impl ResponseError for ApiError {
             UploadError::Disk(e) => tracing::error!(error = %e, "disk error"),
             other => tracing::debug!(refusal = %other, "request refused"),
         }
-        HttpResponse::build(self.status_code()).json(Envelope {
-            ret_code: self.ret_code(),
-            status: self.status_text(),
-            data: serde_json::Value::Null,
-        })
+        envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null)
     }
 }
 
 pub async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed().json(Envelope {
-        ret_code: "6",
-        status: "method not allowed on this path".into(),
-        data: serde_json::Value::Null,
-    })
+    envelope(StatusCode::METHOD_NOT_ALLOWED, "6", "method not allowed on this path".into(), serde_json::Value::Null)
 }
 
 pub async fn unknown_path() -> HttpResponse {
-    HttpResponse::NotFound().json(Envelope {
-        ret_code: "6",
-        status: "no such endpoint".into(),
-        data: serde_json::Value::Null,
-    })
+    envelope(StatusCode::NOT_FOUND, "6", "no such endpoint".into(), serde_json::Value::Null)
 }

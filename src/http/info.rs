@@ -4,11 +4,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{Refusal, TaskParams};
 use super::{ok, task_ref};
 use crate::domain::ByteRange;
 use crate::service::Uploads;
 
-#[derive(Serialize)]
+/// Inclusive byte range.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RangeJson {
     start_byte: u64,
@@ -25,16 +27,30 @@ pub fn ranges_json(ranges: &[ByteRange]) -> Vec<RangeJson> {
     ranges.iter().map(RangeJson::from).collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BlocksInfoJson {
+pub struct BlocksInfoJson {
     task_id: i64,
     total_size: u64,
     received_size: u64,
+    #[schema(schema_with = super::openapi::task_status)]
     status: &'static str,
     expect_blocks: Vec<RangeJson>,
 }
 
+/// The byte ranges the task still expects, ascending, inclusive.
+#[utoipa::path(
+    get,
+    path = "/api/upload/files/blocks/info",
+    tag = "tasks",
+    params(TaskParams),
+    responses(
+        (status = 200, description = "retCode 0", body = super::Envelope<BlocksInfoJson>),
+        (status = 400, description = "retCode 6: taskId is missing or not an integer", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 500, description = "retCode 20: system error", body = Refusal),
+    )
+)]
 pub async fn blocks_info(uploads: web::Data<Uploads>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let info = uploads.blocks_info(&task_ref(&req)?).await?;
     Ok(ok(BlocksInfoJson {

@@ -2,11 +2,16 @@
 
 mod block;
 pub mod body_guard;
+mod cors;
 mod create_task;
 pub mod error;
 mod info;
+pub mod observe;
+pub mod openapi;
+mod ops;
 mod state;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, Resource, Route};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +22,12 @@ pub const NEW_TASK_PATH: &str = "/api/upload/new/task";
 pub const BLOCK_PATH: &str = "/api/upload/files/block";
 pub const BLOCKS_INFO_PATH: &str = "/api/upload/files/blocks/info";
 pub const STATE_PATH: &str = "/api/upload/files/state";
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+
+pub use cors::cors;
 
 /// Mounts every endpoint. A wrong method on a known path, and an unknown path, still get the
 /// JSON envelope.
@@ -25,6 +36,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(endpoint(BLOCK_PATH, web::post().to(block::upload_block)))
         .service(endpoint(BLOCKS_INFO_PATH, web::get().to(info::blocks_info)))
         .service(endpoint(STATE_PATH, web::post().to(state::change_state)))
+        .service(endpoint(HEALTHZ_PATH, web::get().to(ops::healthz)))
+        .service(endpoint(READYZ_PATH, web::get().to(ops::readyz)))
+        .service(endpoint(METRICS_PATH, web::get().to(ops::metrics)))
+        .service(endpoint(OPENAPI_PATH, web::get().to(ops::openapi)))
         .default_service(web::to(error::unknown_path));
 }
 
@@ -33,7 +48,7 @@ fn endpoint(path: &str, route: Route) -> Resource {
 }
 
 /// `{"retCode": …, "status": …, "data": …}`, the reply of every endpoint.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope<T: Serialize> {
     pub ret_code: &'static str,
@@ -41,8 +56,19 @@ pub struct Envelope<T: Serialize> {
     pub data: T,
 }
 
+/// The retCode a reply carried, kept on the response for the request log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetCode(pub &'static str);
+
+/// An envelope reply; every reply of the task endpoints is built here.
+fn envelope<T: Serialize>(http: StatusCode, ret_code: &'static str, status: String, data: T) -> HttpResponse {
+    let mut response = HttpResponse::build(http).json(Envelope { ret_code, status, data });
+    response.extensions_mut().insert(RetCode(ret_code));
+    response
+}
+
 fn ok<T: Serialize>(data: T) -> HttpResponse {
-    HttpResponse::Ok().json(Envelope { ret_code: "0", status: "ok".into(), data })
+    envelope(StatusCode::OK, "0", "ok".into(), data)
 }
 
 #[derive(Deserialize)]

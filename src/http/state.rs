@@ -4,19 +4,39 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::openapi::{Refusal, StateRequest};
 use super::{ok, parse_task_id, task_query};
 use crate::service::{RequestedState, TaskRef, Uploads};
 
 /// A state request is a few dozen bytes.
 const MAX_STATE_BODY: usize = 64 * 1024;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct StateJson {
+pub struct StateJson {
     task_id: i64,
+    #[schema(schema_with = super::openapi::task_status)]
     status: &'static str,
 }
 
+/// Pauses, resumes (`upload`) or cancels a task.
+#[utoipa::path(
+    post,
+    path = "/api/upload/files/state",
+    tag = "tasks",
+    params(
+        ("taskId" = Option<i64>, Query, description = "The task, from its URL (or given in the body)"),
+        ("key" = Option<String>, Query, description = "The task's upload key, from its URL")
+    ),
+    request_body(content = StateRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "retCode 0: the task's status now", body = super::Envelope<StateJson>),
+        (status = 400, description = "retCode 6: a field is wrong", body = Refusal),
+        (status = 404, description = "retCode 2: no such task, or a wrong key", body = Refusal),
+        (status = 409, description = "retCode 5 or 11: already in that state, or the task has ended", body = Refusal),
+        (status = 500, description = "retCode 3 or 20: disk or system error", body = Refusal),
+    )
+)]
 pub async fn change_state(
     uploads: web::Data<Uploads>,
     req: HttpRequest,

@@ -1,6 +1,6 @@
 //! Receiving a block: plan which bytes it may write, stream it to the temp file, commit its ranges.
 
-use std::path::PathBuf;
+use crate::store::Task;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +18,7 @@ const FINISH_WAIT: Duration = Duration::from_secs(5);
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
 /// may write are claimed.
 pub struct BlockPlan {
-    task_id: i64,
-    file_size: u64,
-    tmp_path: PathBuf,
+    task: Task,
     range: ByteRange,
     claim: Claim,
     /// The claimed parts minus what was already received: the bytes this block writes.
@@ -79,9 +77,12 @@ impl Uploads {
         // Claim first, then read what is received: a block that committed and released its
         // claim before this claim was made is visible to the read below.
         let claim = self.claims.claim(task.task_id, range);
-        let received = self.store.received_within(task.task_id, range).await?;
+        let received = match task.received_bytes {
+            0 => Vec::new(),
+            _ => self.store.received_within(task.task_id, range).await?,
+        };
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        Ok(BlockPlan { task_id: task.task_id, file_size, tmp_path: task.tmp_path(), range, claim, writes })
+        Ok(BlockPlan { task, range, claim, writes })
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
@@ -91,7 +92,7 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let fsync = self.settings.durability == Durability::Power;
-        let (task_id, path, range, writes) = (plan.task_id, plan.tmp_path.clone(), plan.range, plan.writes.clone());
+        let (task_id, path, range, writes) = (plan.task.task_id, plan.task.tmp_path(), plan.range, plan.writes.clone());
         match blob::stream_into(path, range, writes, fsync, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
             Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
@@ -129,16 +130,19 @@ impl Uploads {
             }
             _ => {}
         }
-        let commit = self.store.commit_block(plan.task_id, &plan.writes).await?.map_err(UploadError::for_status)?;
+        let BlockPlan { mut task, range, claim, writes } = plan;
+        let commit = self.store.commit_block(task.task_id, &writes).await?.map_err(UploadError::for_status)?;
         // Parts of the range that other blocks in flight had claimed were not written by this one.
-        let left_to_others = !plan.range.minus(plan.claim.ranges()).is_empty();
-        drop(plan.claim);
+        let left_to_others = !range.minus(claim.ranges()).is_empty();
+        drop(claim);
+        let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
-            self.hashers.advance(plan.task_id, &plan.tmp_path, commit.received_prefix);
+            self.hashers.advance(task_id, &task.tmp_path(), commit.received_prefix);
         } else {
             // The finish hashes what is left itself, at once.
-            let finishing = self.spawn_finish(plan.task_id);
+            task.status = TaskStatus::Verify;
+            let finishing = self.spawn_finish(task);
             if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
                 task_status = status;
             }
@@ -147,13 +151,13 @@ impl Uploads {
         // this range is not recorded (yet, or ever: that block may fail), it lists what is missing.
         let unrecorded = left_to_others
             && commit.status == TaskStatus::Upload
-            && !plan.range.minus(&self.store.received_within(plan.task_id, plan.range).await?).is_empty();
+            && !range.minus(&self.store.received_within(task_id, range).await?).is_empty();
         let expect_blocks = match commit.new_bytes == 0 || unrecorded {
-            true => Some(self.store.expected_blocks(plan.task_id, plan.file_size).await?),
+            true => Some(self.store.expected_blocks(task_id, file_size).await?),
             false => None,
         };
         Ok(BlockAccepted {
-            range: plan.range,
+            range,
             new_bytes: commit.new_bytes,
             received_size: commit.received_size,
             task_status,

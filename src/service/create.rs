@@ -133,10 +133,11 @@ impl Uploads {
             let tmp_path = task.tmp_path();
             if let Err(e) = blocking(move || blob::create_temp(&tmp_path, file_size)).await? {
                 self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
+                crate::telemetry::metrics::task_ended(TaskStatus::Fail);
                 return Err(UploadError::disk("cannot create temp file", e));
             }
             if file_size == 0 {
-                status = self.finish(task.task_id).await?;
+                status = self.finish(task.clone()).await?;
             }
         }
         Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })

@@ -21,10 +21,11 @@ enum Verified {
 impl Uploads {
     /// Finishes a task in `verify` on its own task, so that a client hanging up does not cut
     /// the finish short.
-    pub fn spawn_finish(&self, task_id: i64) -> JoinHandle<Result<TaskStatus, UploadError>> {
+    pub fn spawn_finish(&self, task: Task) -> JoinHandle<Result<TaskStatus, UploadError>> {
         let uploads = self.clone();
         tokio::spawn(async move {
-            let finished = uploads.finish(task_id).await;
+            let task_id = task.task_id;
+            let finished = uploads.finish(task).await;
             if let Err(e) = &finished {
                 tracing::error!(task_id, error = ?e, "finishing the task failed; it is retried at the next start");
             }
@@ -32,14 +33,12 @@ impl Uploads {
         })
     }
 
-    /// Verifies the whole-file md5 of a task in `verify`, moves the file into place and ends the
-    /// task with its callback. Returns the status the task is in afterwards.
-    pub(super) async fn finish(&self, task_id: i64) -> Result<TaskStatus, UploadError> {
+    /// Verifies the whole-file md5 of a task that is in `verify` (the caller has just seen it
+    /// enter or found it there), moves the file into place and ends the task with its callback.
+    /// Returns the status the task is in afterwards.
+    pub(super) async fn finish(&self, task: Task) -> Result<TaskStatus, UploadError> {
         let started = std::time::Instant::now();
-        let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
-        if task.status != TaskStatus::Verify {
-            return Ok(task.status);
-        }
+        let task_id = task.task_id;
         let (tmp, dir, name, expected) = (
             task.tmp_path(),
             PathBuf::from(&task.spec.store_dir),
@@ -121,6 +120,7 @@ impl Uploads {
         if ended.is_ok() {
             self.hashers.forget(task.task_id);
             tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
+            crate::telemetry::metrics::task_ended(ending.status);
             self.outbox_wakeup.notify_one();
         }
         Ok(ended)
@@ -184,8 +184,10 @@ impl Uploads {
             }
         }
         for task_id in self.store.tasks_in_status(TaskStatus::Verify).await? {
-            tracing::info!(task_id, "verifying a task left in verify");
-            self.spawn_finish(task_id);
+            if let Some(task) = self.store.task(task_id).await? {
+                tracing::info!(task_id, "verifying a task left in verify");
+                self.spawn_finish(task);
+            }
         }
         let tmp_dir = self.settings.tmp_dir.clone();
         let entries = blocking(move || std::fs::read_dir(&tmp_dir).and_then(|dir| dir.collect::<Result<Vec<_>, _>>()))

@@ -7,6 +7,7 @@
 
 mod outbox;
 mod ranges;
+mod stats;
 mod tasks;
 
 use std::str::FromStr;

@@ -232,6 +232,22 @@ impl TestApp {
         Reply { status: response.status().as_u16(), json }
     }
 
+    /// Any request, with extra headers; the reply's status, headers and body as they came.
+    pub async fn request(
+        &self,
+        method: awc::http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
+        let mut request = self.client.request(method, self.absolute(url));
+        for header in headers {
+            request = request.insert_header(*header);
+        }
+        let mut response = request.send().await.unwrap();
+        let body = response.body().limit(16 << 20).await.unwrap().to_vec();
+        (response.status().as_u16(), response.headers().clone(), body)
+    }
+
     fn absolute(&self, url: &str) -> String {
         if url.starts_with("http") {
             url.to_owned()

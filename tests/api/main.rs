@@ -6,4 +6,5 @@ mod callbacks;
 mod create;
 mod helpers;
 mod lifecycle;
+mod ops;
 mod state;

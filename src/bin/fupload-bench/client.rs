@@ -42,8 +42,7 @@ impl Upload {
 }
 
 pub fn hex_md5(data: &[u8]) -> String {
-    use md5::Digest;
-    hex::encode(md5::Md5::digest(data))
+    fupload::checksum::Md5::digest(data).as_str().to_owned()
 }
 
 /// What one upload came to.

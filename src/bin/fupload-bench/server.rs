@@ -74,14 +74,28 @@ impl ServerProcess {
 
     /// How long the finish of `task_id` took, from its log line.
     pub fn finish_ms(&self, task_id: i64) -> Option<f64> {
-        let log = std::fs::read_to_string(&self.log).ok()?;
         let marker = format!("task_id={task_id} ");
-        let line = log.lines().find(|l| l.contains("finish done") && l.contains(&marker))?;
-        let value = line.split("finish_ms=").nth(1)?.split_whitespace().next()?;
-        value.parse().ok()
+        self.logged_values("finish done", &marker, "finish_ms=").first().copied()
     }
 
-    pub fn stop(mut self) {
+    /// How long the server took to answer each request to `route`, from its log lines.
+    pub fn answered_ms(&self, route: &str) -> Vec<f64> {
+        self.logged_values("request answered", &format!("route={route} "), "duration_ms=")
+    }
+
+    /// The `field` values of the log lines that contain both `event` and `marker`.
+    fn logged_values(&self, event: &str, marker: &str, field: &str) -> Vec<f64> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(event) && l.contains(marker))
+            .filter_map(|l| l.split(field).nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// The server goes down with its handle, also when the benchmark stops on an error.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -71,8 +71,13 @@ pub async fn verify_stored(sink: &CallbackSink, tasks: &[i64], uploads: &[&Uploa
     Ok(())
 }
 
-/// Median milliseconds of `GET blocksUrl` for a task with `ranges` non-adjacent received ranges.
-pub async fn expect_blocks_ms(client: &BenchClient, ranges: usize) -> anyhow::Result<f64> {
+/// Median milliseconds of `GET blocksUrl` for a task with `ranges` non-adjacent received ranges:
+/// the client's round trip, and the server's own time from its log.
+pub async fn expect_blocks_ms(
+    client: &BenchClient,
+    server: &ServerProcess,
+    ranges: usize,
+) -> anyhow::Result<(f64, f64)> {
     let data = Bytes::from(vec![7u8; ranges * 2]);
     let upload = Upload::new("ranges.bin".into(), data.clone(), data.len());
     let task = client.create(&upload).await?;
@@ -88,5 +93,6 @@ pub async fn expect_blocks_ms(client: &BenchClient, ranges: usize) -> anyhow::Re
         let gaps = info["data"]["expectBlocks"].as_array().map_or(0, Vec::len);
         ensure!(gaps == ranges, "expected {ranges} gaps, got {gaps}");
     }
-    Ok(crate::median(&mut times))
+    let mut answered = server.answered_ms("/api/upload/files/blocks/info");
+    Ok((crate::median(&mut times), crate::median(&mut answered)))
 }
