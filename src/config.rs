@@ -58,11 +58,28 @@ pub struct ServerSettings {
     pub addr: String,
     /// When set, task URLs start with this instead (a reverse proxy's public address).
     pub proxy_addr: String,
+    /// Connections served at once, over all worker threads; more wait to be accepted.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (0: no limit).
+    pub client_request_timeout: f64,
+    /// Seconds an idle keep-alive connection stays open (0: no keep-alive).
+    pub keep_alive: f64,
+    /// Seconds a request body may pause before the request is given up (0: no limit).
+    pub client_body_timeout: f64,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 8080, addr: "http://127.0.0.1".into(), proxy_addr: String::new() }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            addr: "http://127.0.0.1".into(),
+            proxy_addr: String::new(),
+            max_connections: 1024,
+            client_request_timeout: 5.0,
+            keep_alive: 5.0,
+            client_body_timeout: 60.0,
+        }
     }
 }
 
@@ -238,6 +255,19 @@ impl Settings {
             "callback backoffs must satisfy 0 <= initialBackoff <= maxBackoff"
         );
         anyhow::ensure!(!self.tmp_dir.as_os_str().is_empty(), "tmpDir must be set");
+        anyhow::ensure!(self.server.max_connections > 0, "server.maxConnections must be positive");
+        // actix reads its clock for the head and keep-alive deadlines from a cache renewed every
+        // 0.5 s, so shorter timeouts would not be kept.
+        for (key, seconds, least) in [
+            ("server.clientRequestTimeout", self.server.client_request_timeout, 1.0),
+            ("server.keepAlive", self.server.keep_alive, 1.0),
+            ("server.clientBodyTimeout", self.server.client_body_timeout, 0.0),
+        ] {
+            anyhow::ensure!(
+                seconds == 0.0 || (least..=86_400.0).contains(&seconds),
+                "{key} must be 0 (no limit) or {least}..86400 seconds"
+            );
+        }
         for origin in self.cors.allowed_origins.iter().filter(|origin| *origin != "*") {
             actix_web::http::Uri::try_from(origin.as_str())
                 .map_err(|_| anyhow::anyhow!("cors.allowedOrigins: {origin:?} is not an origin"))?;
@@ -289,6 +319,10 @@ const SETTING_KEYS: &[&str] = &[
     "server.port",
     "server.addr",
     "server.proxyAddr",
+    "server.maxConnections",
+    "server.clientRequestTimeout",
+    "server.keepAlive",
+    "server.clientBodyTimeout",
     "database.url",
     "checkTmpMd5",
     "requireUploadKey",
@@ -413,5 +447,8 @@ bServer:
         assert!(Settings::from_yaml(YAML, env(&[("FUPLOAD__NOPE", "1")])).is_err());
         assert!(Settings::from_yaml("taskTimeot: 5\n", env(&[])).is_err());
         assert!(Settings::from_yaml("taskTimeout: 0\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("server: {keepAlive: 0.5}\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("server: {clientRequestTimeout: -1}\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("server: {maxConnections: 0}\n", env(&[])).is_err());
     }
 }

@@ -43,8 +43,11 @@ impl Application {
         let data = web::Data::new(uploads.clone());
         let metrics_data = web::Data::new(metrics.clone());
         let cors = uploads.settings().cors.clone();
+        let limits = &uploads.settings().server;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::body_guard::fail_idle_bodies))
                 .wrap(http::cors(&cors))
                 .wrap(from_fn(http::observe::observe))
                 .app_data(data.clone())
@@ -55,6 +58,11 @@ impl Application {
         // builds an Application must not take over SIGINT for its whole process.
         .disable_signals()
         .shutdown_timeout(uploads.settings().shutdown_grace)
+        .workers(workers)
+        // actix counts connections per worker thread.
+        .max_connections(limits.max_connections.div_ceil(workers))
+        .client_request_timeout(Duration::from_secs_f64(limits.client_request_timeout))
+        .keep_alive(Duration::from_secs_f64(limits.keep_alive))
         .listen(listener)?
         .run();
         Ok(Self { port: uploads.settings().server.port, server, uploads, metrics })

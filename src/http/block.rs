@@ -4,13 +4,16 @@
 //! file. If `file` comes first, it is spooled to a file in tmpDir until the range is known.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use actix_multipart::{Field, Multipart};
+use actix_multipart::{Multipart, MultipartError};
 use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use super::body_guard::Meter;
 use super::error::ApiError;
 use super::info::{ranges_json, RangeJson};
 use super::openapi::{BlockForm, Refusal, TaskParams};
@@ -23,6 +26,8 @@ use crate::service::{BlockAccepted, ReceivedBlock, TaskRef, UploadError, Uploads
 const MAX_TEXT_FIELD: usize = 1024;
 /// Unknown fields are read and dropped, up to this size each.
 const MAX_IGNORED_FIELD: usize = 64 * 1024;
+/// A block has four fields; a few extra ones (e.g. `partName`) are ignored, many are refused.
+const MAX_FIELDS: usize = 32;
 
 #[derive(Default)]
 struct TextFields {
@@ -70,23 +75,22 @@ pub struct BlockJson {
 pub async fn upload_block(
     uploads: web::Data<Uploads>,
     req: HttpRequest,
-    mut multipart: Multipart,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let task = task_ref(&req)?;
-    let mut text = TextFields::default();
-    let mut body = None;
-    while let Some(field) =
-        multipart.try_next().await.map_err(|e| ApiError::field("body", format!("bad multipart: {e}")))?
-    {
-        match field.name().unwrap_or_default() {
-            "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
-            "file" => body = Some(receive_file(&uploads, &task, &text, field).await?),
-            "startByte" => text.start_byte = Some(parse_offset("startByte", &read_text("startByte", field).await?)?),
-            "endByte" => text.end_byte = Some(parse_offset("endByte", &read_text("endByte", field).await?)?),
-            "partMd5" => text.part_md5 = Some(Md5Hex::parse("partMd5", read_text("partMd5", field).await?.trim())?),
-            _ => skip(field).await?,
-        }
-    }
+    uploads.check_block_target(&task).await?;
+    let meter = Meter::default();
+    let multipart = Multipart::new(req.headers(), meter.body(payload));
+    let fields = read_fields(&uploads, &task, &meter, multipart);
+    let (text, body) = match uploads.settings().server.client_body_timeout {
+        seconds if seconds > 0.0 => tokio::select! {
+            read = fields => read?,
+            () = meter.ended_for(Duration::from_secs_f64(seconds)) => {
+                return Err(ApiError::field("body", "bad multipart: the body ended inside a part"))
+            }
+        },
+        _ => fields.await?,
+    };
     let received = match body {
         None => return Err(ApiError::field("file", "is required")),
         Some(Body::Received(received)) => *received,
@@ -99,6 +103,37 @@ pub async fn upload_block(
     };
     let accepted = uploads.commit_block(received, text.part_md5).await?;
     Ok(reply(accepted))
+}
+
+/// Reads the fields, streaming the `file` part to the temp file (or a spool) as it comes.
+async fn read_fields(
+    uploads: &Uploads,
+    task: &TaskRef,
+    meter: &Meter,
+    mut multipart: Multipart,
+) -> Result<(TextFields, Option<Body>), ApiError> {
+    let mut text = TextFields::default();
+    let mut body = None;
+    let mut fields = 0;
+    while let Some(field) =
+        multipart.try_next().await.map_err(|e| ApiError::field("body", format!("bad multipart: {e}")))?
+    {
+        fields += 1;
+        if fields > MAX_FIELDS {
+            return Err(ApiError::field("body", format!("has more than {MAX_FIELDS} fields")));
+        }
+        let name = field.name().unwrap_or_default().to_owned();
+        let field = meter.take(field);
+        match name.as_str() {
+            "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
+            "file" => body = Some(receive_file(uploads, task, &text, field).await?),
+            "startByte" => text.start_byte = Some(parse_offset("startByte", &read_text("startByte", field).await?)?),
+            "endByte" => text.end_byte = Some(parse_offset("endByte", &read_text("endByte", field).await?)?),
+            "partMd5" => text.part_md5 = Some(Md5Hex::parse("partMd5", read_text("partMd5", field).await?.trim())?),
+            _ => skip(field).await?,
+        }
+    }
+    Ok((text, body))
 }
 
 fn reply(accepted: BlockAccepted) -> HttpResponse {
@@ -123,7 +158,12 @@ fn reply(accepted: BlockAccepted) -> HttpResponse {
 pub struct AcceptedBytes(pub u64);
 
 /// Streams the `file` part to the temp file if its range is known, else spools it.
-async fn receive_file(uploads: &Uploads, task: &TaskRef, text: &TextFields, field: Field) -> Result<Body, ApiError> {
+async fn receive_file(
+    uploads: &Uploads,
+    task: &TaskRef,
+    text: &TextFields,
+    field: impl FieldBytes,
+) -> Result<Body, ApiError> {
     match (text.start_byte, text.end_byte) {
         (Some(start), Some(end)) => {
             let plan = uploads.plan_block(task, start, end).await?;
@@ -143,7 +183,13 @@ fn parse_offset(field: &'static str, text: &str) -> Result<u64, ApiError> {
     text.trim().parse().map_err(|_| ApiError::field(field, "must be a non-negative integer"))
 }
 
-async fn read_text(name: &'static str, mut field: Field) -> Result<String, ApiError> {
+/// The bytes of a multipart field.
+trait FieldBytes: Stream<Item = Result<Bytes, MultipartError>> {}
+
+impl<S: Stream<Item = Result<Bytes, MultipartError>>> FieldBytes for S {}
+
+async fn read_text(name: &'static str, field: impl FieldBytes) -> Result<String, ApiError> {
+    let mut field = std::pin::pin!(field);
     let mut bytes = Vec::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(|e| ApiError::field(name, format!("cannot be read: {e}")))?;
@@ -155,7 +201,8 @@ async fn read_text(name: &'static str, mut field: Field) -> Result<String, ApiEr
     String::from_utf8(bytes).map_err(|_| ApiError::field(name, "must be UTF-8 text"))
 }
 
-async fn skip(mut field: Field) -> Result<(), ApiError> {
+async fn skip(field: impl FieldBytes) -> Result<(), ApiError> {
+    let mut field = std::pin::pin!(field);
     let mut seen = 0;
     while let Some(chunk) = field.next().await {
         seen += chunk.map_err(|e| ApiError::field("body", format!("cannot be read: {e}")))?.len();
@@ -172,7 +219,7 @@ struct Spool {
 }
 
 impl Spool {
-    async fn fill(uploads: &Uploads, field: Field) -> Result<Self, ApiError> {
+    async fn fill(uploads: &Uploads, field: impl FieldBytes) -> Result<Self, ApiError> {
         let spool = Spool { path: blob::spool_path(&uploads.settings().tmp_dir).map_err(UploadError::Disk)? };
         let limit = uploads.settings().max_block_size;
         let whole = ByteRange::new(0, limit.saturating_sub(1)).ok_or_else(|| ApiError::field("file", "is empty"))?;

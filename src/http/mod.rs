@@ -1,6 +1,7 @@
 //! Thin HTTP handlers: extract, call the service, map the outcome to the JSON envelope.
 
 mod block;
+pub mod body_guard;
 mod cors;
 mod create_task;
 pub mod error;

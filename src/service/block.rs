@@ -39,11 +39,23 @@ pub struct BlockAccepted {
     pub new_bytes: u64,
     pub received_size: u64,
     pub task_status: TaskStatus,
-    /// What is still missing, when the block brought nothing new.
+    /// What is still missing, when the block brought nothing new or part of its range is not
+    /// recorded (another block in flight had claimed it).
     pub expect_blocks: Option<Vec<ByteRange>>,
 }
 
 impl Uploads {
+    /// Refuses a block for an unknown task, with a wrong key, or for a task that takes no blocks,
+    /// before any of its body is read: nobody without the key makes the server read, spool or
+    /// buffer a body.
+    pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<(), UploadError> {
+        let task = self.authorized_task(task_ref).await?;
+        match task.status {
+            TaskStatus::Upload => Ok(()),
+            other => Err(UploadError::for_status(Some(other))),
+        }
+    }
+
     /// Checks the task and the range, and claims the range's unreceived bytes for this block.
     pub async fn plan_block(&self, task_ref: &TaskRef, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
         let task = self.authorized_task(task_ref).await?;
@@ -80,15 +92,19 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let fsync = self.settings.durability == Durability::Power;
-        let (path, range, writes) = (plan.task.tmp_path(), plan.range, plan.writes.clone());
-        let (streamed, plan) =
-            blob::stream_into(path, range, writes, fsync, body, plan).await.map_err(|e| match e {
-                StreamError::TooLong(_) | StreamError::Body(_) => {
-                    UploadError::BadRange(RangeProblem::BodyLength(e.to_string()))
-                }
-                StreamError::Disk(e) => UploadError::disk("cannot write block", e),
-            })?;
-        Ok(ReceivedBlock { plan, streamed })
+        let (task_id, path, range, writes) = (plan.task.task_id, plan.task.tmp_path(), plan.range, plan.writes.clone());
+        match blob::stream_into(path, range, writes, fsync, body, plan).await {
+            Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
+            Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
+                Err(UploadError::BadRange(RangeProblem::BodyLength(e.to_string())))
+            }
+            // A task that ended meanwhile (cancel, expiry) had its temp file removed: that is the
+            // answer, not a disk error.
+            Err(StreamError::Disk(e)) => match self.store.task(task_id).await?.map(|task| task.status) {
+                Some(status) if status != TaskStatus::Upload => Err(UploadError::for_status(Some(status))),
+                _ => Err(UploadError::disk("cannot write block", e)),
+            },
+        }
     }
 
     /// Checks the body's length and md5, then commits the written ranges. If the block completed
@@ -116,6 +132,8 @@ impl Uploads {
         }
         let BlockPlan { mut task, range, claim, writes } = plan;
         let commit = self.store.commit_block(task.task_id, &writes).await?.map_err(UploadError::for_status)?;
+        // Parts of the range that other blocks in flight had claimed were not written by this one.
+        let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
         let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
         let mut task_status = commit.status;
@@ -129,9 +147,14 @@ impl Uploads {
                 task_status = status;
             }
         }
-        let expect_blocks = match commit.new_bytes {
-            0 => Some(self.store.expected_blocks(task_id, file_size).await?),
-            _ => None,
+        // The reply never acknowledges a byte that is not committed: if another block's part of
+        // this range is not recorded (yet, or ever: that block may fail), it lists what is missing.
+        let unrecorded = left_to_others
+            && commit.status == TaskStatus::Upload
+            && !range.minus(&self.store.received_within(task_id, range).await?).is_empty();
+        let expect_blocks = match commit.new_bytes == 0 || unrecorded {
+            true => Some(self.store.expected_blocks(task_id, file_size).await?),
+            false => None,
         };
         Ok(BlockAccepted {
             range,

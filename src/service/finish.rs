@@ -133,6 +133,25 @@ impl Uploads {
         }
     }
 
+    /// A crash between recording a task and making its temp file leaves an open task without one
+    /// (an empty file's task is recorded straight in `verify`): make it, so that the task can go on.
+    async fn make_missing_temp(&self, task: &Task) {
+        let (path, size) = (task.tmp_path(), u64::try_from(task.spec.file_size).unwrap_or(0));
+        let made = blocking(move || match path.try_exists() {
+            Ok(false) => blob::create_temp(&path, size).map(|()| true),
+            other => other.map(|_| false),
+        })
+        .await;
+        match made {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                tracing::warn!(task_id = task.task_id, received_bytes = task.received_bytes, "made a missing temp file")
+            }
+            Ok(Err(e)) => tracing::error!(task_id = task.task_id, error = %e, "cannot make a missing temp file"),
+            Err(e) => tracing::error!(task_id = task.task_id, error = ?e, "cannot make a missing temp file"),
+        }
+    }
+
     /// Expires tasks idle for `taskTimeout`; returns how many.
     pub async fn expire_idle_tasks(&self) -> Result<usize, UploadError> {
         let timeout = Duration::from_secs(self.settings.task_timeout);
@@ -148,15 +167,19 @@ impl Uploads {
         Ok(expired)
     }
 
-    /// After a restart: hash the received prefix of open tasks again (the md5 state was in memory),
+    /// After a restart: make temp files a crash left unmade, hash the received prefix of open tasks
+    /// again (the md5 state was in memory),
     /// finish the tasks caught in `verify`, and remove temp files that no open task owns (tasks that
     /// ended before their temp file was removed, or were never recorded).
     pub async fn recover(&self) -> Result<(), UploadError> {
-        for status in [TaskStatus::Upload, TaskStatus::Pause] {
+        for status in [TaskStatus::Upload, TaskStatus::Pause, TaskStatus::Verify] {
             for task_id in self.store.tasks_in_status(status).await? {
                 if let Some(task) = self.store.task(task_id).await? {
-                    let prefix = self.store.received_prefix(task_id).await?;
-                    self.hashers.advance(task_id, &task.tmp_path(), prefix);
+                    self.make_missing_temp(&task).await;
+                    if status != TaskStatus::Verify {
+                        let prefix = self.store.received_prefix(task_id).await?;
+                        self.hashers.advance(task_id, &task.tmp_path(), prefix);
+                    }
                 }
             }
         }

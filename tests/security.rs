@@ -1,0 +1,422 @@
+//! Security: upload keys, what a request without the key can make the server do, storeDir
+//! confinement (`..`, absolute paths, symlinks, Unicode look-alikes), no shell, and every limit
+//! on what a client may send or hold (body sizes, header size, slow heads, slow bodies, idle
+//! keep-alive connections, concurrent connections). docs/SECURITY.md is the threat model.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "support/raw_http.rs"]
+#[allow(dead_code)]
+mod raw_http;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use helpers::*;
+use raw_http::{exchange, post_head, send_partly, split_url, Raw};
+
+fn key_of(url: &str) -> &str {
+    &url[url.find("key=").unwrap() + 4..]
+}
+
+fn with_key(url: &str, key: &str) -> String {
+    format!("{}key={key}", &url[..url.find("key=").unwrap()])
+}
+
+#[actix_web::test]
+async fn upload_keys_are_128_random_bits() {
+    let app = spawn_app().await;
+    let mut keys = HashSet::new();
+    for i in 0..64 {
+        let task = app.new_task(&format!("k{i}.bin"), b"abc").await;
+        let key = key_of(&task.upload_url).to_owned();
+        assert!(key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{key}");
+        keys.insert(key);
+    }
+    assert_eq!(keys.len(), 64, "all keys differ");
+    // Every hex digit position varies across the keys: no fixed or counter-like part.
+    for position in 0..32 {
+        let digits: HashSet<u8> = keys.iter().map(|k| k.as_bytes()[position]).collect();
+        assert!(digits.len() > 1, "position {position} is the same in 64 keys");
+    }
+}
+
+#[actix_web::test]
+async fn another_tasks_key_is_answered_exactly_like_an_unknown_task() {
+    let app = spawn_app().await;
+    let data = content(100, 1);
+    let mine = app.new_task("mine.bin", &data).await;
+    let theirs = app.new_task("theirs.bin", &data).await;
+    let (addr, _) = split_url(&app.base);
+    let (content_type, block) =
+        multipart(&[("startByte", b"0"), ("endByte", b"99"), ("partMd5", md5_hex(&data).as_bytes()), ("file", &data)]);
+    let state = br#"{"status":"cancel"}"#.to_vec();
+    for (url, body) in [
+        (&theirs.upload_url, Some((content_type.as_str(), block.clone()))),
+        (&theirs.blocks_url, None),
+        (&theirs.state_url, Some(("application/json", state.clone()))),
+    ] {
+        let (_, path) = split_url(url);
+        let wrong_key = with_key(&path, key_of(&mine.upload_url));
+        let unknown_task = path.replace(&format!("taskId={}", theirs.task_id), "taskId=987654");
+        let replies: Vec<_> = [unknown_task, wrong_key]
+            .iter()
+            .map(|path| {
+                let request = match &body {
+                    Some((content_type, body)) => [post_head(path, content_type, body.len()), body.clone()].concat(),
+                    None => format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes(),
+                };
+                exchange(&addr, &request).unwrap()
+            })
+            .collect();
+        assert_eq!((replies[0].status, replies[0].ret_code().as_str()), (404, "2"), "{path}");
+        // (`connection: close` comes with either, by timing: whether the unread body had all
+        // arrived when the reply was sent. Header order is not kept by actix: compare them sorted.)
+        let head = |reply: &raw_http::RawReply| {
+            let mut lines: Vec<String> = reply
+                .head_without_date()
+                .lines()
+                .filter(|l| !l.starts_with("connection:"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines.join("\n")
+        };
+        assert_eq!(head(&replies[0]), head(&replies[1]), "{path}");
+        assert_eq!(replies[0].body, replies[1].body, "{path}");
+    }
+    assert_eq!(app.blocks_info(&theirs).await["status"], "upload", "nothing happened to their task");
+}
+
+/// Regression: a block's fields were read before its task and key were checked, so anyone could
+/// make the server spool up to maxBlockSize per request to disk (file part first) without a key.
+#[actix_web::test]
+async fn a_block_without_the_key_is_refused_before_its_body_is_read() {
+    let app = spawn_app().await;
+    let task = app.new_task("a.bin", &content(1000, 2)).await;
+    let (addr, path) = split_url(&with_key(&task.upload_url, &"0".repeat(32)));
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b\"\r\n\r\n");
+    let mut raw = Raw::connect(&addr);
+    raw.set_read_timeout(Duration::from_secs(10));
+    raw.send(&post_head(&path, &format!("multipart/form-data; boundary={BOUNDARY}"), 50 << 20)).unwrap();
+    raw.send(head.as_bytes()).unwrap();
+    raw.send(&vec![7u8; 256 << 10]).unwrap();
+    // The reply comes without the other 49.7 MiB.
+    let reply = raw.reply().expect("a reply before the body is complete");
+    assert_eq!((reply.status, reply.ret_code().as_str()), (404, "2"));
+    assert_eq!(app.tmp_files(), vec![format!("task-{}.part", task.task_id)], "nothing spooled");
+}
+
+/// Regression: the multipart parser buffers a part header until it ends; one that never ended
+/// grew the server's memory without bound. Now a body may run at most 1 MiB ahead of the handler.
+#[actix_web::test]
+async fn a_part_header_that_never_ends_is_refused_early() {
+    let app = spawn_app().await;
+    let data = content(1000, 3);
+    let task = app.new_task("a.bin", &data).await;
+    let (addr, path) = split_url(&task.upload_url);
+    let mut raw = Raw::connect(&addr);
+    raw.set_read_timeout(Duration::from_secs(10));
+    raw.send(&post_head(&path, &format!("multipart/form-data; boundary={BOUNDARY}"), 64 << 20)).unwrap();
+    raw.send(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; x=\"").as_bytes()).unwrap();
+    for _ in 0..64 {
+        // The server stops reading once it refused the request.
+        if raw.send(&vec![b'a'; 64 << 10]).is_err() {
+            break;
+        }
+    }
+    let reply = raw.reply().expect("a reply before the 64 MiB body is complete");
+    assert_eq!((reply.status, reply.ret_code().as_str()), (400, "6"), "{}", reply.json());
+    app.upload_all(&task, &data, 1000).await.expect(200, "0");
+}
+
+#[actix_web::test]
+async fn a_block_with_too_many_fields_is_refused() {
+    let app = spawn_app().await;
+    let data = content(10, 4);
+    let task = app.new_task("a.bin", &data).await;
+    let md5 = md5_hex(&data);
+    let mut fields: Vec<(&str, &[u8])> = vec![("partName", b"x"); 40];
+    fields.extend([("startByte", &b"0"[..]), ("endByte", b"9"), ("partMd5", md5.as_bytes()), ("file", &data)]);
+    app.send_fields(&task.upload_url, &fields).await.expect(400, "6");
+    assert_eq!(app.blocks_info(&task).await["receivedSize"], 0);
+}
+
+#[actix_web::test]
+async fn store_path_cannot_leave_store_dir_by_dots_absolute_paths_or_symlinks() {
+    let app = spawn_app().await;
+    let outside = app.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(app.path("store")).unwrap();
+    std::os::unix::fs::symlink(&outside, app.path("store/evil")).unwrap();
+    let store = app.path("store").canonicalize().unwrap().display().to_string();
+    let data = content(10, 5);
+    for escape in [
+        "../".to_owned(),
+        "a/../../outside".to_owned(),
+        "/etc".to_owned(),
+        format!("{store}/../outside"),
+        format!("{store}x/a"),
+        "evil".to_owned(),
+        "evil/deeper/".to_owned(),
+        format!("{store}/evil/x"),
+    ] {
+        let mut body = task_body("a.bin", &data);
+        body["storePath"] = json!(escape);
+        app.create(&body).await.expect(403, "9");
+    }
+    for unusable in ["a\\..\\..\\x", "a\u{0}b", "a\nb"] {
+        let mut body = task_body("a.bin", &data);
+        body["storePath"] = json!(unusable);
+        app.create(&body).await.expect(400, "6");
+    }
+    // Over-long UTF-8 for "../" is not UTF-8 at all.
+    let overlong = format!(
+        r#"{{"token":"{TOKEN}","userId":"1","fileName":"a","fileSize":1,"fileMd5":"{}","storePath":"#,
+        md5_hex(b"x")
+    );
+    let mut raw = overlong.into_bytes();
+    raw.extend_from_slice(b"\"\xC0\xAE\xC0\xAE\xC0\xAF\"}");
+    app.post_raw("/api/upload/new/task", "application/json", raw).await.expect(400, "6");
+    assert_eq!(query(&app, "SELECT COUNT(*) FROM upload_tasks").await[0][0], "0");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+}
+
+#[actix_web::test]
+async fn a_symlink_swapped_in_after_the_create_is_caught_at_the_finish() {
+    let app = spawn_app().await;
+    let outside = app.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let data = content(100, 6);
+    let mut body = task_body("a.bin", &data);
+    body["storePath"] = json!("later/");
+    let reply = app.create(&body).await;
+    reply.expect(200, "0");
+    let task = task_urls(&reply.json);
+    std::os::unix::fs::symlink(&outside, app.path("store/later")).unwrap();
+    app.send_block(&task, &data, 0, 99).await.expect(200, "0");
+    let callback = &app.callbacks.wait_for(1).await[0];
+    assert_eq!(callback.json["retCode"], "-4", "storage error: {}", callback.json);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+}
+
+#[actix_web::test]
+async fn unicode_look_alikes_are_plain_names_inside_store_dir() {
+    let app = spawn_app().await;
+    let store = app.path("store").canonicalize().unwrap();
+    let cases = [
+        ("\u{FF0E}\u{FF0E}\u{FF0F}\u{FF0E}\u{FF0E}\u{FF0F}etc", "passwd"), // fullwidth ../../
+        ("%2e%2e/%2e%2e/etc", "%2e%2e"),                                   // URL-encoded dots
+        ("\u{2024}\u{2024}/x", "\u{2024}\u{2024}"),                        // one-dot leaders
+        ("..\u{200B}/x", "..\u{200B}"),                                    // dots and a zero-width space
+        ("a\u{2215}..\u{2215}..", "b\u{2044}c"),                           // division and fraction slashes
+    ];
+    for (i, (store_path, file_name)) in cases.iter().enumerate() {
+        let data = content(20, 10 + i as u8);
+        let mut body = task_body(file_name, &data);
+        body["storePath"] = json!(store_path);
+        let reply = app.create(&body).await;
+        reply.expect(200, "0");
+        app.send_block(&task_urls(&reply.json), &data, 0, 19).await.expect(200, "0");
+    }
+    let callbacks = app.callbacks.wait_for(cases.len()).await;
+    for callback in &callbacks {
+        assert_eq!(callback.json["retCode"], "0");
+        let placed = std::path::Path::new(callback.json["storePath"].as_str().unwrap());
+        assert!(placed.canonicalize().unwrap().starts_with(&store), "{}", placed.display());
+    }
+}
+
+#[test]
+fn the_server_never_runs_a_program_or_shell() {
+    // The server's code (src/, less the bench and soak tools, which start the server).
+    fn scan(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("bin") {
+                    scan(&path, found);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for needle in ["process::Command", "Command::new", "\"sh\"", "/bin/sh", "libc::system", "exec("] {
+                    if text.contains(needle) {
+                        found.push(format!("{}: {needle}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    scan(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits: each with the reply a client gets, and the server still serving afterwards.
+
+/// Waits until the server serves: the raw-socket calls below block this thread, on which the
+/// in-process server is started.
+async fn serving(app: &TestApp) {
+    // The server starts once its future is first polled; then the blocking calls may begin.
+    actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    let (addr, _) = split_url(&app.base);
+    let reply = exchange(&addr, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(reply.status, 404);
+}
+
+async fn still_serving(app: &TestApp) {
+    let data = content(1000, 99);
+    let task = app.new_task("still.bin", &data).await;
+    app.upload_all(&task, &data, 1000).await.expect(200, "0");
+}
+
+#[actix_web::test]
+async fn json_bodies_are_limited() {
+    let app = spawn_app().await;
+    let task = app.new_task("a.bin", b"abc").await;
+    let huge_create = format!(r#"{{"token":"{TOKEN}","pad":"{}"}}"#, "x".repeat((1 << 20) + 1));
+    app.post_raw("/api/upload/new/task", "application/json", huge_create.into_bytes()).await.expect(413, "10");
+    let huge_state = format!(r#"{{"status":"pause","pad":"{}"}}"#, "x".repeat(64 << 10));
+    app.post_raw(&task.state_url, "application/json", huge_state.into_bytes()).await.expect(400, "6");
+    assert_eq!(app.blocks_info(&task).await["status"], "upload");
+    still_serving(&app).await;
+}
+
+#[actix_web::test]
+async fn blocks_are_limited_to_max_block_size_also_when_spooled() {
+    let app = spawn_app_with(|s| s.max_block_size = 1000).await;
+    let data = content(5000, 7);
+    let task = app.new_task("a.bin", &data).await;
+    app.send_block(&task, &data, 0, 1000).await.expect(413, "10");
+    // File first: the size is known only while it is spooled.
+    let part = &data[..2000];
+    app.send_fields(&task.upload_url, &[("file", part), ("startByte", b"0"), ("endByte", b"1999")])
+        .await
+        .expect(413, "10");
+    assert_eq!(app.tmp_files(), vec![format!("task-{}.part", task.task_id)], "spool removed");
+    app.send_block(&task, &data, 0, 999).await.expect(200, "0");
+}
+
+#[actix_web::test]
+async fn request_heads_are_limited() {
+    let app = spawn_app().await;
+    serving(&app).await;
+    let (addr, _) = split_url(&app.base);
+    let big_header = format!(
+        "GET /api/upload/files/blocks/info?taskId=1 HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(200 << 10)
+    );
+    assert_eq!(exchange(&addr, big_header.as_bytes()).unwrap().status, 431);
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /api/upload/files/blocks/info?taskId=1 HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let status = exchange(&addr, many_headers.as_bytes()).map(|r| r.status).unwrap_or(0);
+    assert!(status == 400 || status == 431 || status == 0, "{status}");
+    still_serving(&app).await;
+}
+
+#[actix_web::test]
+async fn a_client_slow_to_send_its_head_is_cut_off() {
+    let app = spawn_app_with(|s| s.server.client_request_timeout = 1.0).await;
+    serving(&app).await;
+    let (addr, _) = split_url(&app.base);
+    let mut raw = Raw::connect(&addr);
+    raw.set_read_timeout(Duration::from_secs(5));
+    raw.send(b"POST /api/upload/new/task HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let reply = raw.reply().unwrap();
+    assert_eq!(reply.status, 408);
+    assert!(raw.closed_by_server());
+    still_serving(&app).await;
+}
+
+#[actix_web::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let app = spawn_app_with(|s| s.server.keep_alive = 1.0).await;
+    let task = app.new_task("a.bin", b"abc").await;
+    let (addr, path) = split_url(&task.blocks_url);
+    let mut raw = Raw::connect(&addr);
+    raw.set_read_timeout(Duration::from_secs(5));
+    raw.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    assert_eq!(raw.reply().unwrap().status, 200);
+    assert!(raw.closed_by_server(), "closed after 1 s idle, well before the 5 s read timeout");
+}
+
+/// Regression: a block whose client went silent mid-body (a dead network path sends no FIN) held
+/// its connection and its claim on the block's bytes for good: every other block for those bytes
+/// was answered "no new bytes" while they stayed missing, so the upload could never finish.
+#[actix_web::test]
+async fn a_body_that_stops_arriving_releases_its_bytes() {
+    let app = spawn_app_with(|s| s.server.client_body_timeout = 0.3).await;
+    let data = content(100_000, 8);
+    let task = app.new_task("a.bin", &data).await;
+    let (content_type, body) = multipart(&[
+        ("startByte", b"0"),
+        ("endByte", b"99999"),
+        ("partMd5", md5_hex(&data).as_bytes()),
+        ("file", &data),
+    ]);
+    let mut silent = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
+    silent.set_read_timeout(Duration::from_secs(5));
+    // The server gives the silent block up and says why.
+    let reply = silent.reply().unwrap();
+    assert!(matches!((reply.status, reply.ret_code().as_str()), (400, "8" | "6")), "{}", reply.json());
+    // The same bytes from another connection are written and recorded.
+    let resent = app.send_block(&task, &data, 0, 99_999).await;
+    resent.expect(200, "0");
+    assert_eq!(resent.json["data"]["taskStatus"], "finish", "{}", resent.json);
+    // A create body that stops is given up too.
+    let create_url = format!("{}/api/upload/new/task", app.base);
+    let mut stalled = send_partly(&create_url, "application/json", &[b'{'; 100], 10);
+    stalled.set_read_timeout(Duration::from_secs(5));
+    assert_eq!(stalled.reply().unwrap().status, 400);
+}
+
+#[actix_web::test]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let app = spawn_app_with(|s| {
+        s.server.max_connections = workers;
+        s.server.client_request_timeout = 30.0;
+    })
+    .await;
+    serving(&app).await;
+    let (addr, _) = split_url(&app.base);
+    // Every connection slot held by a client that is still sending its head.
+    let mut held: Vec<Raw> = (0..workers)
+        .map(|_| {
+            let mut raw = Raw::connect(&addr);
+            raw.send(b"GET /api/upload/files/blocks/info?taskId=1 HTTP/1.1\r\n").unwrap();
+            raw
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiting = Raw::connect(&addr);
+    waiting.set_read_timeout(Duration::from_secs(1));
+    waiting.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(waiting.reply().is_err(), "no reply while every slot is taken");
+    held.pop();
+    waiting.set_read_timeout(Duration::from_secs(10));
+    assert_eq!(waiting.reply().unwrap().status, 404, "served once a slot is free");
+    drop(held);
+    still_serving(&app).await;
+}
+
+/// Regression: a multipart body that ended inside a part (no closing boundary) left the parser
+/// waiting for good: the request never got a reply and held its connection and its block's bytes.
+#[actix_web::test]
+async fn a_body_that_ends_inside_a_part_is_refused_not_left_hanging() {
+    let app = spawn_app_with(|s| s.server.client_body_timeout = 1.0).await;
+    let data = content(1000, 9);
+    let task = app.new_task("a.bin", &data).await;
+    let (content_type, mut body) =
+        multipart(&[("startByte", b"0"), ("endByte", b"999"), ("partMd5", md5_hex(&data).as_bytes()), ("file", &data)]);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    let mut raw = send_partly(&task.upload_url, &content_type, &body, body.len());
+    raw.set_read_timeout(Duration::from_secs(10));
+    let reply = raw.reply().expect("a reply, not a hang");
+    assert_eq!((reply.status, reply.ret_code().as_str()), (400, "6"), "{}", reply.json());
+    app.send_block(&task, &data, 0, 999).await.expect(200, "0");
+}
