@@ -60,7 +60,8 @@ impl ServerProcess {
         Ok(server)
     }
 
-    fn status_field(&self, field: &str) -> Option<u64> {
+    /// A field of the server's /proc status in KiB, e.g. `VmRSS:` (resident now).
+    pub fn status_field(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with(field))?;
         line.split_whitespace().nth(1)?.parse().ok()
