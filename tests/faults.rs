@@ -179,3 +179,102 @@ async fn a_business_server_that_never_answers_is_timed_out_and_given_up() {
         assert!(row[2].to_lowercase().contains("timeout") || row[2].contains("timed out"), "{row:?}");
     }
 }
+
+/// A business server that refuses everything until `open`, then answers at once, except for the
+/// callback of `slow_task`, which it holds for 4 s.
+#[derive(Clone)]
+struct SlowBusiness {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    slow_task: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    url: String,
+    _server: std::sync::Arc<StopOnDrop>,
+}
+
+async fn slow_business_answer(
+    body: actix_web::web::Json<serde_json::Value>,
+    this: actix_web::web::Data<SlowBusiness>,
+) -> actix_web::HttpResponse {
+    use std::sync::atomic::Ordering;
+    if !this.open.load(Ordering::SeqCst) {
+        return actix_web::HttpResponse::ServiceUnavailable().finish();
+    }
+    if body["taskId"].as_i64() == Some(this.slow_task.load(Ordering::SeqCst)) {
+        actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    }
+    actix_web::HttpResponse::Ok().finish()
+}
+
+impl SlowBusiness {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}/cb", listener.local_addr().unwrap().port());
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow_task = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+        let slot: std::sync::Arc<std::sync::Mutex<Option<SlowBusiness>>> = Default::default();
+        let in_app = slot.clone();
+        let server = actix_web::HttpServer::new(move || {
+            let this = in_app.lock().unwrap().clone().expect("set before serving");
+            actix_web::App::new()
+                .app_data(actix_web::web::Data::new(this))
+                .route("/cb", actix_web::web::post().to(slow_business_answer))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let this = SlowBusiness { open, slow_task, url, _server: std::sync::Arc::new(StopOnDrop(server.handle())) };
+        *slot.lock().unwrap() = Some(this.clone());
+        actix_web::rt::spawn(server);
+        this
+    }
+}
+
+/// Regression: deliveries were recorded only once the whole batch of callbacks was answered, so a
+/// slow business server held back the record of every other callback sent with it; a crash in
+/// that window sent them all again (the crash test counted 6.5 deliveries per task).
+#[actix_web::test]
+async fn a_slow_callback_does_not_hold_back_the_record_of_the_others() {
+    use std::sync::atomic::Ordering;
+    let business = SlowBusiness::start();
+    let url = business.url.clone();
+    let app = spawn_app_with(move |s| {
+        unreachable_business_server(url)(s);
+        s.callback.max_attempts = 10;
+        s.callback.initial_backoff = 60.0;
+        s.callback.max_backoff = 60.0;
+        s.callback.timeout = 10;
+    })
+    .await;
+    finish_files(&app, 4).await;
+    // Each callback was refused once; all are due again at the same moment, in one batch.
+    for _ in 0..100 {
+        if query(&app, "SELECT COUNT(*) FROM callback_outbox WHERE attempts = 1").await[0][0] == "4" {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = query(&app, "SELECT MIN(task_id) FROM callback_outbox").await[0][0].parse().unwrap();
+    business.slow_task.store(slow, Ordering::SeqCst);
+    business.open.store(true, Ordering::SeqCst);
+    let (settings, dir, callbacks) = app.stop().await;
+    let mut db: sqlx::SqliteConnection = sqlx::Connection::connect(&settings.database.url).await.unwrap();
+    sqlx::query("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    drop(db);
+    let app = restart_on(settings, dir, callbacks).await;
+    // The three fast ones are recorded while the slow one is still being answered.
+    let mut delivered = String::new();
+    for _ in 0..40 {
+        delivered = query(&app, "SELECT COUNT(*) FROM callback_outbox WHERE status = 'delivered'").await[0][0].clone();
+        if delivered == "3" {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered, "3", "the fast callbacks recorded within 2 s, the slow one answers after 4 s");
+    let slow_status = query(&app, &format!("SELECT status FROM callback_outbox WHERE task_id = {slow}")).await;
+    assert_eq!(slow_status[0][0], "pending");
+}

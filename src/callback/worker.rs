@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use crate::config::CallbackSettings;
@@ -29,14 +30,22 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
     loop {
         match store.due_callbacks(BATCH).await {
             Ok(due) if !due.is_empty() => {
-                let sent =
-                    join_all(due.into_iter().map(|callback| deliver(&client, &store, &settings, callback))).await;
-                let delivered: Vec<i64> = sent.into_iter().flatten().collect();
-                match store.callbacks_delivered(&delivered).await {
-                    // Counted once recorded, so the counters never run ahead of the outbox table.
-                    Ok(()) => metrics::callbacks_delivered(delivered.len()),
-                    // They stay pending and are sent again: at least once.
-                    Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
+                // Deliveries are recorded as they come back, a few at a time: a slow business
+                // server must not hold back the record of the others (a crash meanwhile would
+                // send them all again).
+                let mut answered = due
+                    .into_iter()
+                    .map(|callback| deliver(&client, &store, &settings, callback))
+                    .collect::<FuturesUnordered<_>>()
+                    .ready_chunks(BATCH as usize);
+                while let Some(sent) = answered.next().await {
+                    let delivered: Vec<i64> = sent.into_iter().flatten().collect();
+                    match store.callbacks_delivered(&delivered).await {
+                        // Counted once recorded, so the counters never run ahead of the outbox table.
+                        Ok(()) => metrics::callbacks_delivered(delivered.len()),
+                        // They stay pending and are sent again: at least once.
+                        Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
+                    }
                 }
                 continue;
             }
