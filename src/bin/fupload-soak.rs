@@ -105,15 +105,7 @@ async fn client_loop(id: usize, args: Rc<Args>, base: String, pool: Bytes, tally
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Rc::new(Args::parse());
-    let server_bin = match &args.server {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("fupload-server"),
-    };
-    anyhow::ensure!(
-        server_bin.exists(),
-        "{} not found: build it first (cargo build --release --bins)",
-        server_bin.display()
-    );
+    let server_bin = server::server_binary(args.server.as_deref())?;
     let pool = pool((args.large_mib * MIB).max(64 * MIB) + args.small_kib * 1024);
     let sink = CallbackSink::start()?;
     let dir = args.dir.join(std::process::id().to_string());

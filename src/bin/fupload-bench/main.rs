@@ -84,15 +84,7 @@ struct Figures {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server_bin = match &args.server {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("fupload-server"),
-    };
-    anyhow::ensure!(
-        server_bin.exists(),
-        "{} not found: build it first (cargo build --release --bins)",
-        server_bin.display()
-    );
+    let server_bin = server::server_binary(args.server.as_deref())?;
     // A directory of its own per invocation, away from files an earlier one deleted.
     let scratch = args.dir.join(std::process::id().to_string());
     std::fs::create_dir_all(&scratch)?;

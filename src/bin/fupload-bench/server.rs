@@ -13,6 +13,16 @@ use anyhow::{bail, Context};
 
 pub const TOKEN: &str = "bench-token";
 
+/// The server binary: `given`, or the `fupload-server` next to this binary.
+pub fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("fupload-server"),
+    };
+    anyhow::ensure!(path.exists(), "{} not found: build it first (cargo build --release --bins)", path.display());
+    Ok(path)
+}
+
 pub struct ServerProcess {
     child: Child,
     pub base: String,
