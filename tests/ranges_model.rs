@@ -1,7 +1,7 @@
 //! Property test of the range bookkeeping: any sequence of block commits (overlapping, adjacent,
 //! repeated, out of order, several ranges per commit) against a model that is a plain
 //! `Vec<bool>` of received cells. After every commit the store's answers — bytes added, received
-//! size and prefix, status, the SQL gap query, the stored (coalesced) ranges — must be the model's.
+//! size and prefix, status, the gaps (expectBlocks), the stored (coalesced) ranges — must be the model's.
 //!
 //! A cell is one byte in the small-file property, and a huge run of bytes in the large-file one,
 //! which puts offsets next to the 63-bit limit SQLite's INTEGER imposes.

@@ -1,4 +1,4 @@
-//! The `received_ranges` table: coalesced inclusive byte ranges, and the gap query over them.
+//! The `received_ranges` table: coalesced inclusive byte ranges, and the gaps between them.
 
 use sqlx::SqliteConnection;
 
@@ -22,13 +22,13 @@ fn to_sql(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
-/// `"0-9,20-29"` as written by the gap query.
+/// `"0-9,20-29"` as written by `received_ranges`.
 fn parse_ranges(text: &str) -> Result<Vec<ByteRange>, StoreError> {
     text.split(',')
         .map(|pair| {
             pair.split_once('-')
                 .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
-                .ok_or_else(|| StoreError::Protocol(format!("gap {pair:?} is not start-end")))
+                .ok_or_else(|| StoreError::Protocol(format!("range {pair:?} is not start-end")))
                 .and_then(|(start, end)| from_sql(start, end))
         })
         .collect()
@@ -88,36 +88,24 @@ impl Store {
         }))
     }
 
-    /// The byte ranges of `[0, file_size)` not yet received, ascending, computed by SQLite
-    /// from the gaps between stored ranges.
+    /// The byte ranges of `[0, file_size)` not yet received, ascending.
     pub async fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError> {
-        // `covered_before` is the furthest byte any earlier range reaches, so the query stays
-        // right even if ranges overlapped; the last SELECT is the gap after the last range. The
-        // gaps come back as one text row ("start-end,start-end"): sqlx hands rows over from its
-        // connection thread one at a time, which costs more than the query for thousands of gaps.
-        let gaps: Option<String> = sqlx::query_scalar(
-            "WITH ordered AS (
-                 SELECT start_byte,
-                        MAX(end_byte) OVER (ORDER BY start_byte ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-                            AS covered_before
-                 FROM received_ranges WHERE task_id = ?1
-             ),
-             gaps AS (
-                 SELECT COALESCE(covered_before, -1) + 1 AS gap_start, start_byte - 1 AS gap_end
-                 FROM ordered WHERE start_byte > COALESCE(covered_before, -1) + 1
-                 UNION ALL
-                 SELECT gap_start, gap_end FROM (
-                     SELECT COALESCE(MAX(end_byte), -1) + 1 AS gap_start, ?2 - 1 AS gap_end
-                     FROM received_ranges WHERE task_id = ?1
-                 ) WHERE gap_start <= gap_end
-             )
-             SELECT group_concat(gap_start || '-' || gap_end, ',' ORDER BY gap_start) FROM gaps",
+        let received = self.received_ranges(task_id).await?;
+        Ok(ByteRange::whole(file_size).map_or_else(Vec::new, |whole| whole.minus(&received)))
+    }
+
+    /// Every stored range of the task. They come back as one text row ("start-end,start-end"):
+    /// sqlx hands rows over from its connection thread one at a time, which for thousands of
+    /// ranges costs more than the query; and a plain scan is four times faster than computing the
+    /// gaps in SQL with a window function (10,000 ranges: 3 ms against 12 ms).
+    async fn received_ranges(&self, task_id: i64) -> Result<Vec<ByteRange>, StoreError> {
+        let ranges: Option<String> = sqlx::query_scalar(
+            "SELECT group_concat(start_byte || '-' || end_byte, ',') FROM received_ranges WHERE task_id = ?1",
         )
         .bind(task_id)
-        .bind(to_sql(file_size))
         .fetch_one(&self.reader)
         .await?;
-        gaps.as_deref().map_or(Ok(Vec::new()), parse_ranges)
+        ranges.as_deref().map_or(Ok(Vec::new()), parse_ranges)
     }
 
     /// The stored ranges that overlap `within`.
