@@ -51,6 +51,9 @@ pub struct StreamedBlock {
     /// Bytes the body held (all of them, written or not).
     pub body_len: u64,
     pub md5: Md5Hex,
+    /// The md5 state over the whole body, for the whole-file md5 to go on from when the block
+    /// starts the file.
+    pub md5_state: Md5,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +150,8 @@ where
         joined
     }
     .map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
-    Ok((StreamedBlock { body_len, md5: written? }, keep))
+    let md5_state = written?;
+    Ok((StreamedBlock { body_len, md5: md5_state.clone().finish(), md5_state }, keep))
 }
 
 /// The chunks a request hands to its writer thread, taken as they come.
@@ -167,7 +171,7 @@ fn write_chunks(
     writes: &[ByteRange],
     fsync: bool,
     chunks: impl IntoIterator<Item = Bytes>,
-) -> io::Result<Md5Hex> {
+) -> io::Result<Md5> {
     let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
     let mut pieces = file.as_ref().map(PieceWriter::new);
     let mut md5 = Md5::new();
@@ -192,7 +196,7 @@ fn write_chunks(
     if let (Some(file), true) = (&file, fsync) {
         file.sync_data()?;
     }
-    Ok(md5.finish())
+    Ok(md5)
 }
 
 /// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.

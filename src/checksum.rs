@@ -10,6 +10,12 @@ use crate::domain::Md5Hex;
 #[derive(Clone)]
 pub struct Md5(Hasher);
 
+impl std::fmt::Debug for Md5 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Md5(..)")
+    }
+}
+
 // OpenSSL reports errors from these calls only when MD5 is not available at all (a FIPS-only
 // build); `check_available` refuses to start the server in that case, so they cannot fail here.
 const AVAILABLE: &str = "OpenSSL's MD5 was checked at start-up";

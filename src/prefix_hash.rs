@@ -107,6 +107,18 @@ impl PrefixHashers {
         });
     }
 
+    /// The block `[0, len)` that starts the task's file was hashed (into `md5`) as it streamed in,
+    /// and is committed: the whole-file md5 goes on from that state instead of reading the block
+    /// back. Nothing happens if the task's hasher has already started (or is busy): it reads as usual.
+    pub fn adopt(&self, task_id: i64, path: &Path, md5: Md5, len: u64) {
+        let hasher = self.hasher(task_id, path);
+        // try_lock: a background run holds the lock while it reads, and this runs on an async worker.
+        let Ok(mut state) = hasher.state.try_lock() else { return };
+        if state.hashed == 0 {
+            *state = HashState { md5, hashed: len };
+        }
+    }
+
     /// The md5 of the task's whole file of `size` bytes: hashes whatever the background has not
     /// yet, then forgets the task. Blocking.
     pub fn finish(&self, task_id: i64, path: &Path, size: u64) -> io::Result<Md5Hex> {

@@ -136,6 +136,11 @@ impl Uploads {
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
         let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
+        if range.start() == 0 && writes == [range] {
+            // This block starts the file and wrote all of it: its md5 state is the whole file's
+            // so far, and the prefix hasher need not read it back (a one-block file is never read).
+            self.hashers.adopt(task_id, &task.tmp_path(), streamed.md5_state, range.size());
+        }
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
             self.hashers.advance(task_id, &task.tmp_path(), commit.received_prefix);
@@ -186,7 +191,32 @@ mod tests {
             last = Some(t.send(&task, &data, start, start + (512 << 10) - 1).await.unwrap());
         }
         assert_eq!(last.unwrap().task_status, TaskStatus::Finish);
-        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64, "no byte read back twice");
+        // The first block's md5 state carries on: it is not read back; every other byte once.
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64 - (512 << 10), "no byte read back twice");
+    }
+
+    #[tokio::test]
+    async fn a_file_sent_in_one_block_is_never_read_back() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(300_000);
+        let task = t.create(&data).await;
+        let only = t.send(&task, &data, 0, data.len() - 1).await.unwrap();
+        assert_eq!(only.task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_first_block_that_others_overlapped_is_read_back_not_adopted() {
+        // The block [0, 199_999] writes only [0, 99_999]: the rest was received before, so its
+        // md5 state is not that of the file's bytes as written, and the finish reads the file.
+        let t = test_uploads(|_| {}).await;
+        let mut data = data(300_000);
+        let task = t.create(&data).await;
+        t.send(&task, &data, 100_000, data.len() - 1).await.unwrap();
+        data[150_000] ^= 0xff; // what the second block carries differs where it overlaps
+        let last = t.send(&task, &data, 0, 199_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        assert_eq!(t.uploads.hashers.bytes_read(), 300_000);
     }
 
     #[tokio::test]
@@ -198,7 +228,8 @@ mod tests {
         t.send(&task, &data, 0, 99).await.unwrap();
         let last = t.send(&task, &data, 100, 499_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
-        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64);
+        // All but the first block (hashed as it arrived), once.
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64 - 100);
     }
 
     #[tokio::test]
