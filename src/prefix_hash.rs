@@ -3,16 +3,18 @@
 //! the digest is ready almost as soon as the last byte is; blocks that arrive out of order are read
 //! back (from the page cache, usually) once the gap before them is filled. The state lives in
 //! memory only: after a restart the prefix is hashed again from the file, once.
+//!
+//! The background hashing runs on its own threads, one per core, at a lower priority: it is never
+//! what a request waits for (the finish hashes whatever is left itself), so when the cores are
+//! busy the requests and the block writers go first. See docs/PERFORMANCE.md.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::checksum::Md5;
 use crate::domain::Md5Hex;
@@ -21,12 +23,16 @@ use crate::domain::Md5Hex;
 const READ_PIECE: usize = 256 * 1024;
 /// Bytes one background run hashes before it lets other tasks' hashers have the thread.
 const RUN_SLICE: u64 = 64 << 20;
+/// The background threads' nice value. At 5 a thread gets about a quarter of a core that normal
+/// threads also want: it keeps up with an in-order upload while giving way to the writers
+/// (W1 +5%, see docs/PERFORMANCE.md).
+const BACKGROUND_NICENESS: i32 = 5;
 
 /// The prefix hashers of all tasks in progress.
 pub struct PrefixHashers {
     by_task: Mutex<HashMap<i64, Arc<PrefixHasher>>>,
-    /// Background runs at once: one per core, so hashing never crowds out the writers.
-    runs: Arc<Semaphore>,
+    /// Hashers with work to do, taken by the background threads.
+    due: Arc<DueHashers>,
     /// Bytes read back from temp files, all tasks together (tests and benchmarks read it).
     bytes_read: Arc<AtomicU64>,
 }
@@ -53,12 +59,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PrefixHashers {
-    pub fn new(parallel_runs: usize) -> Self {
-        Self {
-            by_task: Mutex::default(),
-            runs: Arc::new(Semaphore::new(parallel_runs.max(1))),
-            bytes_read: Arc::default(),
+    /// Starts `threads` background threads; they end when this is dropped.
+    pub fn new(threads: usize) -> io::Result<Self> {
+        let due = Arc::new(DueHashers::default());
+        for _ in 0..threads.max(1) {
+            let due = due.clone();
+            std::thread::Builder::new().name("prefix-hash".into()).spawn(move || due.work())?;
         }
+        Ok(Self { by_task: Mutex::default(), due, bytes_read: Arc::default() })
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -80,7 +88,7 @@ impl PrefixHashers {
             .clone()
     }
 
-    /// `[0, prefix)` of the task's file is received: hash it in the background. Needs a Tokio runtime.
+    /// `[0, prefix)` of the task's file is received: hash it in the background.
     pub fn advance(&self, task_id: i64, path: &Path, prefix: u64) {
         if prefix == 0 {
             return;
@@ -90,21 +98,7 @@ impl PrefixHashers {
         if hasher.running.swap(true, Ordering::SeqCst) {
             return; // the run going on will see the new prefix
         }
-        let runs = self.runs.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = runs.clone().acquire_owned().await else { return };
-                let run = hasher.clone();
-                let more = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    run.run_slice()
-                })
-                .await;
-                if !matches!(more, Ok(true)) {
-                    return;
-                }
-            }
-        });
+        self.due.push(hasher);
     }
 
     /// The block `[0, len)` that starts the task's file was hashed (into `md5`) as it streamed in,
@@ -135,6 +129,59 @@ impl PrefixHashers {
     /// Drops the task's state (it ended without a finish).
     pub fn forget(&self, task_id: i64) {
         lock(&self.by_task).remove(&task_id);
+    }
+}
+
+impl Drop for PrefixHashers {
+    fn drop(&mut self) {
+        lock(&self.due.queue).closed = true;
+        self.due.wake.notify_all();
+    }
+}
+
+/// The queue of hashers with work to do.
+#[derive(Default)]
+struct DueHashers {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    hashers: VecDeque<Arc<PrefixHasher>>,
+    closed: bool,
+}
+
+impl DueHashers {
+    fn push(&self, hasher: Arc<PrefixHasher>) {
+        lock(&self.queue).hashers.push_back(hasher);
+        self.wake.notify_one();
+    }
+
+    fn pop(&self) -> Option<Arc<PrefixHasher>> {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.closed {
+                return None;
+            }
+            if let Some(hasher) = queue.hashers.pop_front() {
+                return Some(hasher);
+            }
+            queue = self.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// A background thread: runs hashers a slice at a time, a hasher cut short going to the back.
+    fn work(&self) {
+        // Linux keeps a nice value per thread. Failing to lower the priority only costs speed.
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICENESS) {
+            tracing::debug!(error = %e, "background hashing runs at normal priority");
+        }
+        while let Some(hasher) = self.pop() {
+            if hasher.run_slice() {
+                self.push(hasher);
+            }
+        }
     }
 }
 
@@ -200,7 +247,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let hashers = PrefixHashers::new(2);
+        let hashers = PrefixHashers::new(2).unwrap();
         assert_eq!(hashers.finish(1, &path, data.len() as u64).unwrap(), md5_of(&data));
         assert_eq!(hashers.bytes_read(), data.len() as u64);
         assert!(lock(&hashers.by_task).is_empty());
@@ -212,7 +259,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let hashers = PrefixHashers::new(1);
+        let hashers = PrefixHashers::new(1).unwrap();
         for prefix in [1, 100_000, 100_000, 2_000_000, 2_999_999] {
             hashers.advance(7, &path, prefix);
             tokio::task::yield_now().await;
@@ -231,7 +278,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"abc").unwrap();
-        let hashers = PrefixHashers::new(1);
+        let hashers = PrefixHashers::new(1).unwrap();
         assert_eq!(hashers.finish(1, &path, 10).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -241,7 +241,7 @@ mod tests {
         let settings = t.uploads.settings.clone();
         t.uploads.store().close().await;
         let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
-        let restarted = Uploads::new(store, settings);
+        let restarted = Uploads::new(store, settings).unwrap();
         restarted.recover().await.unwrap();
         let again = crate::service::test_support::TestUploads { uploads: restarted, dir: t.dir };
         let last = again.send(&task, &data, 1 << 20, data.len() - 1).await.unwrap();

@@ -111,16 +111,18 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    /// `settings` must have absolute `tmpDir` and `storeDir` (see `startup`).
-    pub fn new(store: Store, settings: Arc<Settings>) -> Self {
-        Self {
+    /// `settings` must have absolute `tmpDir` and `storeDir` (see `startup`). Fails when the
+    /// background hashing threads cannot be started.
+    pub fn new(store: Store, settings: Arc<Settings>) -> std::io::Result<Self> {
+        let hashers = PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
+        Ok(Self {
             business_servers: Arc::new(BusinessServers::new(&settings.business_servers)),
             store,
             settings,
             claims: claims::InFlightClaims::default(),
-            hashers: Arc::new(PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            hashers: Arc::new(hashers),
             outbox_wakeup: Arc::new(Notify::new()),
-        }
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -221,6 +223,6 @@ pub(crate) mod test_support {
         std::fs::create_dir_all(&settings.tmp_dir).unwrap();
         std::fs::create_dir_all(&settings.store_dir).unwrap();
         let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
-        TestUploads { uploads: Uploads::new(store, Arc::new(settings)), dir }
+        TestUploads { uploads: Uploads::new(store, Arc::new(settings)).unwrap(), dir }
     }
 }
