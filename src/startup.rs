@@ -37,7 +37,7 @@ impl Application {
         let store = Store::open(&settings.database.url, settings.durability, readers)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?;
-        let uploads = Uploads::new(store, Arc::new(settings));
+        let uploads = Uploads::new(store, Arc::new(settings)).context("starting the background hashing threads")?;
         uploads.recover().await.map_err(|e| anyhow::anyhow!("recovering after restart: {e:?}"))?;
         let metrics = metrics::handle();
         let data = web::Data::new(uploads.clone());
@@ -92,10 +92,12 @@ impl Application {
         ));
         let sweeper = actix_web::rt::spawn(sweep_expired(self.uploads.clone()));
         let upkeep = actix_web::rt::spawn(metrics::keep_up(self.metrics.clone()));
+        let checkpoints = actix_web::rt::spawn(checkpoint_wal(self.uploads.store().clone()));
         let served = self.server.await;
         outbox.abort();
         sweeper.abort();
         upkeep.abort();
+        checkpoints.abort();
         self.uploads.store().close().await;
         tracing::info!("stopped; the database is closed");
         served.context("HTTP server")
@@ -141,6 +143,18 @@ fn prepare_dirs(settings: &mut Settings) -> anyhow::Result<()> {
         settings.store_dir = settings.store_dir.canonicalize()?;
     }
     Ok(())
+}
+
+/// Checkpoints the WAL four times a second, off the writer (see `store`).
+async fn checkpoint_wal(store: Store) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = store.checkpoint().await {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints by itself later");
+        }
+    }
 }
 
 /// Expires idle tasks, looking a few times per `taskTimeout`.

@@ -162,13 +162,16 @@ async fn insert_coalesced(conn: &mut SqliteConnection, task_id: i64, range: Byte
     if merge.new_bytes == 0 {
         return Ok(0);
     }
-    // Every touching range starts inside the merged one, and no other range does.
-    sqlx::query("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3")
-        .bind(task_id)
-        .bind(to_sql(merge.merged.start()))
-        .bind(to_sql(merge.merged.end()))
-        .execute(&mut *conn)
-        .await?;
+    // Every touching range starts inside the merged one, and no other range does. (Each
+    // statement is a round trip to the writer's thread, which the writer's lock is held across.)
+    if !touching.is_empty() {
+        sqlx::query("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3")
+            .bind(task_id)
+            .bind(to_sql(merge.merged.start()))
+            .bind(to_sql(merge.merged.end()))
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?1, ?2, ?3)")
         .bind(task_id)
         .bind(to_sql(merge.merged.start()))
