@@ -53,7 +53,10 @@ pub struct Uploaded {
 
 impl BenchClient {
     pub fn new(base: &str) -> Self {
-        let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        // Idle connections are dropped before the server's keep-alive (5 s) closes them: reusing
+        // one the server has just closed fails the request ("connector has been disconnected").
+        let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
+        let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(120)).finish();
         Self { client, base: base.to_owned() }
     }
 

@@ -2,6 +2,7 @@
 //! next to this machine's limits measured in the same run. See docs/PERFORMANCE.md.
 
 mod client;
+mod cpu;
 mod limits;
 mod server;
 mod workloads;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use clap::Parser;
 
 use client::{BenchClient, Upload};
+use cpu::{CpuMark, CpuUse};
 use server::{CallbackSink, ServerProcess};
 
 const MIB: usize = 1 << 20;
@@ -78,6 +80,8 @@ struct Figures {
     w1_finish_ms: Vec<f64>,
     w2: Vec<f64>,
     w3: Vec<f64>,
+    /// CPU used by W1, W2, W3 in each run.
+    cpu: [Vec<CpuUse>; 3],
     peak_rss_mib: Vec<f64>,
 }
 
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         w1_finish_ms: vec![],
         w2: vec![],
         w3: vec![],
+        cpu: [vec![], vec![], vec![]],
         peak_rss_mib: vec![],
     };
     let sink = CallbackSink::start()?;
@@ -126,20 +131,39 @@ async fn main() -> anyhow::Result<()> {
         figures.md5.push(limits::md5_mb_s(&w1_data));
         let run_dir = scratch.join(format!("run-{run}"));
         let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
+        limits::settle(&run_dir)?;
         figures.write_fsync.push(limits::write_fsync_mb_s(&run_dir.join("limit-write.bin"), &w1_data)?);
         let client = BenchClient::new(&server.base);
+        limits::settle(&run_dir)?;
+        let mark = CpuMark::now(server.pid());
         let one = workloads::w1(&client, &server, &w1).await.context("W1")?;
+        figures.cpu[0].push(mark.used());
         workloads::verify_stored(&sink, &[one.task_id], &[&w1]).await?;
+        limits::settle(&run_dir)?;
+        let mark = CpuMark::now(server.pid());
         let (w2_speed, w2_tasks) = workloads::w2(&client, &w2).await.context("W2")?;
+        figures.cpu[1].push(mark.used());
         workloads::verify_stored(&sink, &w2_tasks, &w2.iter().collect::<Vec<_>>()).await?;
+        limits::settle(&run_dir)?;
+        let mark = CpuMark::now(server.pid());
         let (w3_rate, w3_tasks) = workloads::w3(&client, &w3, args.w3_parallel).await.context("W3")?;
+        figures.cpu[2].push(mark.used());
         workloads::verify_stored(&sink, &w3_tasks, &w3.iter().collect::<Vec<_>>()).await?;
         let peak = server.peak_rss_kib() as f64 / 1024.0;
         drop(server);
+        limits::settle(&run_dir)?;
+        limits::release_page_cache(&run_dir)?;
         println!(
             "run {}: W1 {:.0} MB/s (finish {:.1} ms), W2 {:.0} MB/s, W3 {:.0} uploads/s, peak RSS {:.1} MiB; md5 {:.0} MB/s, write+fsync {:.0} MB/s",
             run + 1, one.mb_s, one.finish_ms, w2_speed, w3_rate, peak, figures.md5[run], figures.write_fsync[run]
         );
+        for (name, used) in ["W1", "W2", "W3"].iter().zip(&figures.cpu) {
+            let used = used[run];
+            println!(
+                "  {name} CPU: server {:.2} s, benchmark client {:.2} s, cores busy {:.2}",
+                used.server_s, used.client_s, used.cores_busy
+            );
+        }
         figures.w1.push(one.mb_s);
         figures.w1_finish_ms.push(one.finish_ms);
         figures.w2.push(w2_speed);
@@ -183,6 +207,17 @@ fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64
         "| W3: {} uploads of {} KiB, {} concurrent | {w3:.0} uploads/s | | |",
         args.w3_count, args.w3_kib, args.w3_parallel
     );
+    for (name, used) in ["W1", "W2", "W3"].iter().zip(&f.cpu) {
+        let mut server: Vec<f64> = used.iter().map(|u| u.server_s).collect();
+        let mut client: Vec<f64> = used.iter().map(|u| u.client_s).collect();
+        let mut busy: Vec<f64> = used.iter().map(|u| u.cores_busy).collect();
+        println!(
+            "| {name}: CPU seconds, server + benchmark client; cores busy | {:.2} + {:.2} s; {:.2} | | |",
+            median(&mut server),
+            median(&mut client),
+            median(&mut busy)
+        );
+    }
     println!("| W1: last block → `finish` | {:.1} ms | | |", median(&mut f.w1_finish_ms));
     println!("| server peak RSS through W1–W3 | {:.1} MiB | | |", median(&mut f.peak_rss_mib));
     println!("| expectBlocks with {} received ranges: HTTP round trip | {ranges_ms:.2} ms | | |", args.ranges);

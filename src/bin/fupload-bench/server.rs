@@ -77,6 +77,10 @@ impl ServerProcess {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's peak resident memory so far, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         self.status_field("VmHWM:").unwrap_or(0)

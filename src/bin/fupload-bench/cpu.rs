@@ -1,0 +1,44 @@
+//! CPU time of the server and of the benchmark itself over a workload: whether the two cores were
+//! the limit (busy all the time) or something waited (cores idle).
+
+use std::time::Instant;
+
+/// CPU seconds used so far by process `pid` ("self" for this one), all threads, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses; utime and stime
+    // are fields 14 and 15 of the line, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Where a workload started: wall clock and both processes' CPU time.
+pub struct CpuMark {
+    server_pid: String,
+    at: Instant,
+    server: f64,
+    client: f64,
+}
+
+/// What a workload used: CPU seconds of each side, and the cores busy on average.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    pub server_s: f64,
+    pub client_s: f64,
+    pub cores_busy: f64,
+}
+
+impl CpuMark {
+    pub fn now(server_pid: u32) -> Self {
+        let server_pid = server_pid.to_string();
+        Self { server: cpu_seconds(&server_pid), client: cpu_seconds("self"), at: Instant::now(), server_pid }
+    }
+
+    pub fn used(&self) -> CpuUse {
+        let wall = self.at.elapsed().as_secs_f64();
+        let server_s = cpu_seconds(&self.server_pid) - self.server;
+        let client_s = cpu_seconds("self") - self.client;
+        CpuUse { server_s, client_s, cores_busy: (server_s + client_s) / wall }
+    }
+}
