@@ -52,6 +52,9 @@ struct Args {
     /// The server binary; by default the one next to this binary.
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Empty the machine's page cache before each run (needs root; see docs/PERFORMANCE.md).
+    #[arg(long)]
+    drop_caches: bool,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -128,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| Upload::new(format!("w3-{run}-{i}.bin"), pool.slice(i * w3_size..(i + 1) * w3_size), block))
             .collect();
 
+        if args.drop_caches {
+            limits::drop_caches()?;
+        }
         figures.md5.push(limits::md5_mb_s(&w1_data));
         let run_dir = scratch.join(format!("run-{run}"));
         let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
