@@ -50,10 +50,15 @@ pub fn is_spool(path: &Path) -> bool {
 pub struct StreamedBlock {
     /// Bytes the body held (all of them, written or not).
     pub body_len: u64,
-    pub md5: Md5Hex,
-    /// The md5 state over the whole body, for the whole-file md5 to go on from when the block
-    /// starts the file.
-    pub md5_state: Md5,
+    /// The md5 state over the whole body: its digest is the block's md5, and the whole-file md5
+    /// can go on from it when the block starts the file.
+    pub md5: Md5,
+}
+
+impl StreamedBlock {
+    pub fn digest(&self) -> Md5Hex {
+        self.md5.clone().finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +155,7 @@ where
         joined
     }
     .map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
-    let md5_state = written?;
-    Ok((StreamedBlock { body_len, md5: md5_state.clone().finish(), md5_state }, keep))
+    Ok((StreamedBlock { body_len, md5: written? }, keep))
 }
 
 /// The chunks a request hands to its writer thread, taken as they come.
@@ -342,7 +346,7 @@ mod tests {
             stream_into(path.clone(), r(2, 7), vec![r(2, 3), r(6, 7)], true, body(&[b"abc", b"def"]), 7).await.unwrap();
         assert_eq!(kept, 7);
         assert_eq!(streamed.body_len, 6);
-        assert_eq!(streamed.md5.as_str(), "e80b5017098950fc58aad83c8c14978e"); // md5("abcdef")
+        assert_eq!(streamed.digest().as_str(), "e80b5017098950fc58aad83c8c14978e"); // md5("abcdef")
         assert_eq!(fs::read(&path).unwrap(), b"..ab..ef..");
     }
 
@@ -382,7 +386,7 @@ mod tests {
             stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
         assert_eq!(streamed.body_len, size);
         assert_eq!(fs::read(&path).unwrap(), data);
-        assert_eq!(streamed.md5, Md5::digest(&data));
+        assert_eq!(streamed.digest(), Md5::digest(&data));
     }
 
     #[test]

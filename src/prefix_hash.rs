@@ -8,13 +8,13 @@
 //! what a request waits for (the finish hashes whatever is left itself), so when the cores are
 //! busy the requests and the block writers go first. See docs/PERFORMANCE.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::checksum::Md5;
 use crate::domain::Md5Hex;
@@ -32,7 +32,7 @@ const BACKGROUND_NICENESS: i32 = 5;
 pub struct PrefixHashers {
     by_task: Mutex<HashMap<i64, Arc<PrefixHasher>>>,
     /// Hashers with work to do, taken by the background threads.
-    due: Arc<DueHashers>,
+    due: flume::Sender<Arc<PrefixHasher>>,
     /// Bytes read back from temp files, all tasks together (tests and benchmarks read it).
     bytes_read: Arc<AtomicU64>,
 }
@@ -61,10 +61,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PrefixHashers {
     /// Starts `threads` background threads; they end when this is dropped.
     pub fn new(threads: usize) -> io::Result<Self> {
-        let due = Arc::new(DueHashers::default());
+        let (due, queue) = flume::unbounded();
         for _ in 0..threads.max(1) {
-            let due = due.clone();
-            std::thread::Builder::new().name("prefix-hash".into()).spawn(move || due.work())?;
+            let (queue, requeue) = (queue.clone(), due.downgrade());
+            std::thread::Builder::new().name("prefix-hash".into()).spawn(move || hash_in_background(queue, requeue))?;
         }
         Ok(Self { by_task: Mutex::default(), due, bytes_read: Arc::default() })
     }
@@ -98,7 +98,8 @@ impl PrefixHashers {
         if hasher.running.swap(true, Ordering::SeqCst) {
             return; // the run going on will see the new prefix
         }
-        self.due.push(hasher);
+        // Cannot fail: the threads hold the receiving ends for as long as `self` lives.
+        let _ = self.due.send(hasher);
     }
 
     /// The block `[0, len)` that starts the task's file was hashed (into `md5`) as it streamed in,
@@ -132,54 +133,17 @@ impl PrefixHashers {
     }
 }
 
-impl Drop for PrefixHashers {
-    fn drop(&mut self) {
-        lock(&self.due.queue).closed = true;
-        self.due.wake.notify_all();
+/// A background thread: runs due hashers a slice at a time, one cut short going behind the others.
+/// Ends once `PrefixHashers` is dropped (it holds the only lasting sender).
+fn hash_in_background(queue: flume::Receiver<Arc<PrefixHasher>>, requeue: flume::WeakSender<Arc<PrefixHasher>>) {
+    // Linux keeps a nice value per thread. Failing to lower the priority only costs speed.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICENESS) {
+        tracing::debug!(error = %e, "background hashing runs at normal priority");
     }
-}
-
-/// The queue of hashers with work to do.
-#[derive(Default)]
-struct DueHashers {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct Queue {
-    hashers: VecDeque<Arc<PrefixHasher>>,
-    closed: bool,
-}
-
-impl DueHashers {
-    fn push(&self, hasher: Arc<PrefixHasher>) {
-        lock(&self.queue).hashers.push_back(hasher);
-        self.wake.notify_one();
-    }
-
-    fn pop(&self) -> Option<Arc<PrefixHasher>> {
-        let mut queue = lock(&self.queue);
-        loop {
-            if queue.closed {
-                return None;
-            }
-            if let Some(hasher) = queue.hashers.pop_front() {
-                return Some(hasher);
-            }
-            queue = self.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    /// A background thread: runs hashers a slice at a time, a hasher cut short going to the back.
-    fn work(&self) {
-        // Linux keeps a nice value per thread. Failing to lower the priority only costs speed.
-        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICENESS) {
-            tracing::debug!(error = %e, "background hashing runs at normal priority");
-        }
-        while let Some(hasher) = self.pop() {
-            if hasher.run_slice() {
-                self.push(hasher);
+    for hasher in queue.iter() {
+        if hasher.run_slice() {
+            if let Some(due) = requeue.upgrade() {
+                let _ = due.send(hasher);
             }
         }
     }

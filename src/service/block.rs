@@ -124,7 +124,7 @@ impl Uploads {
             ))));
         }
         match part_md5 {
-            Some(expected) if expected != streamed.md5 => return Err(UploadError::PartMd5Mismatch),
+            Some(expected) if expected != streamed.digest() => return Err(UploadError::PartMd5Mismatch),
             None if self.settings.check_tmp_md5 => {
                 return Err(FieldError::new("partMd5", "is required (checkTmpMd5 is on)").into())
             }
@@ -139,7 +139,7 @@ impl Uploads {
         if range.start() == 0 && writes == [range] {
             // This block starts the file and wrote all of it: its md5 state is the whole file's
             // so far, and the prefix hasher need not read it back (a one-block file is never read).
-            self.hashers.adopt(task_id, &task.tmp_path(), streamed.md5_state, range.size());
+            self.hashers.adopt(task_id, &task.tmp_path(), streamed.md5, range.size());
         }
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
