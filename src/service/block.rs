@@ -59,6 +59,12 @@ impl Uploads {
     /// Checks the task and the range, and claims the range's unreceived bytes for this block.
     pub async fn plan_block(&self, task_ref: &TaskRef, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
         let task = self.authorized_task(task_ref).await?;
+        self.claim_unreceived(task, start, end).await
+    }
+
+    /// Claims the unreceived bytes of `start..=end` for a block of `task`. The `task` row was read
+    /// before the claim: blocks may have committed since, so what is received is read afresh.
+    async fn claim_unreceived(&self, task: Task, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
         if task.status != TaskStatus::Upload {
             return Err(UploadError::for_status(Some(task.status)));
         }
@@ -75,12 +81,10 @@ impl Uploads {
             )));
         }
         // Claim first, then read what is received: a block that committed and released its
-        // claim before this claim was made is visible to the read below.
+        // claim before this claim was made is visible to the read below. (Not `task.received_bytes`:
+        // that was read before the claim, and a failed block would write over what came since.)
         let claim = self.claims.claim(task.task_id, range);
-        let received = match task.received_bytes {
-            0 => Vec::new(),
-            _ => self.store.received_within(task.task_id, range).await?,
-        };
+        let received = self.store.received_within(task.task_id, range).await?;
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
         Ok(BlockPlan { task, range, claim, writes })
     }
@@ -217,6 +221,30 @@ mod tests {
         let last = t.send(&task, &data, 0, 199_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
         assert_eq!(t.uploads.hashers.bytes_read(), 300_000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_block_planned_from_an_old_task_row_leaves_bytes_received_since_alone() {
+        // A block's task row is read before it claims its range; another block may commit in
+        // between. The crash test once finished a file whose first bytes a corrupted block had
+        // overwritten after they were received (the plan trusted the row's `received_bytes` of 0).
+        let t = test_uploads(|_| {}).await;
+        let data = data(200_000);
+        let task = t.create(&data).await;
+        let read_before = t.uploads.authorized_task(&task).await.unwrap();
+        t.send(&task, &data, 0, 99_999).await.unwrap();
+        let plan = t.uploads.claim_unreceived(read_before, 0, 199_999).await.unwrap();
+        assert_eq!(plan.writes, [ByteRange::new(100_000, 199_999).unwrap()]);
+        use md5::Digest;
+        let corrupted: Vec<u8> = data.iter().map(|b| !b).collect();
+        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from(corrupted))]);
+        let received = t.uploads.receive_block(plan, body).await.unwrap();
+        let refused = t.uploads.commit_block(received, Some(Md5Hex::of_digest(&md5::Md5::digest(&data)))).await;
+        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");
+        let last = t.send(&task, &data, 100_000, 199_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        let placed = t.uploads.store().task(task.task_id).await.unwrap().unwrap().final_path.unwrap();
+        assert!(std::fs::read(placed).unwrap() == data, "the finished file holds the received bytes");
     }
 
     #[tokio::test]
