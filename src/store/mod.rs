@@ -1,8 +1,11 @@
 //! The only place SQL appears. SQLite holds the truth: tasks, received ranges, the callback outbox.
 //!
 //! One writer connection serialises every write (SQLite allows one writer at a time anyway, and a
-//! single connection never meets SQLITE_BUSY from this process); readers use their own pool and,
-//! with WAL, never wait for the writer. Statements are prepared once per connection and cached.
+//! single connection never meets SQLITE_BUSY from this process). It sits behind a FIFO mutex, not
+//! in a one-connection pool: the pool takes a connection back in a task it spawns and wakes the
+//! next waiter in another, and while those waited for a busy worker thread the writer sat idle
+//! (W3 +12% without, see docs/PERFORMANCE.md). Readers use their own pool and, with WAL, never
+//! wait for the writer. Statements are prepared once per connection and cached.
 //! The WAL is copied into the database file (checkpointed) by a connection of its own, called
 //! a few times a second (`checkpoint`): a checkpoint fsyncs, and on the writer every one of them
 //! stalled all writes for about 8 ms (8% of the time in W3, see docs/PERFORMANCE.md).
@@ -14,10 +17,12 @@ mod stats;
 mod tasks;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Decode, Sqlite};
+use sqlx::{ConnectOptions, Connection, Decode, Sqlite, SqliteConnection};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::config::Durability;
 use crate::domain::TaskStatus;
@@ -35,7 +40,8 @@ const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
+    /// `None` once closed.
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
     reader: SqlitePool,
     checkpointer: SqlitePool,
 }
@@ -58,10 +64,10 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
         }
         let one = || SqlitePoolOptions::new().max_connections(1);
-        let writer = one()
-            .connect_with(options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()))
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
+        let mut writer =
+            options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()).connect().await?;
+        sqlx::migrate!("./migrations").run(&mut writer).await?;
+        let writer = Arc::new(Mutex::new(Some(writer)));
         let checkpointer = one().connect_with(options.clone()).await?;
         let reader =
             SqlitePoolOptions::new().max_connections(readers.max(1)).connect_with(options.read_only(true)).await?;
@@ -77,10 +83,19 @@ impl Store {
         Ok((frames, copied))
     }
 
+    /// The writer connection, once every earlier use of it has ended (first come, first served).
+    async fn writer(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
+        MutexGuard::try_map(self.writer.lock().await, Option::as_mut).map_err(|_| StoreError::PoolClosed)
+    }
+
     pub async fn close(&self) {
         self.reader.close().await;
         self.checkpointer.close().await;
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            if let Err(e) = writer.close().await {
+                tracing::warn!(error = %e, "closing the writer connection failed");
+            }
+        }
     }
 }
 
@@ -119,7 +134,10 @@ mod tests {
         let (frames, copied) = store.checkpoint().await.unwrap();
         assert!(frames > 0, "the create went to the WAL");
         assert_eq!(copied, frames);
-        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&store.writer).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut *store.writer().await.unwrap())
+            .await
+            .unwrap();
         assert_eq!(pages, i64::from(WRITER_CHECKPOINT_PAGES));
     }
 }

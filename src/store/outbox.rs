@@ -92,7 +92,7 @@ impl Store {
         )
         .bind(ids)
         .bind(now())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -117,7 +117,7 @@ impl Store {
         .bind(status)
         .bind(timestamp(next))
         .bind(error)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The `received_ranges` table: coalesced inclusive byte ranges, and the gaps between them.
 
-use sqlx::SqliteConnection;
+use sqlx::{Connection, SqliteConnection};
 
 use super::{now, Store, StoreError};
 use crate::domain::{BlockMerge, ByteRange, TaskStatus};
@@ -53,7 +53,8 @@ impl Store {
         task_id: i64,
         written: &[ByteRange],
     ) -> Result<Result<BlockCommit, Option<TaskStatus>>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let mut new_bytes = 0;
         for &range in written {
             match insert_coalesced(&mut tx, task_id, range).await {
@@ -320,5 +321,37 @@ mod tests {
         assert_eq!(gaps.len(), 10_000);
         assert_eq!(gaps[0], r(2, 2));
         assert_eq!(gaps[9_999], r(29_999, 29_999));
+    }
+
+    #[tokio::test]
+    async fn a_commit_dropped_half_way_records_all_or_nothing_and_the_writer_goes_on() {
+        // A request dropped mid-commit drops its transaction. The writer is a plain connection
+        // behind a mutex: the rollback must still come before the next user's statements.
+        use futures_util::FutureExt;
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 1_000).await;
+        // Dropped after 0 to 390 polls: before, inside and (the last ones) after the transaction.
+        for polls in (0..40u64).map(|n| n * 10) {
+            let range = [r(polls * 2, polls * 2 + 9)];
+            let mut dropped = std::pin::pin!(store.commit_block(id, &range));
+            for _ in 0..polls {
+                if (&mut dropped).now_or_never().is_some() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        commit(&store, id, r(900, 999)).await;
+        let stored = stored(&store, id).await;
+        assert!(stored.contains(&r(900, 999)));
+        let stored_bytes: u64 = stored.iter().map(ByteRange::size).sum();
+        assert_eq!(received_bytes(&store, id).await, stored_bytes as i64, "{stored:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_writes() {
+        let (store, _dir) = temp_store().await;
+        store.close().await;
+        assert!(matches!(store.create_or_resume_task(&new_task(10)).await, Err(StoreError::PoolClosed)));
     }
 }

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use sqlx::Connection;
+
 use super::{now, outbox, timestamp, Store, StoreError};
 use crate::domain::TaskStatus;
 
@@ -86,7 +88,7 @@ impl Store {
             .bind(new.spec.file_size)
             .bind(&new.spec.file_name)
             .bind(&new.spec.store_dir)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer().await?)
             .await?;
             if let Some(task) = existing {
                 return Ok((task, false));
@@ -119,7 +121,7 @@ impl Store {
         .bind(&new.tmp_dir)
         .bind(new.status.as_str())
         .bind(&now)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer().await?)
         .await
     }
 
@@ -150,7 +152,7 @@ impl Store {
         from: TaskStatus,
         to: TaskStatus,
     ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer().await?;
         let changed =
             sqlx::query("UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2")
                 .bind(task_id)
@@ -179,7 +181,8 @@ impl Store {
         let from_json = serde_json::to_string(&from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
             .map_err(|e| StoreError::Protocol(e.to_string()))?;
         let now = now();
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let ended = sqlx::query(
             "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
              WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
@@ -212,7 +215,7 @@ impl Store {
         .bind(task_id)
         .bind(error)
         .bind(now())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
