@@ -20,7 +20,7 @@ use super::openapi::{BlockForm, Refusal, TaskParams};
 use super::{envelope, task_ref};
 use crate::blob;
 use crate::domain::{ByteRange, FieldError, Md5Hex};
-use crate::service::{BlockAccepted, ReceivedBlock, TaskRef, UploadError, Uploads};
+use crate::service::{BlockAccepted, BlockTarget, ReceivedBlock, UploadError, Uploads};
 
 /// Text fields are short numbers and an md5; anything longer is refused.
 const MAX_TEXT_FIELD: usize = 1024;
@@ -77,11 +77,10 @@ pub async fn upload_block(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let task = task_ref(&req)?;
-    uploads.check_block_target(&task).await?;
+    let target = uploads.check_block_target(&task_ref(&req)?).await?;
     let meter = Meter::default();
     let multipart = Multipart::new(req.headers(), meter.body(payload));
-    let fields = read_fields(&uploads, &task, &meter, multipart);
+    let fields = read_fields(&uploads, &target, &meter, multipart);
     let (text, body) = match uploads.settings().server.client_body_timeout {
         seconds if seconds > 0.0 => tokio::select! {
             read = fields => read?,
@@ -96,7 +95,7 @@ pub async fn upload_block(
         Some(Body::Received(received)) => *received,
         Some(Body::Spooled(spool)) => {
             let (start, end) = range_fields(&text)?;
-            let plan = uploads.plan_block(&task, start, end).await?;
+            let plan = uploads.plan_block(&target, start, end).await?;
             let stream = blob::read_stream(&spool.path).await.map_err(UploadError::Disk)?;
             uploads.receive_block(plan, stream).await?
         }
@@ -108,7 +107,7 @@ pub async fn upload_block(
 /// Reads the fields, streaming the `file` part to the temp file (or a spool) as it comes.
 async fn read_fields(
     uploads: &Uploads,
-    task: &TaskRef,
+    target: &BlockTarget,
     meter: &Meter,
     mut multipart: Multipart,
 ) -> Result<(TextFields, Option<Body>), ApiError> {
@@ -126,7 +125,7 @@ async fn read_fields(
         let field = meter.take(field);
         match name.as_str() {
             "file" if body.is_some() => return Err(ApiError::field("file", "is given twice")),
-            "file" => body = Some(receive_file(uploads, task, &text, field).await?),
+            "file" => body = Some(receive_file(uploads, target, &text, field).await?),
             "startByte" => text.start_byte = Some(parse_offset("startByte", &read_text("startByte", field).await?)?),
             "endByte" => text.end_byte = Some(parse_offset("endByte", &read_text("endByte", field).await?)?),
             "partMd5" => text.part_md5 = Some(Md5Hex::parse("partMd5", read_text("partMd5", field).await?.trim())?),
@@ -160,13 +159,13 @@ pub struct AcceptedBytes(pub u64);
 /// Streams the `file` part to the temp file if its range is known, else spools it.
 async fn receive_file(
     uploads: &Uploads,
-    task: &TaskRef,
+    target: &BlockTarget,
     text: &TextFields,
     field: impl FieldBytes,
 ) -> Result<Body, ApiError> {
     match (text.start_byte, text.end_byte) {
         (Some(start), Some(end)) => {
-            let plan = uploads.plan_block(task, start, end).await?;
+            let plan = uploads.plan_block(target, start, end).await?;
             Ok(Body::Received(Box::new(uploads.receive_block(plan, field).await?)))
         }
         _ => Ok(Body::Spooled(Spool::fill(uploads, field).await?)),

@@ -15,6 +15,11 @@ use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
 /// How long a block that completes the file waits for the finish before replying `verify`.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
 
+/// A task found uploading, with the right key, before its block's body was read. Its status may
+/// change while the body arrives (a pause, a cancel): the commit checks it again, and bytes written
+/// for an ended task are never recorded.
+pub struct BlockTarget(Task);
+
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
 /// may write are claimed.
 pub struct BlockPlan {
@@ -48,26 +53,17 @@ impl Uploads {
     /// Refuses a block for an unknown task, with a wrong key, or for a task that takes no blocks,
     /// before any of its body is read: nobody without the key makes the server read, spool or
     /// buffer a body.
-    pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<(), UploadError> {
+    pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<BlockTarget, UploadError> {
         let task = self.authorized_task(task_ref).await?;
         match task.status {
-            TaskStatus::Upload => Ok(()),
+            TaskStatus::Upload => Ok(BlockTarget(task)),
             other => Err(UploadError::for_status(Some(other))),
         }
     }
 
-    /// Checks the task and the range, and claims the range's unreceived bytes for this block.
-    pub async fn plan_block(&self, task_ref: &TaskRef, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
-        let task = self.authorized_task(task_ref).await?;
-        self.claim_unreceived(task, start, end).await
-    }
-
-    /// Claims the unreceived bytes of `start..=end` for a block of `task`. The `task` row was read
-    /// before the claim: blocks may have committed since, so what is received is read afresh.
-    async fn claim_unreceived(&self, task: Task, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
-        if task.status != TaskStatus::Upload {
-            return Err(UploadError::for_status(Some(task.status)));
-        }
+    /// Checks the range, and claims its unreceived bytes for this block.
+    pub async fn plan_block(&self, target: &BlockTarget, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
+        let task = target.0.clone();
         let file_size = u64::try_from(task.spec.file_size).unwrap_or(0);
         let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
         if end >= file_size {
@@ -81,8 +77,9 @@ impl Uploads {
             )));
         }
         // Claim first, then read what is received: a block that committed and released its
-        // claim before this claim was made is visible to the read below. (Not `task.received_bytes`:
-        // that was read before the claim, and a failed block would write over what came since.)
+        // claim before this claim was made is visible to the read below. (Not the target's
+        // `received_bytes`: that row was read before the claim, and a block refused later would
+        // write over what was received in between.)
         let claim = self.claims.claim(task.task_id, range);
         let received = self.store.received_within(task.task_id, range).await?;
         let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
@@ -231,9 +228,9 @@ mod tests {
         let t = test_uploads(|_| {}).await;
         let data = data(200_000);
         let task = t.create(&data).await;
-        let read_before = t.uploads.authorized_task(&task).await.unwrap();
+        let target = t.uploads.check_block_target(&task).await.unwrap();
         t.send(&task, &data, 0, 99_999).await.unwrap();
-        let plan = t.uploads.claim_unreceived(read_before, 0, 199_999).await.unwrap();
+        let plan = t.uploads.plan_block(&target, 0, 199_999).await.unwrap();
         assert_eq!(plan.writes, [ByteRange::new(100_000, 199_999).unwrap()]);
         use md5::Digest;
         let corrupted: Vec<u8> = data.iter().map(|b| !b).collect();

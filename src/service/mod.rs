@@ -18,7 +18,7 @@ use crate::domain::{FieldError, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
 use crate::store::{Store, StoreError, Task};
 
-pub use block::{BlockAccepted, BlockPlan, ReceivedBlock};
+pub use block::{BlockAccepted, BlockPlan, BlockTarget, ReceivedBlock};
 pub use business::BusinessServers;
 pub use create::{CreateTaskJson, CreatedTask};
 pub use state::{BlocksInfo, RequestedState};
@@ -201,7 +201,8 @@ pub(crate) mod test_support {
             let chunks: Vec<Result<bytes::Bytes, String>> =
                 (0..part.len()).step_by(65536).map(|i| Ok(part.slice(i..(i + 65536).min(part.len())))).collect();
             let md5 = crate::domain::Md5Hex::of_digest(&md5::Md5::digest(&part));
-            let plan = self.uploads.plan_block(task, start as u64, end as u64).await?;
+            let target = self.uploads.check_block_target(task).await?;
+            let plan = self.uploads.plan_block(&target, start as u64, end as u64).await?;
             let received = self.uploads.receive_block(plan, futures_util::stream::iter(chunks)).await?;
             self.uploads.commit_block(received, Some(md5)).await
         }
