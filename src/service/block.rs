@@ -245,6 +245,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_paused_while_a_block_arrives_refuses_it_at_the_commit() {
+        use md5::Digest;
+        let t = test_uploads(|_| {}).await;
+        let data = data(100_000);
+        let task = t.create(&data).await;
+        let target = t.uploads.check_block_target(&task).await.unwrap();
+        t.uploads.change_state(&task, crate::service::RequestedState::Pause).await.unwrap();
+        let plan = t.uploads.plan_block(&target, 0, 99_999).await.unwrap();
+        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from(data.clone()))]);
+        let received = t.uploads.receive_block(plan, body).await.unwrap();
+        let refused = t.uploads.commit_block(received, Some(Md5Hex::of_digest(&md5::Md5::digest(&data)))).await;
+        assert!(matches!(refused, Err(UploadError::Paused)), "{refused:?}");
+        let stored = t.uploads.store().task(task.task_id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.received_bytes), (TaskStatus::Pause, 0));
+    }
+
+    #[tokio::test]
     async fn out_of_order_blocks_are_hashed_once_the_gap_before_them_is_filled() {
         let t = test_uploads(|_| {}).await;
         let data = data(1 << 20);
