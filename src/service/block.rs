@@ -232,11 +232,8 @@ mod tests {
         t.send(&task, &data, 0, 99_999).await.unwrap();
         let plan = t.uploads.plan_block(&target, 0, 199_999).await.unwrap();
         assert_eq!(plan.writes, [ByteRange::new(100_000, 199_999).unwrap()]);
-        use md5::Digest;
         let corrupted: Vec<u8> = data.iter().map(|b| !b).collect();
-        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from(corrupted))]);
-        let received = t.uploads.receive_block(plan, body).await.unwrap();
-        let refused = t.uploads.commit_block(received, Some(Md5Hex::of_digest(&md5::Md5::digest(&data)))).await;
+        let refused = t.stream_and_commit(plan, &corrupted, &data).await;
         assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");
         let last = t.send(&task, &data, 100_000, 199_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
@@ -246,16 +243,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_paused_while_a_block_arrives_refuses_it_at_the_commit() {
-        use md5::Digest;
         let t = test_uploads(|_| {}).await;
         let data = data(100_000);
         let task = t.create(&data).await;
         let target = t.uploads.check_block_target(&task).await.unwrap();
         t.uploads.change_state(&task, crate::service::RequestedState::Pause).await.unwrap();
         let plan = t.uploads.plan_block(&target, 0, 99_999).await.unwrap();
-        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from(data.clone()))]);
-        let received = t.uploads.receive_block(plan, body).await.unwrap();
-        let refused = t.uploads.commit_block(received, Some(Md5Hex::of_digest(&md5::Md5::digest(&data)))).await;
+        let refused = t.stream_and_commit(plan, &data, &data).await;
         assert!(matches!(refused, Err(UploadError::Paused)), "{refused:?}");
         let stored = t.uploads.store().task(task.task_id).await.unwrap().unwrap();
         assert_eq!((stored.status, stored.received_bytes), (TaskStatus::Pause, 0));

@@ -196,13 +196,25 @@ pub(crate) mod test_support {
             start: usize,
             end: usize,
         ) -> Result<BlockAccepted, UploadError> {
-            use md5::Digest;
-            let part = bytes::Bytes::copy_from_slice(&data[start..=end]);
-            let chunks: Vec<Result<bytes::Bytes, String>> =
-                (0..part.len()).step_by(65536).map(|i| Ok(part.slice(i..(i + 65536).min(part.len())))).collect();
-            let md5 = crate::domain::Md5Hex::of_digest(&md5::Md5::digest(&part));
             let target = self.uploads.check_block_target(task).await?;
             let plan = self.uploads.plan_block(&target, start as u64, end as u64).await?;
+            let part = &data[start..=end];
+            self.stream_and_commit(plan, part, part).await
+        }
+
+        /// Streams `body` for `plan` in 64 KiB chunks and commits it, `partMd5` being the md5 of
+        /// `md5_of` (the body itself, or the bytes a corrupted body should have held).
+        pub async fn stream_and_commit(
+            &self,
+            plan: BlockPlan,
+            body: &[u8],
+            md5_of: &[u8],
+        ) -> Result<BlockAccepted, UploadError> {
+            use md5::Digest;
+            let body = bytes::Bytes::copy_from_slice(body);
+            let chunks: Vec<Result<bytes::Bytes, String>> =
+                (0..body.len()).step_by(65536).map(|i| Ok(body.slice(i..(i + 65536).min(body.len())))).collect();
+            let md5 = crate::domain::Md5Hex::of_digest(&md5::Md5::digest(md5_of));
             let received = self.uploads.receive_block(plan, futures_util::stream::iter(chunks)).await?;
             self.uploads.commit_block(received, Some(md5)).await
         }
