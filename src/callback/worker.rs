@@ -32,20 +32,16 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
             Ok(due) if !due.is_empty() => {
                 // Deliveries are recorded as they come back, a few at a time: a slow business
                 // server must not hold back the record of the others (a crash meanwhile would
-                // send them all again).
+                // send them all again). They are recorded here, never inside the sends: a send
+                // waiting for the writer while this loop waits for it too (and so does not poll
+                // the sends) would hold up every write of the server.
                 let mut answered = due
                     .into_iter()
-                    .map(|callback| deliver(&client, &store, &settings, callback))
+                    .map(|callback| deliver(&client, &settings, callback))
                     .collect::<FuturesUnordered<_>>()
                     .ready_chunks(BATCH as usize);
-                while let Some(sent) = answered.next().await {
-                    let delivered: Vec<i64> = sent.into_iter().flatten().collect();
-                    match store.callbacks_delivered(&delivered).await {
-                        // Counted once recorded, so the counters never run ahead of the outbox table.
-                        Ok(()) => metrics::callbacks_delivered(delivered.len()),
-                        // They stay pending and are sent again: at least once.
-                        Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
-                    }
+                while let Some(attempts) = answered.next().await {
+                    record(&store, attempts).await;
                 }
                 continue;
             }
@@ -63,14 +59,38 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
     }
 }
 
-/// POSTs one callback. Returns its id when the business server took it (2xx); a failed attempt
-/// is recorded here, with the next try scheduled or the callback given up.
-async fn deliver(
-    client: &awc::Client,
-    store: &Store,
-    settings: &CallbackSettings,
-    callback: DueCallback,
-) -> Option<i64> {
+/// How one attempt to deliver a callback went.
+enum Attempt {
+    /// The business server took it (2xx).
+    Delivered { callback_id: i64 },
+    /// To be tried again after `retry_in`, or, with `None`, given up.
+    Failed { callback_id: i64, task_id: i64, error: String, retry_in: Option<Duration> },
+}
+
+/// Records the outcome of some attempts: the delivered ones in one statement.
+async fn record(store: &Store, attempts: Vec<Attempt>) {
+    let mut delivered = Vec::new();
+    for attempt in attempts {
+        match attempt {
+            Attempt::Delivered { callback_id } => delivered.push(callback_id),
+            Attempt::Failed { callback_id, task_id, error, retry_in } => {
+                match store.callback_attempt_failed(callback_id, &error, retry_in).await {
+                    Ok(()) => metrics::callback_failed(retry_in.is_none()),
+                    Err(e) => tracing::error!(task_id, error = %e, "cannot record a callback attempt"),
+                }
+            }
+        }
+    }
+    match store.callbacks_delivered(&delivered).await {
+        // Counted once recorded, so the counters never run ahead of the outbox table.
+        Ok(()) => metrics::callbacks_delivered(delivered.len()),
+        // They stay pending and are sent again: at least once.
+        Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
+    }
+}
+
+/// POSTs one callback, and says how it went, with the next try scheduled or the callback given up.
+async fn deliver(client: &awc::Client, settings: &CallbackSettings, callback: DueCallback) -> Attempt {
     let sent = client
         .post(&callback.notify_url)
         .insert_header(("content-type", "application/json"))
@@ -81,18 +101,14 @@ async fn deliver(
     let error = match sent {
         Ok(response) if response.status().is_success() => {
             tracing::info!(task_id = callback.task_id, attempts, "callback delivered");
-            return Some(callback.callback_id);
+            return Attempt::Delivered { callback_id: callback.callback_id };
         }
         Ok(response) => format!("business server answered {}", response.status()),
         Err(e) => format!("cannot reach the business server: {e}"),
     };
     let retry_in = (attempts < settings.max_attempts).then(|| backoff(settings, attempts));
     tracing::warn!(task_id = callback.task_id, attempts, ?retry_in, %error, "callback not delivered");
-    match store.callback_attempt_failed(callback.callback_id, &error, retry_in).await {
-        Ok(()) => metrics::callback_failed(retry_in.is_none()),
-        Err(e) => tracing::error!(task_id = callback.task_id, error = %e, "cannot record a callback attempt"),
-    }
-    None
+    Attempt::Failed { callback_id: callback.callback_id, task_id: callback.task_id, error, retry_in }
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ pub use tasks::{NewTask, Task, TaskEnding, TaskSpec};
 /// Errors of this layer: the database failed, or holds something this version cannot read.
 pub type StoreError = sqlx::Error;
 
+/// The longest wait for the writer connection before a write fails (as sqlx's pool would): a
+/// use of it that never ends must show as errors, not stop every write for good.
+const WRITER_WAIT: Duration = Duration::from_secs(30);
+
 /// WAL pages after which the writer checkpoints by itself: only a backstop, for when nothing
 /// calls `checkpoint` (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
@@ -85,7 +89,9 @@ impl Store {
 
     /// The writer connection, once every earlier use of it has ended (first come, first served).
     async fn writer(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
-        MutexGuard::try_map(self.writer.lock().await, Option::as_mut).map_err(|_| StoreError::PoolClosed)
+        let locked =
+            tokio::time::timeout(WRITER_WAIT, self.writer.lock()).await.map_err(|_| StoreError::PoolTimedOut)?;
+        MutexGuard::try_map(locked, Option::as_mut).map_err(|_| StoreError::PoolClosed)
     }
 
     pub async fn close(&self) {
