@@ -4,8 +4,8 @@
 //! single connection never meets SQLITE_BUSY from this process). It sits behind a FIFO mutex, not
 //! in a one-connection pool: the pool takes a connection back in a task it spawns and wakes the
 //! next waiter in another, and while those waited for a busy worker thread the writer sat idle
-//! (W3 +12% without, see docs/PERFORMANCE.md). Readers use their own pool and, with WAL, never
-//! wait for the writer. Statements are prepared once per connection and cached.
+//! (the mutex gave W3 +12% to +17%, see docs/PERFORMANCE.md). Readers use their own pool and,
+//! with WAL, never wait for the writer. Statements are prepared once per connection and cached.
 //! The WAL is copied into the database file (checkpointed) by a connection of its own, called
 //! a few times a second (`checkpoint`): a checkpoint fsyncs, and on the writer every one of them
 //! stalled all writes for about 8 ms (8% of the time in W3, see docs/PERFORMANCE.md).
@@ -67,12 +67,11 @@ impl Store {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
         }
-        let one = || SqlitePoolOptions::new().max_connections(1);
         let mut writer =
             options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()).connect().await?;
         sqlx::migrate!("./migrations").run(&mut writer).await?;
         let writer = Arc::new(Mutex::new(Some(writer)));
-        let checkpointer = one().connect_with(options.clone()).await?;
+        let checkpointer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let reader =
             SqlitePoolOptions::new().max_connections(readers.max(1)).connect_with(options.read_only(true)).await?;
         Ok(Self { writer, reader, checkpointer })
