@@ -23,10 +23,6 @@ RUN cargo build --release --locked --bin fupload-server
 
 # Run: a slim Debian with the binary, its config and migrations; state in a volume; no root.
 FROM debian:bookworm-slim AS runtime
-# fupload hashes with OpenSSL's md5.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl3=3.0.* \
- && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/fupload --shell /usr/sbin/nologin fupload \
  && mkdir -p /var/lib/fupload/data \
  && chown fupload:fupload /var/lib/fupload/data

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::checksum::Md5;
+use crate::checksum::{self, Md5};
 use crate::domain::{ByteRange, Md5Hex};
 
 /// Bytes handed to one `write` call at most: larger writes into freshly freed memory are slow
@@ -45,14 +45,36 @@ pub fn is_spool(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(SPOOL_PREFIX))
 }
 
+/// Where a block's body goes, and the md5s it is hashed into.
+pub struct BlockFile {
+    pub path: PathBuf,
+    /// The bytes of the file the body holds.
+    pub range: ByteRange,
+    /// The parts of `range` to write (each inside it); the rest of the body is hashed only.
+    pub writes: Vec<ByteRange>,
+    /// The data is on disk before streaming returns.
+    pub fsync: bool,
+    /// The whole file's md5 over `[0, range.start)`, to go on over the body as well. Only for a
+    /// body written whole: the md5 must be of the bytes on disk.
+    pub file_md5: Option<Md5>,
+}
+
+impl BlockFile {
+    /// The whole of `range` written, no fsync, the body's md5 only.
+    pub fn whole(path: PathBuf, range: ByteRange) -> Self {
+        Self { path, range, writes: vec![range], fsync: false, file_md5: None }
+    }
+}
+
 /// What streaming a block's body produced.
 #[derive(Debug)]
 pub struct StreamedBlock {
     /// Bytes the body held (all of them, written or not).
     pub body_len: u64,
-    /// The md5 state over the whole body: its digest is the block's md5, and the whole-file md5
-    /// can go on from it when the block starts the file.
+    /// The md5 state over the whole body: its digest is the block's md5.
     pub md5: Md5,
+    /// `BlockFile::file_md5` gone on over the body: the whole file's md5 over `[0, range.end]`.
+    pub file_md5: Option<Md5>,
 }
 
 impl StreamedBlock {
@@ -71,9 +93,9 @@ pub enum StreamError {
     Disk(#[from] io::Error),
 }
 
-/// Streams `body`, which holds the bytes of `range` of the file at `path`, hashing all of it and
-/// writing only the parts inside `writes` (which must lie inside `range`). A body longer than
-/// `range` is cut off without writing past it. With `fsync`, the data is on disk before this returns.
+/// Streams `body`, which holds the bytes of `target.range` of the file at `target.path`, hashing
+/// all of it and writing only the parts inside `target.writes`. A body longer than the range is cut
+/// off without writing past it.
 ///
 /// `keep` is held by the writing thread until it has finished writing and handed back on success:
 /// a claim on the written ranges must not be released while a write into them could still
@@ -81,19 +103,13 @@ pub enum StreamError {
 ///
 /// The first `WRITE_PIECE` bytes are gathered here; a body that ends within them (a small block)
 /// is written in one blocking call. A longer one goes on to a writer thread through a short queue.
-pub async fn stream_into<S, E, K>(
-    path: PathBuf,
-    range: ByteRange,
-    writes: Vec<ByteRange>,
-    fsync: bool,
-    body: S,
-    keep: K,
-) -> Result<(StreamedBlock, K), StreamError>
+pub async fn stream_into<S, E, K>(target: BlockFile, body: S, keep: K) -> Result<(StreamedBlock, K), StreamError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
     K: Send + 'static,
 {
+    let range = target.range;
     let mut body = std::pin::pin!(body);
     let mut body_len = 0u64;
     let mut next_chunk = async || -> Result<Option<Bytes>, StreamError> {
@@ -125,12 +141,12 @@ where
         }
     }
     let (written, keep) = if ended {
-        let write = move || (write_chunks(&path, range, &writes, fsync, gathered), keep);
+        let write = move || (write_chunks(target, gathered), keep);
         tokio::task::spawn_blocking(write).await
     } else {
         let (chunks, queue) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
         let writer = tokio::task::spawn_blocking(move || {
-            let written = write_chunks(&path, range, &writes, fsync, gathered.into_iter().chain(Queue(queue)));
+            let written = write_chunks(target, gathered.into_iter().chain(Queue(queue)));
             (written, keep)
         });
         let mut outcome = Ok(());
@@ -155,7 +171,8 @@ where
         joined
     }
     .map_err(|e| StreamError::Disk(io::Error::other(e.to_string())))?;
-    Ok((StreamedBlock { body_len, md5: written? }, keep))
+    let (md5, file_md5) = written?;
+    Ok((StreamedBlock { body_len, md5, file_md5 }, keep))
 }
 
 /// The chunks a request hands to its writer thread, taken as they come.
@@ -169,22 +186,24 @@ impl Iterator for Queue {
     }
 }
 
-fn write_chunks(
-    path: &Path,
-    range: ByteRange,
-    writes: &[ByteRange],
-    fsync: bool,
-    chunks: impl IntoIterator<Item = Bytes>,
-) -> io::Result<Md5> {
+/// Writes the chunks as `stream_into` says; returns the body's md5 and the whole file's.
+fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> io::Result<(Md5, Option<Md5>)> {
+    let BlockFile { path, range, writes, fsync, file_md5 } = target;
     let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
     let mut pieces = file.as_ref().map(PieceWriter::new);
     let mut md5 = Md5::new();
+    // Over a body that starts the file the two md5s are one: it is hashed once.
+    let starts_file = file_md5.as_ref().is_some_and(Md5::is_empty);
+    let mut continued = file_md5.filter(|md5| !md5.is_empty());
     let mut offset = range.start();
     for chunk in chunks {
         if chunk.is_empty() {
             continue;
         }
-        md5.update(&chunk);
+        match continued.as_mut() {
+            Some(continued) => checksum::update_both(&mut md5, continued, &chunk),
+            None => md5.update(&chunk),
+        }
         let chunk_range = ByteRange::new(offset, offset + chunk.len() as u64 - 1);
         if let (Some(pieces), Some(chunk_range)) = (pieces.as_mut(), chunk_range) {
             for target in writes.iter().filter_map(|w| w.intersection(&chunk_range)) {
@@ -200,7 +219,8 @@ fn write_chunks(
     if let (Some(file), true) = (&file, fsync) {
         file.sync_data()?;
     }
-    Ok(md5)
+    let file_md5 = if starts_file { Some(md5.clone()) } else { continued };
+    Ok((md5, file_md5))
 }
 
 /// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.
@@ -342,8 +362,14 @@ mod tests {
         let path = dir.path().join("t.part");
         create_temp(&path, 10).unwrap();
         fs::write(&path, b"..........").unwrap();
-        let (streamed, kept) =
-            stream_into(path.clone(), r(2, 7), vec![r(2, 3), r(6, 7)], true, body(&[b"abc", b"def"]), 7).await.unwrap();
+        let target = BlockFile {
+            path: path.clone(),
+            range: r(2, 7),
+            writes: vec![r(2, 3), r(6, 7)],
+            fsync: true,
+            file_md5: None,
+        };
+        let (streamed, kept) = stream_into(target, body(&[b"abc", b"def"]), 7).await.unwrap();
         assert_eq!(kept, 7);
         assert_eq!(streamed.body_len, 6);
         assert_eq!(streamed.digest().as_str(), "e80b5017098950fc58aad83c8c14978e"); // md5("abcdef")
@@ -355,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.part");
         fs::write(&path, b"....").unwrap();
-        let result = stream_into(path.clone(), r(0, 1), vec![r(0, 1)], false, body(&[b"ab", b"cd"]), ()).await;
+        let result = stream_into(BlockFile::whole(path.clone(), r(0, 1)), body(&[b"ab", b"cd"]), ()).await;
         assert!(matches!(result, Err(StreamError::TooLong(2))));
         assert_eq!(fs::read(&path).unwrap(), b"....");
     }
@@ -368,7 +394,7 @@ mod tests {
         fs::write(&path, vec![b'.'; size as usize + 10]).unwrap();
         let chunks: Vec<Result<Bytes, String>> = (0..3).map(|_| Ok(Bytes::from(vec![b'x'; WRITE_PIECE]))).collect();
         let whole = r(0, size - 1);
-        let result = stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await;
+        let result = stream_into(BlockFile::whole(path.clone(), whole), futures_util::stream::iter(chunks), ()).await;
         assert!(matches!(result, Err(StreamError::TooLong(_))));
         assert_eq!(&fs::read(&path).unwrap()[size as usize..], b"..........");
     }
@@ -383,10 +409,31 @@ mod tests {
         let chunks: Vec<Result<Bytes, String>> = data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let whole = r(0, size - 1);
         let (streamed, ()) =
-            stream_into(path.clone(), whole, vec![whole], false, futures_util::stream::iter(chunks), ()).await.unwrap();
+            stream_into(BlockFile::whole(path.clone(), whole), futures_util::stream::iter(chunks), ()).await.unwrap();
         assert_eq!(streamed.body_len, size);
         assert_eq!(fs::read(&path).unwrap(), data);
         assert_eq!(streamed.digest(), Md5::digest(&data));
+        assert!(streamed.file_md5.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_whole_files_md5_goes_on_over_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.part");
+        let data: Vec<u8> = (0..3 * WRITE_PIECE as u64).map(|i| (i % 253) as u8).collect();
+        create_temp(&path, data.len() as u64).unwrap();
+        // A block at a multiple of 64 (both md5s in step), one not, and one that starts the file.
+        for start in [WRITE_PIECE, 1000, 0] {
+            let mut file_md5 = Md5::new();
+            file_md5.update(&data[..start]);
+            let range = r(start as u64, data.len() as u64 - 1);
+            let target = BlockFile { file_md5: Some(file_md5), ..BlockFile::whole(path.clone(), range) };
+            let chunks: Vec<Result<Bytes, String>> =
+                data[start..].chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let (streamed, ()) = stream_into(target, futures_util::stream::iter(chunks), ()).await.unwrap();
+            assert_eq!(streamed.digest(), Md5::digest(&data[start..]), "block at {start}");
+            assert_eq!(streamed.file_md5.unwrap().finish(), Md5::digest(&data), "block at {start}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Incremental whole-file md5: per task, an md5 state over the contiguous received prefix of its
-//! temp file, advanced in the background as the prefix grows. For an upload that arrives in order
-//! the digest is ready almost as soon as the last byte is; blocks that arrive out of order are read
-//! back (from the page cache, usually) once the gap before them is filled. The state lives in
-//! memory only: after a restart the prefix is hashed again from the file, once.
+//! temp file. A block that starts where the prefix ends takes the state with it (`state_at`), is
+//! hashed on from it as it streams in, and hands it back once committed (`adopt`): an upload that
+//! arrives in order is never read back, and its digest is ready when its last byte is. Blocks that
+//! arrive out of order are read back (from the page cache, usually) in the background once the gap
+//! before them is filled. The state lives in memory only: after a restart the prefix is hashed
+//! again from the file, once.
 //!
 //! The background hashing runs on its own threads, one per core, at a lower priority: it is never
 //! what a request waits for (the finish hashes whatever is left itself), so when the cores are
@@ -102,15 +104,28 @@ impl PrefixHashers {
         let _ = self.due.send(hasher);
     }
 
-    /// The block `[0, len)` that starts the task's file was hashed (into `md5`) as it streamed in,
-    /// and is committed: the whole-file md5 goes on from that state instead of reading the block
-    /// back. Nothing happens if the task's hasher has already started (or is busy): it reads as usual.
-    pub fn adopt(&self, task_id: i64, path: &Path, md5: Md5, len: u64) {
-        let hasher = self.hasher(task_id, path);
+    /// The whole-file md5 over `[0, start)`, when it is at hand: a block that starts there can
+    /// hash the file on from it as it streams in (`adopt`), instead of the block being read back
+    /// later. None when the hasher is elsewhere (behind: blocks arrived out of order, or the
+    /// server restarted) or busy.
+    pub fn state_at(&self, task_id: i64, start: u64) -> Option<Md5> {
+        if start == 0 {
+            return Some(Md5::new());
+        }
+        let hasher = lock(&self.by_task).get(&task_id)?.clone();
         // try_lock: a background run holds the lock while it reads, and this runs on an async worker.
+        let state = hasher.state.try_lock().ok()?;
+        (state.hashed == start).then(|| state.md5.clone())
+    }
+
+    /// A committed block starting at `start` was hashed into the whole-file md5 as it streamed in,
+    /// from `state_at(start)` on: the hasher goes on from `md5` instead of reading the block back.
+    /// Nothing happens if the hasher has moved or is busy: it reads as usual.
+    pub fn adopt(&self, task_id: i64, path: &Path, start: u64, md5: Md5) {
+        let hasher = self.hasher(task_id, path);
         let Ok(mut state) = hasher.state.try_lock() else { return };
-        if state.hashed == 0 {
-            *state = HashState { md5, hashed: len };
+        if state.hashed == start {
+            *state = HashState { hashed: md5.len(), md5 };
         }
     }
 

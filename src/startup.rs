@@ -11,7 +11,6 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::callback;
-use crate::checksum::Md5;
 use crate::config::Settings;
 use crate::http;
 use crate::service::Uploads;
@@ -28,7 +27,6 @@ pub struct Application {
 impl Application {
     /// Prepares everything and binds the listener (`server.port: 0` picks a free port).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
-        Md5::check_available().context("this OpenSSL offers no MD5 (FIPS mode?)")?;
         prepare_dirs(&mut settings)?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;

@@ -227,7 +227,7 @@ impl Spool {
             .await
             .map_err(|e| UploadError::Internal(anyhow::anyhow!("{e}")))?
             .map_err(UploadError::Disk)?;
-        match blob::stream_into(spool.path.clone(), whole, vec![whole], false, field, ()).await {
+        match blob::stream_into(blob::BlockFile::whole(spool.path.clone(), whole), field, ()).await {
             Ok(_) => Ok(spool),
             Err(blob::StreamError::TooLong(limit)) => {
                 Err(UploadError::TooLarge(format!("block is larger than maxBlockSize {limit}")).into())

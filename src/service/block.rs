@@ -8,7 +8,8 @@ use futures_util::Stream;
 
 use super::claims::Claim;
 use super::{RangeProblem, TaskRef, UploadError, Uploads};
-use crate::blob::{self, StreamError, StreamedBlock};
+use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
+use crate::checksum::Md5;
 use crate::config::Durability;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
 
@@ -28,6 +29,9 @@ pub struct BlockPlan {
     claim: Claim,
     /// The claimed parts minus what was already received: the bytes this block writes.
     writes: Vec<ByteRange>,
+    /// The whole-file md5 up to the block, when the block writes all of its range and the task's
+    /// prefix hasher is there: the block is hashed on from it and never read back.
+    file_md5: Option<Md5>,
 }
 
 /// A block whose body has been streamed to disk, waiting for its md5 check and commit.
@@ -82,19 +86,29 @@ impl Uploads {
         // write over what was received in between.)
         let claim = self.claims.claim(task.task_id, range);
         let received = self.store.received_within(task.task_id, range).await?;
-        let writes = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        Ok(BlockPlan { task, range, claim, writes })
+        let writes: Vec<ByteRange> = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
+        let file_md5 = match writes == [range] {
+            true => self.hashers.state_at(task.task_id, start),
+            false => None,
+        };
+        Ok(BlockPlan { task, range, claim, writes, file_md5 })
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
-    pub async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
+    pub async fn receive_block<S, E>(&self, mut plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let fsync = self.settings.durability == Durability::Power;
-        let (task_id, path, range, writes) = (plan.task.task_id, plan.task.tmp_path(), plan.range, plan.writes.clone());
-        match blob::stream_into(path, range, writes, fsync, body, plan).await {
+        let task_id = plan.task.task_id;
+        let target = BlockFile {
+            path: plan.task.tmp_path(),
+            range: plan.range,
+            writes: plan.writes.clone(),
+            fsync: self.settings.durability == Durability::Power,
+            file_md5: plan.file_md5.take(),
+        };
+        match blob::stream_into(target, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
             Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
                 Err(UploadError::BadRange(RangeProblem::BodyLength(e.to_string())))
@@ -131,16 +145,15 @@ impl Uploads {
             }
             _ => {}
         }
-        let BlockPlan { mut task, range, claim, writes } = plan;
+        let BlockPlan { mut task, range, claim, writes, .. } = plan;
         let commit = self.store.commit_block(task.task_id, &writes).await?.map_err(UploadError::for_status)?;
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
         let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
-        if range.start() == 0 && writes == [range] {
-            // This block starts the file and wrote all of it: its md5 state is the whole file's
-            // so far, and the prefix hasher need not read it back (a one-block file is never read).
-            self.hashers.adopt(task_id, &task.tmp_path(), streamed.md5, range.size());
+        if let Some(file_md5) = streamed.file_md5 {
+            // Before `advance`: with the block's bytes hashed, the hasher has nothing to read back.
+            self.hashers.adopt(task_id, &task.tmp_path(), range.start(), file_md5);
         }
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
@@ -183,7 +196,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_in_order_upload_is_hashed_once_while_it_arrives() {
+    async fn an_in_order_upload_is_hashed_while_it_arrives_and_never_read_back() {
         let t = test_uploads(|_| {}).await;
         let data = data(3 << 20);
         let task = t.create(&data).await;
@@ -192,8 +205,27 @@ mod tests {
             last = Some(t.send(&task, &data, start, start + (512 << 10) - 1).await.unwrap());
         }
         assert_eq!(last.unwrap().task_status, TaskStatus::Finish);
-        // The first block's md5 state carries on: it is not read back; every other byte once.
-        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64 - (512 << 10), "no byte read back twice");
+        // Each block went on from the whole-file md5 where the one before it ended.
+        assert_eq!(t.uploads.hashers.bytes_read(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_block_leaves_the_whole_file_md5_where_it_was() {
+        // The refused block hashed a copy of the whole-file md5 on over its corrupted bytes; the
+        // copy goes with it, and the block sent again continues from the prefix as before.
+        let t = test_uploads(|_| {}).await;
+        let data = data(1 << 20);
+        let (task, half) = (t.create(&data).await, 1 << 19);
+        t.send(&task, &data, 0, half - 1).await.unwrap();
+        let target = t.uploads.check_block_target(&task).await.unwrap();
+        let plan = t.uploads.plan_block(&target, half as u64, data.len() as u64 - 1).await.unwrap();
+        assert!(plan.file_md5.is_some(), "the block continues the received prefix");
+        let corrupted: Vec<u8> = data[half..].iter().map(|b| !b).collect();
+        let refused = t.stream_and_commit(plan, &corrupted, &data[half..]).await;
+        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");
+        let last = t.send(&task, &data, half, data.len() - 1).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish, "the whole-file md5 matched");
+        assert_eq!(t.uploads.hashers.bytes_read(), 0);
     }
 
     #[tokio::test]
@@ -264,8 +296,10 @@ mod tests {
         t.send(&task, &data, 0, 99).await.unwrap();
         let last = t.send(&task, &data, 100, 499_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
-        // All but the first block (hashed as it arrived), once.
-        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64 - 100);
+        // The two blocks that continued the prefix were hashed as they arrived (the second one
+        // from byte 100, out of step with its own md5); the one that came before the gap is read
+        // back once.
+        assert_eq!(t.uploads.hashers.bytes_read(), data.len() as u64 - 500_000);
     }
 
     #[tokio::test]
