@@ -75,27 +75,20 @@ impl PrefixHashers {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
-    fn hasher(&self, task_id: i64, path: &Path) -> Arc<PrefixHasher> {
-        lock(&self.by_task)
-            .entry(task_id)
-            .or_insert_with(|| {
-                Arc::new(PrefixHasher {
-                    path: path.to_path_buf(),
-                    received_prefix: AtomicU64::new(0),
-                    running: AtomicBool::new(false),
-                    state: Mutex::new(HashState { md5: Md5::new(), hashed: 0 }),
-                    bytes_read: self.bytes_read.clone(),
-                })
-            })
-            .clone()
+    /// Starts keeping the whole-file md5 of a task that takes blocks (created, or open at a
+    /// restart). Only tracked tasks are hashed ahead: a block's late `advance` or `adopt` after
+    /// the task's finish or end (which `forget` it) leaves nothing behind.
+    pub fn track(&self, task_id: i64, path: &Path) {
+        lock(&self.by_task).entry(task_id).or_insert_with(|| Arc::new(PrefixHasher::new(path, &self.bytes_read)));
+    }
+
+    fn find(&self, task_id: i64) -> Option<Arc<PrefixHasher>> {
+        lock(&self.by_task).get(&task_id).cloned()
     }
 
     /// `[0, prefix)` of the task's file is received: hash it in the background.
-    pub fn advance(&self, task_id: i64, path: &Path, prefix: u64) {
-        if prefix == 0 {
-            return;
-        }
-        let hasher = self.hasher(task_id, path);
+    pub fn advance(&self, task_id: i64, prefix: u64) {
+        let Some(hasher) = self.find(task_id).filter(|_| prefix > 0) else { return };
         hasher.received_prefix.fetch_max(prefix, Ordering::SeqCst);
         if hasher.running.swap(true, Ordering::SeqCst) {
             return; // the run going on will see the new prefix
@@ -112,7 +105,7 @@ impl PrefixHashers {
         if start == 0 {
             return Some(Md5::new());
         }
-        let hasher = lock(&self.by_task).get(&task_id)?.clone();
+        let hasher = self.find(task_id)?;
         // try_lock: a background run holds the lock while it reads, and this runs on an async worker.
         let state = hasher.state.try_lock().ok()?;
         (state.hashed == start).then(|| state.md5.clone())
@@ -121,8 +114,8 @@ impl PrefixHashers {
     /// A committed block starting at `start` was hashed into the whole-file md5 as it streamed in,
     /// from `state_at(start)` on: the hasher goes on from `md5` instead of reading the block back.
     /// Nothing happens if the hasher has moved or is busy: it reads as usual.
-    pub fn adopt(&self, task_id: i64, path: &Path, start: u64, md5: Md5) {
-        let hasher = self.hasher(task_id, path);
+    pub fn adopt(&self, task_id: i64, start: u64, md5: Md5) {
+        let Some(hasher) = self.find(task_id) else { return };
         let Ok(mut state) = hasher.state.try_lock() else { return };
         if state.hashed == start {
             *state = HashState { hashed: md5.len(), md5 };
@@ -132,7 +125,7 @@ impl PrefixHashers {
     /// The md5 of the task's whole file of `size` bytes: hashes whatever the background has not
     /// yet, then forgets the task. Blocking.
     pub fn finish(&self, task_id: i64, path: &Path, size: u64) -> io::Result<Md5Hex> {
-        let hasher = self.hasher(task_id, path);
+        let hasher = self.find(task_id).unwrap_or_else(|| Arc::new(PrefixHasher::new(path, &self.bytes_read)));
         let digest = {
             let mut state = lock(&hasher.state);
             hasher.hash_to(&mut state, size)?;
@@ -165,6 +158,16 @@ fn hash_in_background(queue: flume::Receiver<Arc<PrefixHasher>>, requeue: flume:
 }
 
 impl PrefixHasher {
+    fn new(path: &Path, bytes_read: &Arc<AtomicU64>) -> Self {
+        PrefixHasher {
+            path: path.to_path_buf(),
+            received_prefix: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            state: Mutex::new(HashState { md5: Md5::new(), hashed: 0 }),
+            bytes_read: bytes_read.clone(),
+        }
+    }
+
     /// Hashes towards the received prefix for at most `RUN_SLICE` bytes. Returns whether it
     /// stopped with work left (and so is still `running`).
     fn run_slice(&self) -> bool {
@@ -215,6 +218,14 @@ impl PrefixHasher {
 mod tests {
     use super::*;
 
+    /// A temp directory (kept while it lives) holding a file of `data`.
+    fn file_of(data: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, data).unwrap();
+        (dir, path)
+    }
+
     fn md5_of(data: &[u8]) -> Md5Hex {
         use md5::Digest;
         Md5Hex::of_digest(&md5::Md5::digest(data))
@@ -222,10 +233,8 @@ mod tests {
 
     #[tokio::test]
     async fn finish_without_any_advance_hashes_the_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path) = file_of(&data);
         let hashers = PrefixHashers::new(2).unwrap();
         assert_eq!(hashers.finish(1, &path, data.len() as u64).unwrap(), md5_of(&data));
         assert_eq!(hashers.bytes_read(), data.len() as u64);
@@ -234,13 +243,12 @@ mod tests {
 
     #[tokio::test]
     async fn background_hashing_reads_each_byte_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path) = file_of(&data);
         let hashers = PrefixHashers::new(1).unwrap();
+        hashers.track(7, &path);
         for prefix in [1, 100_000, 100_000, 2_000_000, 2_999_999] {
-            hashers.advance(7, &path, prefix);
+            hashers.advance(7, prefix);
             tokio::task::yield_now().await;
         }
         let digest = tokio::task::spawn_blocking(move || {
@@ -253,10 +261,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_late_advance_or_adopt_after_the_finish_keeps_nothing() {
+        // A block that committed before another completed the file can reach `advance` and
+        // `adopt` after the finish has run and forgotten the task.
+        let (_dir, path) = file_of(b"abc");
+        let hashers = PrefixHashers::new(1).unwrap();
+        hashers.track(1, &path);
+        hashers.finish(1, &path, 3).unwrap();
+        hashers.advance(1, 3);
+        hashers.adopt(1, 0, Md5::new());
+        assert!(hashers.state_at(1, 3).is_none());
+        assert!(lock(&hashers.by_task).is_empty());
+    }
+
+    #[tokio::test]
     async fn a_short_file_is_an_error_not_a_wrong_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"abc").unwrap();
+        let (_dir, path) = file_of(b"abc");
         let hashers = PrefixHashers::new(1).unwrap();
         assert_eq!(hashers.finish(1, &path, 10).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }

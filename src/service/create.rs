@@ -138,6 +138,8 @@ impl Uploads {
             }
             if file_size == 0 {
                 status = self.finish(task.clone()).await?;
+            } else {
+                self.hashers.track(task.task_id, &task.tmp_path());
             }
         }
         Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })

@@ -178,7 +178,8 @@ impl Uploads {
                     self.make_missing_temp(&task).await;
                     if status != TaskStatus::Verify {
                         let prefix = self.store.received_prefix(task_id).await?;
-                        self.hashers.advance(task_id, &task.tmp_path(), prefix);
+                        self.hashers.track(task_id, &task.tmp_path());
+                        self.hashers.advance(task_id, prefix);
                     }
                 }
             }
