@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clap::Parser;
 use sha2::{Digest, Sha256};
 
-use client::{hex_md5, BenchClient, Upload};
+use client::{hex_md5, BenchClient, Upload, Uploader};
 use server::{CallbackSink, ServerProcess};
 
 const MIB: usize = 1 << 20;
@@ -72,13 +72,12 @@ struct Tally {
     bytes: Cell<usize>,
     errors: RefCell<Vec<String>>,
     /// Finished uploads, to check once the load is over.
-    finished: RefCell<Vec<(i64, String, usize)>>,
+    finished: RefCell<Vec<(String, String, usize)>>,
 }
 
 /// One client: uploads one file after another until `until`, each a slice of `pool` at an offset
 /// of its own (so every file differs).
-async fn client_loop(id: usize, args: Rc<Args>, base: String, pool: Bytes, tally: Rc<Tally>, until: Instant) {
-    let client = BenchClient::new(&base);
+async fn client_loop(id: usize, args: Rc<Args>, client: BenchClient, pool: Bytes, tally: Rc<Tally>, until: Instant) {
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
@@ -88,14 +87,14 @@ async fn client_loop(id: usize, args: Rc<Args>, base: String, pool: Bytes, tally
         let offset = (seed >> 24) as usize % (pool.len() - size);
         let upload = Upload::new(format!("soak-{id}-{n}.bin"), pool.slice(offset..offset + size), args.block_mib * MIB);
         match client.upload(&upload).await {
-            Ok(done) if done.status == "finish" => {
+            Ok(done) if done.complete => {
                 let counter = if large { &tally.large } else { &tally.small };
                 counter.set(counter.get() + 1);
                 tally.bytes.set(tally.bytes.get() + size);
-                tally.finished.borrow_mut().push((done.task_id, upload.md5.clone(), size));
+                tally.finished.borrow_mut().push((done.id, upload.md5.clone(), size));
             }
             Ok(done) => {
-                tally.errors.borrow_mut().push(format!("{}: task {} ended {}", upload.name, done.task_id, done.status))
+                tally.errors.borrow_mut().push(format!("{}: task {} ended {}", upload.name, done.id, done.status))
             }
             Err(e) => tally.errors.borrow_mut().push(format!("{}: {e:#}", upload.name)),
         }
@@ -117,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let tally = Rc::new(Tally::default());
     let clients: Vec<_> = (0..args.clients)
         .map(|id| {
-            actix_web::rt::spawn(client_loop(id, args.clone(), server.base.clone(), pool.clone(), tally.clone(), until))
+            let client = BenchClient::new(&server.base, &sink);
+            actix_web::rt::spawn(client_loop(id, args.clone(), client, pool.clone(), tally.clone(), until))
         })
         .collect();
     let mut rss_samples = Vec::new();
@@ -134,11 +134,11 @@ async fn main() -> anyhow::Result<()> {
     let (mut verified, mut lost_bytes) = (0, 0);
     let finished = tally.finished.take();
     for (task_id, md5, size) in &finished {
-        let mut path = sink.store_path(*task_id);
+        let mut path = sink.store_path(task_id);
         let deadline = Instant::now() + Duration::from_secs(30);
         while path.is_none() && Instant::now() < deadline {
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-            path = sink.store_path(*task_id);
+            path = sink.store_path(task_id);
         }
         match path.map(std::fs::read) {
             Some(Ok(stored)) if hex_md5(&stored) == *md5 => verified += 1,

@@ -1,6 +1,7 @@
 //! A minimal client of the upload protocol: create a task, send blocks as multipart with the text
 //! fields first, the file part streamed in 256 KiB slices of shared memory (no copies).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
@@ -8,14 +9,23 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::server::TOKEN;
+use crate::server::{CallbackSink, TOKEN};
 
 const BOUNDARY: &str = "fupload-bench-boundary-0123456789";
 const PIECE: usize = 256 * 1024;
 
+/// A server the workloads upload to: fupload, or a tus server beside it for comparison.
+pub trait Uploader {
+    /// Uploads the whole file, its blocks in order, one after the other.
+    async fn upload(&self, upload: &Upload) -> anyhow::Result<Uploaded>;
+    /// Where the server stored the finished upload (waiting a little for it to say).
+    async fn stored_path(&self, done: &Uploaded) -> anyhow::Result<PathBuf>;
+}
+
 pub struct BenchClient {
     client: awc::Client,
     base: String,
+    sink: CallbackSink,
 }
 
 pub struct Task {
@@ -45,19 +55,30 @@ pub fn hex_md5(data: &[u8]) -> String {
     fupload::checksum::Md5::digest(data).as_str().to_owned()
 }
 
-/// What one upload came to.
+/// What one upload came to: the server's id for it, and whether it is complete (fupload:
+/// `finish`, its whole-file md5 verified).
 pub struct Uploaded {
-    pub task_id: i64,
+    pub id: String,
+    pub complete: bool,
     pub status: String,
 }
 
+/// An awc client for the benchmark's loopback requests.
+pub fn http_client() -> awc::Client {
+    // Idle connections are dropped before the server's keep-alive (5 s) closes them: reusing
+    // one the server has just closed fails the request ("connector has been disconnected").
+    let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
+    awc::Client::builder().connector(connector).timeout(Duration::from_secs(120)).finish()
+}
+
+/// The file part's bytes `data[start..=end]` as pieces of shared memory (no copies).
+pub fn pieces(data: &Bytes, start: usize, end: usize) -> impl Iterator<Item = Bytes> + '_ {
+    (start..=end).step_by(PIECE).map(move |at| data.slice(at..(at + PIECE).min(end + 1)))
+}
+
 impl BenchClient {
-    pub fn new(base: &str) -> Self {
-        // Idle connections are dropped before the server's keep-alive (5 s) closes them: reusing
-        // one the server has just closed fails the request ("connector has been disconnected").
-        let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
-        let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(120)).finish();
-        Self { client, base: base.to_owned() }
+    pub fn new(base: &str, sink: &CallbackSink) -> Self {
+        Self { client: http_client(), base: base.to_owned(), sink: sink.clone() }
     }
 
     async fn json(&self, request: awc::ClientRequest, body: Option<Value>) -> anyhow::Result<Value> {
@@ -104,7 +125,7 @@ impl BenchClient {
         let tail = format!("\r\n--{BOUNDARY}--\r\n");
         let length = head.len() + (end - start + 1) + tail.len();
         let mut pieces = vec![Bytes::from(head)];
-        pieces.extend((start..=end).step_by(PIECE).map(|at| data.slice(at..(at + PIECE).min(end + 1))));
+        pieces.extend(self::pieces(data, start, end));
         pieces.push(Bytes::from(tail));
         let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
         let mut response = self
@@ -134,10 +155,12 @@ impl BenchClient {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok((ms, serde_json::from_slice(&body)?))
     }
+}
 
+impl Uploader for BenchClient {
     /// Creates the task and sends every block in order, one after the other; the last block's
     /// reply waits for the finish.
-    pub async fn upload(&self, upload: &Upload) -> anyhow::Result<Uploaded> {
+    async fn upload(&self, upload: &Upload) -> anyhow::Result<Uploaded> {
         let task = self.create(upload).await?;
         let mut status = String::new();
         for (i, md5) in upload.part_md5s.iter().enumerate() {
@@ -151,6 +174,17 @@ impl BenchClient {
             actix_web::rt::time::sleep(Duration::from_millis(5)).await;
             status = self.blocks_info(&task).await?["data"]["status"].as_str().unwrap_or_default().to_owned();
         }
-        Ok(Uploaded { task_id: task.task_id, status })
+        Ok(Uploaded { id: task.task_id.to_string(), complete: status == "finish", status })
+    }
+
+    /// From the task's callback.
+    async fn stored_path(&self, done: &Uploaded) -> anyhow::Result<PathBuf> {
+        for _ in 0..200 {
+            if let Some(path) = self.sink.store_path(&done.id) {
+                return Ok(path.into());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("no callback for task {}", done.id)
     }
 }

@@ -5,6 +5,7 @@ mod client;
 mod cpu;
 mod limits;
 mod server;
+mod tus;
 mod workloads;
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 
-use client::{BenchClient, Upload};
+use client::{BenchClient, Upload, Uploader};
 use cpu::{CpuMark, CpuUse};
 use server::{CallbackSink, ServerProcess};
 
@@ -55,6 +56,10 @@ struct Args {
     /// Empty the machine's page cache before each run (needs root; see docs/PERFORMANCE.md).
     #[arg(long)]
     drop_caches: bool,
+    /// A rustus binary (a tus server) to run the same workloads against, after fupload's in each
+    /// run: `cargo install rustus --version 0.5.10 --locked`.
+    #[arg(long)]
+    rustus: Option<PathBuf>,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -80,13 +85,76 @@ struct Figures {
     md5: Vec<f64>,
     md5_twice: Vec<f64>,
     write_fsync: Vec<f64>,
-    w1: Vec<f64>,
     w1_finish_ms: Vec<f64>,
+    fupload: Workloads,
+    rustus: Workloads,
+}
+
+/// One server's figures over the runs.
+#[derive(Default)]
+struct Workloads {
+    w1: Vec<f64>,
     w2: Vec<f64>,
     w3: Vec<f64>,
     /// CPU used by W1, W2, W3 in each run.
     cpu: [Vec<CpuUse>; 3],
     peak_rss_mib: Vec<f64>,
+}
+
+/// The uploads of one run.
+struct RunUploads {
+    w1: Upload,
+    w2: Vec<Upload>,
+    w3: Vec<Upload>,
+}
+
+impl Workloads {
+    /// Runs W1, W2, W3 against `server` through `client`, checking every stored file. Returns
+    /// what W1's upload came to.
+    async fn run(
+        &mut self,
+        client: &impl Uploader,
+        server: &ServerProcess,
+        uploads: &RunUploads,
+        w3_parallel: usize,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<client::Uploaded> {
+        limits::settle(dir)?;
+        let mark = CpuMark::now(server.pid());
+        let (w1_speed, w1_done) = workloads::w1(client, &uploads.w1).await.context("W1")?;
+        self.cpu[0].push(mark.used());
+        workloads::verify_stored(client, std::slice::from_ref(&w1_done), [&uploads.w1]).await?;
+        limits::settle(dir)?;
+        let mark = CpuMark::now(server.pid());
+        let (w2_speed, w2_done) = workloads::w2(client, &uploads.w2).await.context("W2")?;
+        self.cpu[1].push(mark.used());
+        workloads::verify_stored(client, &w2_done, &uploads.w2).await?;
+        limits::settle(dir)?;
+        let mark = CpuMark::now(server.pid());
+        let (w3_rate, w3_done) = workloads::w3(client, &uploads.w3, w3_parallel).await.context("W3")?;
+        self.cpu[2].push(mark.used());
+        workloads::verify_stored(client, &w3_done, &uploads.w3).await?;
+        self.w1.push(w1_speed);
+        self.w2.push(w2_speed);
+        self.w3.push(w3_rate);
+        self.peak_rss_mib.push(server.peak_rss_kib() as f64 / 1024.0);
+        Ok(w1_done)
+    }
+
+    /// The run's figures and CPU use, as one line each.
+    fn print_run(&self, name: &str, run: usize) {
+        println!(
+            "  {name}: W1 {:.0} MB/s, W2 {:.0} MB/s, W3 {:.0} uploads/s, peak RSS {:.1} MiB",
+            self.w1[run], self.w2[run], self.w3[run], self.peak_rss_mib[run]
+        );
+        for (workload, used) in ["W1", "W2", "W3"].iter().zip(&self.cpu) {
+            let used = used[run];
+            println!(
+                "    {workload} CPU: server {:.2} s, benchmark client {:.2} s, cores busy {:.2}",
+                used.server_s, used.client_s, used.cores_busy
+            );
+        }
+    }
 }
 
 #[actix_web::main]
@@ -108,30 +176,26 @@ async fn main() -> anyhow::Result<()> {
         md5: vec![],
         md5_twice: vec![],
         write_fsync: vec![],
-        w1: vec![],
         w1_finish_ms: vec![],
-        w2: vec![],
-        w3: vec![],
-        cpu: [vec![], vec![], vec![]],
-        peak_rss_mib: vec![],
+        fupload: Workloads::default(),
+        rustus: Workloads::default(),
     };
     let sink = CallbackSink::start()?;
     for run in 0..args.runs {
         // Names differ per run so that no create resumes an earlier task.
-        let w1 = Upload::new(format!("w1-{run}.bin"), w1_data.clone(), block);
-        let w2: Vec<Upload> = (0..args.w2_count)
-            .map(|i| {
-                Upload::new(
-                    format!("w2-{run}-{i}.bin"),
-                    pool.slice(i * args.w2_mib * MIB..(i + 1) * args.w2_mib * MIB),
-                    block,
-                )
-            })
-            .collect();
         let w3_size = args.w3_kib * 1024;
-        let w3: Vec<Upload> = (0..args.w3_count)
-            .map(|i| Upload::new(format!("w3-{run}-{i}.bin"), pool.slice(i * w3_size..(i + 1) * w3_size), block))
-            .collect();
+        let uploads = RunUploads {
+            w1: Upload::new(format!("w1-{run}.bin"), w1_data.clone(), block),
+            w2: (0..args.w2_count)
+                .map(|i| {
+                    let data = pool.slice(i * args.w2_mib * MIB..(i + 1) * args.w2_mib * MIB);
+                    Upload::new(format!("w2-{run}-{i}.bin"), data, block)
+                })
+                .collect(),
+            w3: (0..args.w3_count)
+                .map(|i| Upload::new(format!("w3-{run}-{i}.bin"), pool.slice(i * w3_size..(i + 1) * w3_size), block))
+                .collect(),
+        };
 
         if args.drop_caches {
             limits::drop_caches()?;
@@ -142,47 +206,35 @@ async fn main() -> anyhow::Result<()> {
         let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
         limits::settle(&run_dir)?;
         figures.write_fsync.push(limits::write_fsync_mb_s(&run_dir.join("limit-write.bin"), &w1_data)?);
-        let client = BenchClient::new(&server.base);
-        limits::settle(&run_dir)?;
-        let mark = CpuMark::now(server.pid());
-        let one = workloads::w1(&client, &server, &w1).await.context("W1")?;
-        figures.cpu[0].push(mark.used());
-        workloads::verify_stored(&sink, &[one.task_id], &[&w1]).await?;
-        limits::settle(&run_dir)?;
-        let mark = CpuMark::now(server.pid());
-        let (w2_speed, w2_tasks) = workloads::w2(&client, &w2).await.context("W2")?;
-        figures.cpu[1].push(mark.used());
-        workloads::verify_stored(&sink, &w2_tasks, &w2.iter().collect::<Vec<_>>()).await?;
-        limits::settle(&run_dir)?;
-        let mark = CpuMark::now(server.pid());
-        let (w3_rate, w3_tasks) = workloads::w3(&client, &w3, args.w3_parallel).await.context("W3")?;
-        figures.cpu[2].push(mark.used());
-        workloads::verify_stored(&sink, &w3_tasks, &w3.iter().collect::<Vec<_>>()).await?;
-        let peak = server.peak_rss_kib() as f64 / 1024.0;
+        let client = BenchClient::new(&server.base, &sink);
+        let w1_done = figures.fupload.run(&client, &server, &uploads, args.w3_parallel, &run_dir).await?;
+        figures.w1_finish_ms.push(server.finish_ms(&w1_done.id).context("no finish_ms in the server log")?);
         drop(server);
+        println!(
+            "run {}: md5 {:.0} MB/s (two states {:.0}), write+fsync {:.0} MB/s; W1 last block → finish {:.1} ms",
+            run + 1,
+            figures.md5[run],
+            figures.md5_twice[run],
+            figures.write_fsync[run],
+            figures.w1_finish_ms[run]
+        );
+        figures.fupload.print_run("fupload", run);
+        if let Some(rustus) = &args.rustus {
+            let dir = run_dir.join("rustus");
+            // As the issue ran it: `--max-body-size 16777216` (or a whole block, if larger).
+            let server = tus::start_rustus(rustus, &dir, (block + MIB).max(16 << 20) as u64)?;
+            let client = tus::TusClient::new(&server.base, &dir);
+            figures.rustus.run(&client, &server, &uploads, args.w3_parallel, &dir).await.context("rustus")?;
+            figures.rustus.print_run("rustus", run);
+        }
         limits::settle(&run_dir)?;
         limits::release_page_cache(&run_dir)?;
-        println!(
-            "run {}: W1 {:.0} MB/s (finish {:.1} ms), W2 {:.0} MB/s, W3 {:.0} uploads/s, peak RSS {:.1} MiB; md5 {:.0} MB/s (two states {:.0}), write+fsync {:.0} MB/s",
-            run + 1, one.mb_s, one.finish_ms, w2_speed, w3_rate, peak, figures.md5[run], figures.md5_twice[run], figures.write_fsync[run]
-        );
-        for (name, used) in ["W1", "W2", "W3"].iter().zip(&figures.cpu) {
-            let used = used[run];
-            println!(
-                "  {name} CPU: server {:.2} s, benchmark client {:.2} s, cores busy {:.2}",
-                used.server_s, used.client_s, used.cores_busy
-            );
-        }
-        figures.w1.push(one.mb_s);
-        figures.w1_finish_ms.push(one.finish_ms);
-        figures.w2.push(w2_speed);
-        figures.w3.push(w3_rate);
-        figures.peak_rss_mib.push(peak);
     }
 
     let server = ServerProcess::start(&server_bin, &scratch.join("ranges"), &sink.url, (block + MIB) as u64)?;
-    let ranges_ms =
-        workloads::expect_blocks_ms(&BenchClient::new(&server.base), &server, args.ranges).await.context("ranges")?;
+    let ranges_ms = workloads::expect_blocks_ms(&BenchClient::new(&server.base, &sink), &server, args.ranges)
+        .await
+        .context("ranges")?;
     drop(server);
     sink.stop().await;
     std::fs::remove_dir_all(&scratch).ok();
@@ -193,56 +245,88 @@ async fn main() -> anyhow::Result<()> {
 fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64)) {
     let md5 = median(&mut f.md5);
     let write = median(&mut f.write_fsync);
-    let (w1, w2, w3) = (median(&mut f.w1), median(&mut f.w2), median(&mut f.w3));
-    println!("\nmedians of {} runs (MB = 10^6 bytes)\n", args.runs);
-    println!("| figure | median | ratio to md5 limit | ratio to write+fsync limit |");
-    println!("|---|---|---|---|");
-    println!("| machine: md5 of the same bytes, one core | {md5:.0} MB/s | 1.00 | |");
     let twice = median(&mut f.md5_twice);
+    let with_rustus = !f.rustus.w1.is_empty();
+    println!("\nmedians of {} runs (MB = 10^6 bytes)\n", args.runs);
+    let (peer_head, peer_rule) = if with_rustus { (" rustus | fupload ÷ rustus |", "---|---|") } else { ("", "") };
+    println!("| figure | fupload | ratio to md5 limit | ratio to write+fsync limit |{peer_head}");
+    println!("|---|---|---|---|{peer_rule}");
+    let blank = if with_rustus { " | |" } else { "" };
+    println!("| machine: md5 of the same bytes, one core | {md5:.0} MB/s | 1.00 | |{blank}");
     println!(
-        "| machine: md5 of the same bytes into two states at once, one core | {twice:.0} MB/s | {:.2} | |",
+        "| machine: md5 of the same bytes into two states at once, one core | {twice:.0} MB/s | {:.2} | |{blank}",
         twice / md5
     );
-    println!("| machine: write+fsync in 256 KiB pieces | {write:.0} MB/s | | 1.00 |");
-    println!(
-        "| W1: one {} MiB file, sequential, to `finish` | {w1:.0} MB/s | {:.2} | {:.2} |",
-        args.w1_mib,
-        w1 / md5,
-        w1 / write
-    );
-    println!(
-        "| W2: {} concurrent uploads of {} MiB | {w2:.0} MB/s | {:.2} | {:.2} |",
-        args.w2_count,
-        args.w2_mib,
-        w2 / md5,
-        w2 / write
-    );
-    println!(
-        "| W3: {} uploads of {} KiB, {} concurrent | {w3:.0} uploads/s | | |",
-        args.w3_count, args.w3_kib, args.w3_parallel
-    );
-    for (name, used) in ["W1", "W2", "W3"].iter().zip(&f.cpu) {
-        let mut server: Vec<f64> = used.iter().map(|u| u.server_s).collect();
-        let mut client: Vec<f64> = used.iter().map(|u| u.client_s).collect();
-        let mut busy: Vec<f64> = used.iter().map(|u| u.cores_busy).collect();
+    println!("| machine: write+fsync in 256 KiB pieces | {write:.0} MB/s | | 1.00 |{blank}");
+    let workloads = [
+        (format!("W1: one {} MiB file, sequential, to `finish`", args.w1_mib), "MB/s", true),
+        (format!("W2: {} concurrent uploads of {} MiB", args.w2_count, args.w2_mib), "MB/s", true),
+        (
+            format!("W3: {} uploads of {} KiB, {} concurrent", args.w3_count, args.w3_kib, args.w3_parallel),
+            "uploads/s",
+            false,
+        ),
+    ];
+    let ours = [&mut f.fupload.w1, &mut f.fupload.w2, &mut f.fupload.w3];
+    let theirs = [&mut f.rustus.w1, &mut f.rustus.w2, &mut f.rustus.w3];
+    for (((name, unit, ratios), ours), theirs) in workloads.iter().zip(ours).zip(theirs) {
+        let value = median(ours);
+        let limits = match ratios {
+            true => format!("{:.2} | {:.2}", value / md5, value / write),
+            false => " | ".to_owned(),
+        };
+        let peer = peer_cells(with_rustus, value, median(theirs), unit);
+        println!("| {name} | {value:.0} {unit} | {limits} |{peer}");
+    }
+    for (i, name) in ["W1", "W2", "W3"].iter().enumerate() {
+        let (server, client, busy) = cpu_medians(&f.fupload.cpu[i]);
+        let peer = match with_rustus {
+            true => {
+                let (server, client, busy) = cpu_medians(&f.rustus.cpu[i]);
+                format!(" {server:.2} + {client:.2} s; {busy:.2} | |")
+            }
+            false => String::new(),
+        };
         println!(
-            "| {name}: CPU seconds, server + benchmark client; cores busy | {:.2} + {:.2} s; {:.2} | | |",
-            median(&mut server),
-            median(&mut client),
-            median(&mut busy)
+            "| {name}: CPU seconds, server + benchmark client; cores busy | {server:.2} + {client:.2} s; {busy:.2} | | |{peer}"
         );
     }
-    println!("| W1: last block → `finish` | {:.1} ms | | |", median(&mut f.w1_finish_ms));
-    println!("| server peak RSS through W1–W3 | {:.1} MiB | | |", median(&mut f.peak_rss_mib));
-    println!("| expectBlocks with {} received ranges: HTTP round trip | {ranges_ms:.2} ms | | |", args.ranges);
-    println!("| expectBlocks with {} received ranges: server's own time | {ranges_server_ms:.2} ms | | |", args.ranges);
+    println!("| W1: last block → `finish` | {:.1} ms | | |{blank}", median(&mut f.w1_finish_ms));
+    let rss = median(&mut f.fupload.peak_rss_mib);
+    let peer = peer_cells(with_rustus, rss, median(&mut f.rustus.peak_rss_mib), "MiB");
+    println!("| server peak RSS through W1–W3 | {rss:.1} MiB | | |{peer}");
+    println!("| expectBlocks with {} received ranges: HTTP round trip | {ranges_ms:.2} ms | | |{blank}", args.ranges);
     println!(
-        "\nall runs: W1 {:?} MB/s, W2 {:?} MB/s, W3 {:?} uploads/s, peak RSS {:?} MiB",
-        rounded(&f.w1),
-        rounded(&f.w2),
-        rounded(&f.w3),
-        rounded(&f.peak_rss_mib)
+        "| expectBlocks with {} received ranges: server's own time | {ranges_server_ms:.2} ms | | |{blank}",
+        args.ranges
     );
+    for (name, w) in [("fupload", &f.fupload), ("rustus", &f.rustus)] {
+        if !w.w1.is_empty() {
+            println!(
+                "\n{name}, all runs: W1 {:?} MB/s, W2 {:?} MB/s, W3 {:?} uploads/s, peak RSS {:?} MiB",
+                rounded(&w.w1),
+                rounded(&w.w2),
+                rounded(&w.w3),
+                rounded(&w.peak_rss_mib)
+            );
+        }
+    }
+}
+
+/// The rustus cells of a row: its figure and fupload's as a multiple of it.
+fn peer_cells(with_rustus: bool, ours: f64, theirs: f64, unit: &str) -> String {
+    match with_rustus {
+        true => format!(" {theirs:.0} {unit} | {:.2} |", ours / theirs),
+        false => String::new(),
+    }
+}
+
+/// Medians of server CPU seconds, client CPU seconds and cores busy.
+fn cpu_medians(used: &[CpuUse]) -> (f64, f64, f64) {
+    let mut server: Vec<f64> = used.iter().map(|u| u.server_s).collect();
+    let mut client: Vec<f64> = used.iter().map(|u| u.client_s).collect();
+    let mut busy: Vec<f64> = used.iter().map(|u| u.cores_busy).collect();
+    (median(&mut server), median(&mut client), median(&mut busy))
 }
 
 fn rounded(values: &[f64]) -> Vec<u64> {

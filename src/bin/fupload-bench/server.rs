@@ -32,11 +32,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `bin` on a free loopback port with its data in `dir` (created fresh).
     pub fn start(bin: &Path, dir: &Path, notify_url: &str, max_block_size: u64) -> anyhow::Result<Self> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::create_dir_all(dir)?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = fresh_dir_and_port(dir)?;
         let config = dir.join("fupload.yml");
         std::fs::write(
             &config,
@@ -50,15 +46,19 @@ impl ServerProcess {
                 store = dir.join("store").display(),
             ),
         )?;
+        let mut command = Command::new(bin);
+        command.arg("-c").arg(&config).env("RUST_LOG", "info");
+        Self::spawn(command, port, dir)
+    }
+
+    /// Runs `command`, logging to `dir`/server.log, and waits until it listens on `port`.
+    pub fn spawn(mut command: Command, port: u16, dir: &Path) -> anyhow::Result<Self> {
         let log = dir.join("server.log");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&config)
-            .env("RUST_LOG", "info")
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
         let server = Self { child, base: format!("http://127.0.0.1:{port}"), log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -87,7 +87,7 @@ impl ServerProcess {
     }
 
     /// How long the finish of `task_id` took, from its log line.
-    pub fn finish_ms(&self, task_id: i64) -> Option<f64> {
+    pub fn finish_ms(&self, task_id: &str) -> Option<f64> {
         let marker = format!("task_id={task_id} ");
         self.logged_values("finish done", &marker, "finish_ms=").first().copied()
     }
@@ -107,6 +107,15 @@ impl ServerProcess {
     }
 }
 
+/// Makes `dir` anew, and picks a free loopback port.
+pub fn fresh_dir_and_port(dir: &Path) -> anyhow::Result<u16> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// The server goes down with its handle, also when the benchmark stops on an error.
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -118,7 +127,8 @@ impl Drop for ServerProcess {
 /// A business server that answers every callback with 200 and remembers where files went.
 #[derive(Clone)]
 pub struct CallbackSink {
-    pub store_paths: Arc<Mutex<HashMap<i64, String>>>,
+    /// By task id.
+    store_paths: Arc<Mutex<HashMap<String, String>>>,
     pub url: String,
     handle: ServerHandle,
 }
@@ -137,7 +147,7 @@ impl CallbackSink {
                     let recorded = recorded.clone();
                     async move {
                         if let (Some(id), Some(path)) = (body["taskId"].as_i64(), body["storePath"].as_str()) {
-                            recorded.lock().map(|mut r| r.insert(id, path.to_owned())).ok();
+                            recorded.lock().map(|mut r| r.insert(id.to_string(), path.to_owned())).ok();
                         }
                         HttpResponse::Ok().finish()
                     }
@@ -153,8 +163,8 @@ impl CallbackSink {
         Ok(Self { store_paths, url, handle })
     }
 
-    pub fn store_path(&self, task_id: i64) -> Option<String> {
-        self.store_paths.lock().ok()?.get(&task_id).cloned()
+    pub fn store_path(&self, task_id: &str) -> Option<String> {
+        self.store_paths.lock().ok()?.get(task_id).cloned()
     }
 
     pub async fn stop(self) {

@@ -1,72 +1,62 @@
 //! The workloads: W1 one large file, W2 several at once, W3 many small ones; and the gap query
 //! over many received ranges.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{bail, ensure};
 use bytes::Bytes;
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use crate::client::{hex_md5, BenchClient, Upload};
+use crate::client::{hex_md5, BenchClient, Upload, Uploaded, Uploader};
 use crate::limits::mb_s;
-use crate::server::{CallbackSink, ServerProcess};
+use crate::server::ServerProcess;
 
-pub struct W1 {
-    pub task_id: i64,
-    pub mb_s: f64,
-    pub finish_ms: f64,
-}
-
-/// One file, blocks sent in order on one connection, timed from create to `finish`.
-pub async fn w1(client: &BenchClient, server: &ServerProcess, upload: &Upload) -> anyhow::Result<W1> {
+/// One file, blocks sent in order on one connection, timed from create to complete (fupload:
+/// `finish`). Returns MB/s.
+pub async fn w1(client: &impl Uploader, upload: &Upload) -> anyhow::Result<(f64, Uploaded)> {
     let started = Instant::now();
     let done = client.upload(upload).await?;
     let speed = mb_s(upload.data.len(), started);
-    ensure!(done.status == "finish", "W1 ended as {}", done.status);
-    let finish_ms = server.finish_ms(done.task_id).context("no finish_ms in the server log")?;
-    Ok(W1 { task_id: done.task_id, mb_s: speed, finish_ms })
+    ensure!(done.complete, "W1 ended as {}", done.status);
+    Ok((speed, done))
 }
 
-/// Several files at once, each in order; timed until the last one finished. Returns MB/s.
-pub async fn w2(client: &BenchClient, uploads: &[Upload]) -> anyhow::Result<(f64, Vec<i64>)> {
+/// Several files at once, each in order; timed until the last one is complete. Returns MB/s.
+pub async fn w2(client: &impl Uploader, uploads: &[Upload]) -> anyhow::Result<(f64, Vec<Uploaded>)> {
     let started = Instant::now();
     let done = futures_util::future::try_join_all(uploads.iter().map(|u| client.upload(u))).await?;
     let speed = mb_s(uploads.iter().map(|u| u.data.len()).sum(), started);
-    if let Some(bad) = done.iter().find(|d| d.status != "finish") {
-        bail!("W2 task {} ended as {}", bad.task_id, bad.status);
+    if let Some(bad) = done.iter().find(|d| !d.complete) {
+        bail!("W2 upload {} ended as {}", bad.id, bad.status);
     }
-    Ok((speed, done.iter().map(|d| d.task_id).collect()))
+    Ok((speed, done))
 }
 
-/// Many one-block files, `parallel` at a time. Returns uploads per second, and the task ids in
-/// the order of `uploads`.
-pub async fn w3(client: &BenchClient, uploads: &[Upload], parallel: usize) -> anyhow::Result<(f64, Vec<i64>)> {
+/// Many one-block files, `parallel` at a time. Returns uploads per second, and what each upload
+/// came to, in the order of `uploads`.
+pub async fn w3(client: &impl Uploader, uploads: &[Upload], parallel: usize) -> anyhow::Result<(f64, Vec<Uploaded>)> {
     let started = Instant::now();
     let done: Vec<_> = stream::iter(uploads.iter().map(|u| client.upload(u))).buffered(parallel).try_collect().await?;
     let rate = uploads.len() as f64 / started.elapsed().as_secs_f64();
-    if let Some(bad) = done.iter().find(|d| d.status != "finish") {
-        bail!("W3 task {} ended as {}", bad.task_id, bad.status);
+    if let Some(bad) = done.iter().find(|d| !d.complete) {
+        bail!("W3 upload {} ended as {}", bad.id, bad.status);
     }
-    Ok((rate, done.iter().map(|d| d.task_id).collect()))
+    Ok((rate, done))
 }
 
 /// Checks each stored file's md5 against its upload (outside any timing). The files stay until
 /// the benchmark ends: on ext4, creating files soon after deleting many others is several times
 /// slower (the allocator skips recently freed inodes), which would measure the benchmark's own
 /// clean-up.
-pub async fn verify_stored(sink: &CallbackSink, tasks: &[i64], uploads: &[&Upload]) -> anyhow::Result<()> {
-    for (task_id, upload) in tasks.iter().zip(uploads) {
-        let mut path = sink.store_path(*task_id);
-        for _ in 0..200 {
-            if path.is_some() {
-                break;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-            path = sink.store_path(*task_id);
-        }
-        let path = path.with_context(|| format!("no callback for task {task_id}"))?;
+pub async fn verify_stored<'u>(
+    client: &impl Uploader,
+    done: &[Uploaded],
+    uploads: impl IntoIterator<Item = &'u Upload>,
+) -> anyhow::Result<()> {
+    for (done, upload) in done.iter().zip(uploads) {
+        let path = client.stored_path(done).await?;
         let stored = std::fs::read(&path)?;
-        ensure!(hex_md5(&stored) == upload.md5, "{path}: md5 differs from the upload's");
+        ensure!(hex_md5(&stored) == upload.md5, "{}: md5 differs from the upload's", path.display());
     }
     Ok(())
 }
