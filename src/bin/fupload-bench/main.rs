@@ -203,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         figures.md5.push(limits::md5_mb_s(&w1_data));
         figures.md5_twice.push(limits::md5_twice_mb_s(&w1_data));
         let run_dir = scratch.join(format!("run-{run}"));
+        sink.forget_all();
         let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
         limits::settle(&run_dir)?;
         figures.write_fsync.push(limits::write_fsync_mb_s(&run_dir.join("limit-write.bin"), &w1_data)?);

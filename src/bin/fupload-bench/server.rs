@@ -163,11 +163,38 @@ impl CallbackSink {
         Ok(Self { store_paths, url, handle })
     }
 
+    /// Forgets the callbacks so far: a new server process numbers its tasks from 1 again, and an
+    /// earlier run's callback for the same task id must not stand for this run's.
+    pub fn forget_all(&self) {
+        if let Ok(mut paths) = self.store_paths.lock() {
+            paths.clear();
+        }
+    }
+
     pub fn store_path(&self, task_id: &str) -> Option<String> {
         self.store_paths.lock().ok()?.get(task_id).cloned()
     }
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_new_run_does_not_see_the_last_runs_callbacks() {
+        // Each run starts a fresh server whose task ids start at 1 again: before `forget_all`,
+        // run 2 checked its task 3 against the file run 1's task 3 had stored.
+        let sink = CallbackSink::start().unwrap();
+        let callback = serde_json::json!({"taskId": 3, "storePath": "/store/w2-0-1.bin"});
+        let reply = awc::Client::default().post(&sink.url).send_json(&callback).await.unwrap();
+        assert!(reply.status().is_success());
+        assert_eq!(sink.store_path("3").as_deref(), Some("/store/w2-0-1.bin"));
+        sink.forget_all();
+        assert_eq!(sink.store_path("3"), None);
+        sink.stop().await;
     }
 }
