@@ -191,17 +191,14 @@ fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> i
     let BlockFile { path, range, writes, fsync, file_md5 } = target;
     let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
     let mut pieces = file.as_ref().map(PieceWriter::new);
-    let mut md5 = Md5::new();
-    // Over a body that starts the file the two md5s are one: it is hashed once.
-    let starts_file = file_md5.as_ref().is_some_and(Md5::is_empty);
-    let mut continued = file_md5.filter(|md5| !md5.is_empty());
+    let (mut md5, mut file_md5) = (Md5::new(), file_md5);
     let mut offset = range.start();
     for chunk in chunks {
         if chunk.is_empty() {
             continue;
         }
-        match continued.as_mut() {
-            Some(continued) => checksum::update_both(&mut md5, continued, &chunk),
+        match file_md5.as_mut() {
+            Some(file_md5) => checksum::update_both(&mut md5, file_md5, &chunk),
             None => md5.update(&chunk),
         }
         let chunk_range = ByteRange::new(offset, offset + chunk.len() as u64 - 1);
@@ -219,7 +216,6 @@ fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> i
     if let (Some(file), true) = (&file, fsync) {
         file.sync_data()?;
     }
-    let file_md5 = if starts_file { Some(md5.clone()) } else { continued };
     Ok((md5, file_md5))
 }
 

@@ -100,11 +100,8 @@ impl PrefixHashers {
     /// The whole-file md5 over `[0, start)`, when it is at hand: a block that starts there can
     /// hash the file on from it as it streams in (`adopt`), instead of the block being read back
     /// later. None when the hasher is elsewhere (behind: blocks arrived out of order, or the
-    /// server restarted) or busy.
+    /// server restarted), busy, or not kept for the task.
     pub fn state_at(&self, task_id: i64, start: u64) -> Option<Md5> {
-        if start == 0 {
-            return Some(Md5::new());
-        }
         let hasher = self.find(task_id)?;
         // try_lock: a background run holds the lock while it reads, and this runs on an async worker.
         let state = hasher.state.try_lock().ok()?;
@@ -118,7 +115,7 @@ impl PrefixHashers {
         let Some(hasher) = self.find(task_id) else { return };
         let Ok(mut state) = hasher.state.try_lock() else { return };
         if state.hashed == start {
-            *state = HashState { hashed: md5.len(), md5 };
+            *state = HashState { hashed: md5.bytes_hashed(), md5 };
         }
     }
 

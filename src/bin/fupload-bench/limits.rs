@@ -22,7 +22,9 @@ pub fn md5_mb_s(data: &[u8]) -> f64 {
 /// block that continues its file's received prefix (its own md5 and the whole file's).
 pub fn md5_twice_mb_s(data: &[u8]) -> f64 {
     let started = Instant::now();
+    // The file's md5 has gone over a first block (two equal states would be hashed once).
     let (mut block, mut file) = (Md5::new(), Md5::new());
+    file.update(&[0; 64]);
     data.chunks(256 * 1024).for_each(|piece| checksum::update_both(&mut block, &mut file, piece));
     std::hint::black_box((block.finish(), file.finish()));
     mb_s(data.len(), started)
