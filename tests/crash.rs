@@ -32,7 +32,6 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
-use sqlx::{Connection, SqliteConnection};
 
 use acks::acknowledged;
 use helpers::{md5_hex, multipart, StopOnDrop, TOKEN};
@@ -501,17 +500,15 @@ struct Crash {
 }
 
 impl Crash {
-    async fn db(&self) -> SqliteConnection {
-        SqliteConnection::connect(&self.db_url).await.unwrap()
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(fupload::store::database_path(&self.db_url).unwrap()).unwrap()
     }
 
     /// Every task's status.
     async fn statuses(&self) -> HashMap<i64, String> {
-        let mut db = self.db().await;
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT task_id, status FROM upload_tasks").fetch_all(&mut db).await.unwrap();
-        db.close().await.unwrap();
-        rows.into_iter().collect()
+        rows(&self.db(), "SELECT task_id, status FROM upload_tasks", |row| Ok((row.get(0)?, row.get(1)?)))
+            .into_iter()
+            .collect()
     }
 
     fn fail(&self, problem: String) -> ! {
@@ -536,14 +533,12 @@ impl Crash {
             }
             KillMode::DuringCallback => self.poll(|| async { self.receiver.in_flight() > 0 }).await,
             KillMode::DuringVerify => {
-                let mut db = self.db().await;
+                let db = self.db();
                 let deadline = Instant::now() + Duration::from_secs(3);
                 while Instant::now() < deadline {
-                    let verifying: i64 =
-                        sqlx::query_scalar("SELECT COUNT(*) FROM upload_tasks WHERE status = 'verify'")
-                            .fetch_one(&mut db)
-                            .await
-                            .unwrap();
+                    let verifying: i64 = db
+                        .query_row("SELECT COUNT(*) FROM upload_tasks WHERE status = 'verify'", [], |row| row.get(0))
+                        .unwrap();
                     if verifying > 0 {
                         break;
                     }
@@ -564,25 +559,22 @@ impl Crash {
     /// With the server dead: acknowledged bytes recorded and right in the temp file; finished
     /// files right; nothing in an unexpected state.
     async fn check_after_kill(&self) -> Snapshot {
-        let mut db = self.db().await;
+        let db = self.db();
         let tasks: Vec<(i64, String, String, Option<String>, String)> =
-            sqlx::query_as("SELECT task_id, file_name, status, final_path, file_md5 FROM upload_tasks")
-                .fetch_all(&mut db)
-                .await
-                .unwrap();
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as("SELECT task_id, start_byte, end_byte FROM received_ranges")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-        let outbox: HashMap<i64, String> = sqlx::query_as("SELECT task_id, status FROM callback_outbox")
-            .fetch_all(&mut db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-        db.close().await.unwrap();
+            rows(&db, "SELECT task_id, file_name, status, final_path, file_md5 FROM upload_tasks", |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            });
+        let range_rows: Vec<(i64, i64, i64)> =
+            rows(&db, "SELECT task_id, start_byte, end_byte FROM received_ranges", |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            });
+        let outbox: HashMap<i64, String> =
+            rows(&db, "SELECT task_id, status FROM callback_outbox", |row| Ok((row.get(0)?, row.get(1)?)))
+                .into_iter()
+                .collect();
+        drop(db);
         let mut ranges: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
-        for (task_id, start, end) in rows {
+        for (task_id, start, end) in range_rows {
             ranges.entry(task_id).or_default().push((start as u64, end as u64));
         }
         let mut snapshot =
@@ -684,17 +676,13 @@ impl Crash {
     async fn check_the_end(&self) -> (usize, usize, usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let tasks: Vec<(i64, String, Option<String>)> = loop {
-            let mut db = self.db().await;
-            let undelivered: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM callback_outbox WHERE status != 'delivered'")
-                    .fetch_one(&mut db)
-                    .await
-                    .unwrap();
-            let tasks = sqlx::query_as("SELECT task_id, status, final_path FROM upload_tasks")
-                .fetch_all(&mut db)
-                .await
+            let db = self.db();
+            let undelivered: i64 = db
+                .query_row("SELECT COUNT(*) FROM callback_outbox WHERE status != 'delivered'", [], |row| row.get(0))
                 .unwrap();
-            db.close().await.unwrap();
+            let tasks = rows(&db, "SELECT task_id, status, final_path FROM upload_tasks", |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            });
             if undelivered == 0 {
                 break tasks;
             }
@@ -871,17 +859,22 @@ async fn a_crash_before_the_temp_file_of_an_empty_file_was_made_does_not_leave_i
     let app = helpers::spawn_app().await;
     let task = app.new_task("empty.txt", b"abc").await;
     let (settings, dir, callbacks) = app.stop().await;
-    let mut db = SqliteConnection::connect(&settings.database.url).await.unwrap();
-    sqlx::query(
-        "UPDATE upload_tasks SET file_size = 0, file_md5 = 'd41d8cd98f00b204e9800998ecf8427e', status = 'verify'",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    db.close().await.unwrap();
+    rusqlite::Connection::open(fupload::store::database_path(&settings.database.url).unwrap())
+        .unwrap()
+        .execute(
+            "UPDATE upload_tasks SET file_size = 0, file_md5 = 'd41d8cd98f00b204e9800998ecf8427e', status = 'verify'",
+            [],
+        )
+        .unwrap();
     std::fs::remove_file(dir.path().join(format!("tmp/task-{}.part", task.task_id))).unwrap();
     let _app = helpers::restart_on(settings, dir, callbacks.clone()).await;
     let callback = &callbacks.wait_for(1).await[0];
     assert_eq!(callback.json["retCode"], "0");
     assert_eq!(helpers::TestApp::stored_file(callback), b"");
+}
+
+/// Every row of `sql`, each read by `read`.
+fn rows<T>(db: &rusqlite::Connection, sql: &str, read: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>) -> Vec<T> {
+    let mut query = db.prepare(sql).unwrap();
+    query.query_map([], read).unwrap().collect::<Result<_, _>>().unwrap()
 }

@@ -102,12 +102,8 @@ impl Server {
     }
 
     fn task_count(&self) -> i64 {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            use sqlx::Connection;
-            let mut db = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
-            sqlx::query_scalar("SELECT COUNT(*) FROM upload_tasks").fetch_one(&mut db).await.unwrap()
-        })
+        let db = rusqlite::Connection::open(fupload::store::database_path(&self.db_url).unwrap()).unwrap();
+        db.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get(0)).unwrap()
     }
 
     /// A whole upload of a new file still works.

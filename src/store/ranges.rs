@@ -1,6 +1,6 @@
 //! The `received_ranges` table: coalesced inclusive byte ranges, and the gaps between them.
 
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, Store, StoreError};
 use crate::domain::{BlockMerge, ByteRange, TaskStatus};
@@ -22,71 +22,63 @@ fn to_sql(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
-/// `"0-9,20-29"` as written by `received_ranges`.
-fn parse_ranges(text: &str) -> Result<Vec<ByteRange>, StoreError> {
-    text.split(',')
-        .map(|pair| {
-            pair.split_once('-')
-                .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
-                .ok_or_else(|| StoreError::Protocol(format!("range {pair:?} is not start-end")))
-                .and_then(|(start, end)| from_sql(start, end))
-        })
-        .collect()
-}
-
 fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
     u64::try_from(start)
         .ok()
         .zip(u64::try_from(end).ok())
         .and_then(|(start, end)| ByteRange::new(start, end))
-        .ok_or_else(|| StoreError::Protocol(format!("stored range {start}-{end} is not a valid range")))
+        .ok_or_else(|| StoreError::Unreadable(format!("stored range {start}-{end} is not a valid range")))
 }
 
 impl Store {
     /// Records `written` (ranges of the task's temp file that now hold the block's bytes) in one
-    /// transaction: each range is merged with the ranges it touches; the task must still be
-    /// `upload`; its byte count and idle clock move on; and it goes to `verify` if the file is
-    /// now complete. `Err(current)` when the task is not in `upload` (`None`: no such task); then
+    /// write: each range is merged with the ranges it touches; the task must still be `upload`;
+    /// its byte count and idle clock move on; and it goes to `verify` if the file is now
+    /// complete. `Err(current)` when the task is not in `upload` (`None`: no such task); then
     /// nothing is written.
     pub async fn commit_block(
         &self,
         task_id: i64,
         written: &[ByteRange],
     ) -> Result<Result<BlockCommit, Option<TaskStatus>>, StoreError> {
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin().await?;
-        let mut new_bytes = 0;
-        for &range in written {
-            match insert_coalesced(&mut tx, task_id, range).await {
-                Ok(added) => new_bytes += added,
-                // Ranges of a task that does not exist.
-                Err(StoreError::Database(e)) if e.is_foreign_key_violation() => return Ok(Err(None)),
-                Err(e) => return Err(e),
+        let written = written.to_vec();
+        self.write(move |savepoint| {
+            let mut new_bytes = 0;
+            for &range in &written {
+                match insert_coalesced(savepoint, task_id, range) {
+                    Ok(added) => new_bytes += added,
+                    // Ranges of a task that does not exist.
+                    Err(StoreError::Sqlite(e)) if is_foreign_key_violation(&e) => {
+                        savepoint.rollback()?;
+                        return Ok(Err(None));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        let updated: Option<(i64, TaskStatus, Option<i64>)> = sqlx::query_as(
-            "UPDATE upload_tasks SET updated_at = ?2, received_bytes = received_bytes + ?3,
-                 status = CASE WHEN received_bytes + ?3 >= file_size THEN 'verify' ELSE status END
-             WHERE task_id = ?1 AND status = 'upload'
-             RETURNING received_bytes, status,
-                 (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)",
-        )
-        .bind(task_id)
-        .bind(now())
-        .bind(to_sql(new_bytes))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((received_size, status, prefix)) = updated else {
-            // Dropping the transaction rolls the range changes back.
-            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
-        };
-        tx.commit().await?;
-        Ok(Ok(BlockCommit {
-            new_bytes,
-            received_size: u64::try_from(received_size).unwrap_or(0),
-            received_prefix: prefix.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
-            status,
-        }))
+            let updated: Option<(i64, TaskStatus, Option<i64>)> = savepoint
+                .prepare_cached(
+                    "UPDATE upload_tasks SET updated_at = ?2, received_bytes = received_bytes + ?3,
+                         status = CASE WHEN received_bytes + ?3 >= file_size THEN 'verify' ELSE status END
+                     WHERE task_id = ?1 AND status = 'upload'
+                     RETURNING received_bytes, status,
+                         (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)",
+                )?
+                .query_row(params![task_id, now(), to_sql(new_bytes)], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?;
+            let Some((received_size, status, prefix)) = updated else {
+                savepoint.rollback()?;
+                return Ok(Err(super::tasks::status_of(savepoint, task_id)?));
+            };
+            Ok(Ok(BlockCommit {
+                new_bytes,
+                received_size: u64::try_from(received_size).unwrap_or(0),
+                received_prefix: prefix.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
+                status,
+            }))
+        })
+        .await
     }
 
     /// The byte ranges of `[0, file_size)` not yet received, ascending.
@@ -95,90 +87,78 @@ impl Store {
         Ok(ByteRange::whole(file_size).map_or_else(Vec::new, |whole| whole.minus(&received)))
     }
 
-    /// Every stored range of the task. They come back as one text row ("start-end,start-end"):
-    /// sqlx hands rows over from its connection thread one at a time, which for thousands of
-    /// ranges costs more than the query; and a plain scan is four times faster than computing the
+    /// Every stored range of the task, in a plain scan: four times faster than computing the
     /// gaps in SQL with a window function (10,000 ranges: 3 ms against 12 ms).
     async fn received_ranges(&self, task_id: i64) -> Result<Vec<ByteRange>, StoreError> {
-        let ranges: Option<String> = sqlx::query_scalar(
-            "SELECT group_concat(start_byte || '-' || end_byte, ',') FROM received_ranges WHERE task_id = ?1",
-        )
-        .bind(task_id)
-        .fetch_one(&self.reader)
-        .await?;
-        ranges.as_deref().map_or(Ok(Vec::new()), parse_ranges)
+        self.read(move |conn| {
+            let mut query =
+                conn.prepare_cached("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1")?;
+            let mut rows = query.query([task_id])?;
+            let mut ranges = Vec::new();
+            while let Some(row) = rows.next()? {
+                ranges.push(from_sql(row.get(0)?, row.get(1)?)?);
+            }
+            Ok(ranges)
+        })
+        .await
     }
 
     /// The stored ranges that overlap `within`.
     pub async fn received_within(&self, task_id: i64, within: ByteRange) -> Result<Vec<ByteRange>, StoreError> {
-        let mut conn = self.reader.acquire().await?;
-        ranges_overlapping(&mut conn, task_id, within.start(), within.end()).await
+        self.read(move |conn| ranges_overlapping(conn, task_id, within.start(), within.end())).await
     }
 
+    /// The length of the gap-free received run from byte 0.
     pub async fn received_prefix(&self, task_id: i64) -> Result<u64, StoreError> {
-        let mut conn = self.reader.acquire().await?;
-        received_prefix(&mut conn, task_id).await
+        self.read(move |conn| {
+            let end: Option<i64> = conn
+                .prepare_cached("SELECT end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte = 0")?
+                .query_row([task_id], |row| row.get(0))
+                .optional()?;
+            Ok(end.and_then(|end| u64::try_from(end + 1).ok()).unwrap_or(0))
+        })
+        .await
     }
 }
 
-/// The length of the gap-free received run from byte 0.
-async fn received_prefix(conn: &mut SqliteConnection, task_id: i64) -> Result<u64, StoreError> {
-    let end: Option<i64> =
-        sqlx::query_scalar("SELECT end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte = 0")
-            .bind(task_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(end.and_then(|end| u64::try_from(end + 1).ok()).unwrap_or(0))
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    e.sqlite_error().is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 /// The stored ranges that overlap `[low, high]`: those starting inside it, plus the last one
 /// starting before `low` if it reaches `low`. Both parts walk the primary key.
-async fn ranges_overlapping(
-    conn: &mut SqliteConnection,
-    task_id: i64,
-    low: u64,
-    high: u64,
-) -> Result<Vec<ByteRange>, StoreError> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
+fn ranges_overlapping(conn: &Connection, task_id: i64, low: u64, high: u64) -> Result<Vec<ByteRange>, StoreError> {
+    let mut query = conn.prepare_cached(
         "SELECT start_byte, end_byte FROM (
              SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte < ?2
              ORDER BY start_byte DESC LIMIT 1
          ) WHERE end_byte >= ?2
          UNION ALL
          SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3",
-    )
-    .bind(task_id)
-    .bind(to_sql(low))
-    .bind(to_sql(high))
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(|(start, end)| from_sql(start, end)).collect()
+    )?;
+    let mut rows = query.query(params![task_id, to_sql(low), to_sql(high)])?;
+    let mut ranges = Vec::new();
+    while let Some(row) = rows.next()? {
+        ranges.push(from_sql(row.get(0)?, row.get(1)?)?);
+    }
+    Ok(ranges)
 }
 
 /// Merges `range` with the stored ranges it overlaps or touches; returns how many bytes it added.
-async fn insert_coalesced(conn: &mut SqliteConnection, task_id: i64, range: ByteRange) -> Result<u64, StoreError> {
-    let touching =
-        ranges_overlapping(&mut *conn, task_id, range.start().saturating_sub(1), range.end().saturating_add(1)).await?;
+fn insert_coalesced(conn: &Connection, task_id: i64, range: ByteRange) -> Result<u64, StoreError> {
+    let touching = ranges_overlapping(conn, task_id, range.start().saturating_sub(1), range.end().saturating_add(1))?;
     let merge = BlockMerge::of(range, &touching);
     if merge.new_bytes == 0 {
         return Ok(0);
     }
-    // Every touching range starts inside the merged one, and no other range does. (Each
-    // statement is a round trip to the writer's thread, which the writer's lock is held across.)
+    // Every touching range starts inside the merged one, and no other range does.
+    let (start, end) = (to_sql(merge.merged.start()), to_sql(merge.merged.end()));
     if !touching.is_empty() {
-        sqlx::query("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3")
-            .bind(task_id)
-            .bind(to_sql(merge.merged.start()))
-            .bind(to_sql(merge.merged.end()))
-            .execute(&mut *conn)
-            .await?;
+        conn.prepare_cached("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3")?
+            .execute(params![task_id, start, end])?;
     }
-    sqlx::query("INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?1, ?2, ?3)")
-        .bind(task_id)
-        .bind(to_sql(merge.merged.start()))
-        .bind(to_sql(merge.merged.end()))
-        .execute(&mut *conn)
-        .await?;
+    conn.prepare_cached("INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?1, ?2, ?3)")?
+        .execute(params![task_id, start, end])?;
     Ok(merge.new_bytes)
 }
 
@@ -201,13 +181,9 @@ mod tests {
     }
 
     async fn stored(store: &Store, task_id: i64) -> Vec<ByteRange> {
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 ORDER BY start_byte")
-                .bind(task_id)
-                .fetch_all(&store.reader)
-                .await
-                .unwrap();
-        rows.into_iter().map(|(s, e)| from_sql(s, e).unwrap()).collect()
+        let mut ranges = store.received_within(task_id, r(0, u64::MAX >> 2)).await.unwrap();
+        ranges.sort_by_key(|range| range.start());
+        ranges
     }
 
     async fn commit(store: &Store, task_id: i64, range: ByteRange) -> BlockCommit {
@@ -325,8 +301,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_dropped_half_way_records_all_or_nothing_and_the_writer_goes_on() {
-        // A request dropped mid-commit drops its transaction. The writer is a plain connection
-        // behind a mutex: the rollback must still come before the next user's statements.
+        // A request dropped mid-commit: its write, once handed to the writer, runs whole or not
+        // at all, and the writer goes on with the next.
         use futures_util::FutureExt;
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 1_000).await;
@@ -352,6 +328,6 @@ mod tests {
     async fn a_closed_store_refuses_writes() {
         let (store, _dir) = temp_store().await;
         store.close().await;
-        assert!(matches!(store.create_or_resume_task(&new_task(10)).await, Err(StoreError::PoolClosed)));
+        assert!(matches!(store.create_or_resume_task(&new_task(10)).await, Err(StoreError::Closed)));
     }
 }

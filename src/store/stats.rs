@@ -5,28 +5,37 @@ use super::{Store, StoreError};
 use crate::domain::TaskStatus;
 
 impl Store {
-    /// Reads a page of the database file through the reader pool.
+    /// Reads a page of the database file through a reader connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1 FROM upload_tasks LIMIT 1").fetch_optional(&self.reader).await?;
-        Ok(())
+        self.read(|conn| {
+            conn.prepare_cached("SELECT 1 FROM upload_tasks LIMIT 1")?.query([])?.next()?;
+            Ok(())
+        })
+        .await
     }
 
     /// How many tasks are in `upload`, `pause` and `verify` (statuses without tasks are left out).
     pub async fn open_task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
-        let counts: Vec<(TaskStatus, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM upload_tasks WHERE status IN ('upload', 'pause', 'verify') GROUP BY status",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(counts.into_iter().map(|(status, n)| (status, u64::try_from(n).unwrap_or(0))).collect())
+        self.read(|conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT status, COUNT(*) FROM upload_tasks WHERE status IN ('upload', 'pause', 'verify') GROUP BY status",
+            )?;
+            let counts = query
+                .query_map([], |row| Ok((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0))))?
+                .collect::<Result<_, _>>()?;
+            Ok(counts)
+        })
+        .await
     }
 
     /// Callbacks still to be delivered.
     pub async fn pending_callbacks(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM callback_outbox WHERE status = 'pending'")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.read(|conn| {
+            let sql = "SELECT COUNT(*) FROM callback_outbox WHERE status = 'pending'";
+            let n: i64 = conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
     }
 }
 

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sqlx::Connection;
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{now, outbox, timestamp, Store, StoreError};
 use crate::domain::TaskStatus;
 
 /// What a task is: fixed when it is created.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct TaskSpec {
     pub upload_key: String,
     pub business_server: String,
@@ -24,10 +24,9 @@ pub struct TaskSpec {
     pub feedback_parameter: String,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Task {
     pub task_id: i64,
-    #[sqlx(flatten)]
     pub spec: TaskSpec,
     pub tmp_dir: String,
     /// Bytes received so far (the sum of its received ranges).
@@ -57,6 +56,7 @@ pub struct TaskEnding {
     pub idle_for: Option<Duration>,
 }
 
+/// The columns `Task::from_row` reads, in its order.
 const TASK_COLUMNS: &str = "task_id, upload_key, business_server, token_sha256, user_id, file_name, file_size, \
      file_md5, store_path, store_dir, feedback_parameter, tmp_dir, received_bytes, status, final_path, error";
 
@@ -65,6 +65,29 @@ impl Task {
     pub fn tmp_path(&self) -> PathBuf {
         Path::new(&self.tmp_dir).join(format!("task-{}.part", self.task_id))
     }
+
+    fn from_row(row: &Row) -> rusqlite::Result<Self> {
+        Ok(Self {
+            task_id: row.get(0)?,
+            spec: TaskSpec {
+                upload_key: row.get(1)?,
+                business_server: row.get(2)?,
+                token_sha256: row.get(3)?,
+                user_id: row.get(4)?,
+                file_name: row.get(5)?,
+                file_size: row.get(6)?,
+                file_md5: row.get(7)?,
+                store_path: row.get(8)?,
+                store_dir: row.get(9)?,
+                feedback_parameter: row.get(10)?,
+            },
+            tmp_dir: row.get(11)?,
+            received_bytes: row.get(12)?,
+            status: row.get(13)?,
+            final_path: row.get(14)?,
+            error: row.get(15)?,
+        })
+    }
 }
 
 impl Store {
@@ -72,79 +95,45 @@ impl Store {
     /// and whether it was created now. A unique index keeps one unfinished task per identity,
     /// so racing creates of the same file end with the same task.
     pub async fn create_or_resume_task(&self, new: &NewTask) -> Result<(Task, bool), StoreError> {
-        // The open task found on conflict may end before it is read back: then insert again.
-        for _ in 0..3 {
-            if let Some(created) = self.insert_task(new).await? {
+        let new = new.clone();
+        self.write(move |conn| {
+            if let Some(created) = insert_task(conn, &new)? {
                 return Ok((created, true));
             }
-            let existing = sqlx::query_as::<_, Task>(&format!(
-                "SELECT {TASK_COLUMNS} FROM upload_tasks
-                 WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
-                   AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"
-            ))
-            .bind(&new.spec.token_sha256)
-            .bind(&new.spec.user_id)
-            .bind(&new.spec.file_md5)
-            .bind(new.spec.file_size)
-            .bind(&new.spec.file_name)
-            .bind(&new.spec.store_dir)
-            .fetch_optional(&mut *self.writer().await?)
-            .await?;
-            if let Some(task) = existing {
-                return Ok((task, false));
-            }
-        }
-        Err(StoreError::Protocol("an unfinished task kept appearing and ending during a create".into()))
-    }
-
-    /// Inserts the task unless an unfinished one with the same identity exists (`None`).
-    async fn insert_task(&self, new: &NewTask) -> Result<Option<Task>, StoreError> {
-        let now = now();
-        sqlx::query_as::<_, Task>(&format!(
-            "INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
-                 file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
-             ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
-                 WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(&new.spec.upload_key)
-        .bind(&new.spec.business_server)
-        .bind(&new.spec.token_sha256)
-        .bind(&new.spec.user_id)
-        .bind(&new.spec.file_name)
-        .bind(new.spec.file_size)
-        .bind(&new.spec.file_md5)
-        .bind(&new.spec.store_path)
-        .bind(&new.spec.store_dir)
-        .bind(&new.spec.feedback_parameter)
-        .bind(&new.tmp_dir)
-        .bind(new.status.as_str())
-        .bind(&now)
-        .fetch_optional(&mut *self.writer().await?)
+            // The write is the only one running: the task the insert ran into is still there.
+            let spec = &new.spec;
+            let existing = conn
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM upload_tasks
+                     WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
+                       AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"
+                ))?
+                .query_row(
+                    params![
+                        spec.token_sha256,
+                        spec.user_id,
+                        spec.file_md5,
+                        spec.file_size,
+                        spec.file_name,
+                        spec.store_dir
+                    ],
+                    Task::from_row,
+                )?;
+            Ok((existing, false))
+        })
         .await
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
-        sqlx::query_as::<_, Task>(&format!("SELECT {TASK_COLUMNS} FROM upload_tasks WHERE task_id = ?1"))
-            .bind(task_id)
-            .fetch_optional(&self.reader)
-            .await
-    }
-
-    /// The task's status, read by the writer so that it sees the latest commit.
-    pub(super) async fn status_of(
-        conn: &mut sqlx::SqliteConnection,
-        task_id: i64,
-    ) -> Result<Option<TaskStatus>, StoreError> {
-        sqlx::query_scalar("SELECT status FROM upload_tasks WHERE task_id = ?1")
-            .bind(task_id)
-            .fetch_optional(conn)
-            .await
+        self.read(move |conn| {
+            let sql = format!("SELECT {TASK_COLUMNS} FROM upload_tasks WHERE task_id = ?1");
+            Ok(conn.prepare_cached(&sql)?.query_row([task_id], Task::from_row).optional()?)
+        })
+        .await
     }
 
     /// Moves the task from `from` to `to`. `Err(current)` when the task was not in `from`
-    /// (`None` if it does not exist); the change and the check are one statement, so racing
+    /// (`None` if it does not exist); the change and the check are one write, so racing
     /// requests cannot both make it.
     pub async fn change_status(
         &self,
@@ -152,25 +141,22 @@ impl Store {
         from: TaskStatus,
         to: TaskStatus,
     ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
-        let mut conn = self.writer().await?;
-        let changed =
-            sqlx::query("UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2")
-                .bind(task_id)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(now())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-        if changed == 1 {
-            Ok(Ok(()))
-        } else {
-            Ok(Err(Self::status_of(&mut conn, task_id).await?))
-        }
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2",
+                )?
+                .execute(params![task_id, from, to, now()])?;
+            match changed {
+                1 => Ok(Ok(())),
+                _ => Ok(Err(status_of(conn, task_id)?)),
+            }
+        })
+        .await
     }
 
     /// Ends a task that is in one of `from` (and, with `idle_for`, idle that long), and queues its
-    /// callback, in one transaction. `Err(current)` when it was not, and nothing is written.
+    /// callback, in one write. `Err(current)` when it was not, and nothing is written.
     pub async fn end_task(
         &self,
         task_id: i64,
@@ -179,63 +165,112 @@ impl Store {
         callback: &outbox::NewCallback,
     ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
         let from_json = serde_json::to_string(&from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-            .map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let now = now();
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin().await?;
-        let ended = sqlx::query(
-            "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
-             WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
-               AND (?7 IS NULL OR updated_at < ?7)",
-        )
-        .bind(task_id)
-        .bind(ending.status.as_str())
-        .bind(&ending.final_path)
-        .bind(&ending.error)
-        .bind(&now)
-        .bind(from_json)
-        .bind(ending.idle_for.map(cutoff))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if ended == 0 {
-            return Ok(Err(Self::status_of(&mut tx, task_id).await?));
-        }
-        outbox::insert(&mut tx, task_id, callback, &now).await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+            .map_err(|e| StoreError::Unreadable(e.to_string()))?;
+        let (ending, callback) = (ending.clone(), callback.clone());
+        self.write(move |conn| {
+            let now = now();
+            let ended = conn
+                .prepare_cached(
+                    "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
+                     WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
+                       AND (?7 IS NULL OR updated_at < ?7)",
+                )?
+                .execute(params![
+                    task_id,
+                    ending.status,
+                    ending.final_path,
+                    ending.error,
+                    now,
+                    from_json,
+                    ending.idle_for.map(cutoff)
+                ])?;
+            if ended == 0 {
+                return Ok(Err(status_of(conn, task_id)?));
+            }
+            outbox::insert(conn, task_id, &callback, &now)?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     /// Ends a task that could not be set up (its temp file could not be made) without a callback:
     /// the business server got the error as the reply to its create request.
     pub async fn record_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE upload_tasks SET status = 'fail', error = ?2, updated_at = ?3, ended_at = ?3 WHERE task_id = ?1",
-        )
-        .bind(task_id)
-        .bind(error)
-        .bind(now())
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(())
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE upload_tasks SET status = 'fail', error = ?2, updated_at = ?3, ended_at = ?3 WHERE task_id = ?1",
+            )?
+            .execute(params![task_id, error, now()])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Tasks in `upload` or `pause` with no activity for `idle`.
     pub async fn idle_tasks(&self, idle: Duration) -> Result<Vec<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause') AND updated_at < ?1 ORDER BY task_id",
-        )
-        .bind(cutoff(idle))
-        .fetch_all(&self.reader)
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause') AND updated_at < ?1 ORDER BY task_id",
+            )?;
+            let ids = query.query_map([cutoff(idle)], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
         .await
     }
 
     pub async fn tasks_in_status(&self, status: TaskStatus) -> Result<Vec<i64>, StoreError> {
-        sqlx::query_scalar("SELECT task_id FROM upload_tasks WHERE status = ?1 ORDER BY task_id")
-            .bind(status.as_str())
-            .fetch_all(&self.reader)
-            .await
+        self.read(move |conn| {
+            let mut query =
+                conn.prepare_cached("SELECT task_id FROM upload_tasks WHERE status = ?1 ORDER BY task_id")?;
+            let ids = query.query_map([status], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
     }
+}
+
+/// Inserts the task unless an unfinished one with the same identity exists (`None`).
+fn insert_task(conn: &Connection, new: &NewTask) -> Result<Option<Task>, StoreError> {
+    let spec = &new.spec;
+    let sql = format!(
+        "INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
+             file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+         ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
+             WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
+         RETURNING {TASK_COLUMNS}"
+    );
+    let created = conn
+        .prepare_cached(&sql)?
+        .query_row(
+            params![
+                spec.upload_key,
+                spec.business_server,
+                spec.token_sha256,
+                spec.user_id,
+                spec.file_name,
+                spec.file_size,
+                spec.file_md5,
+                spec.store_path,
+                spec.store_dir,
+                spec.feedback_parameter,
+                new.tmp_dir,
+                new.status,
+                now()
+            ],
+            Task::from_row,
+        )
+        .optional()?;
+    Ok(created)
+}
+
+/// The task's status, read by the writer so that it sees the latest write.
+pub(super) fn status_of(conn: &Connection, task_id: i64) -> Result<Option<TaskStatus>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT status FROM upload_tasks WHERE task_id = ?1")?
+        .query_row([task_id], |row| row.get(0))
+        .optional()?)
 }
 
 /// The timestamp `idle` ago.

@@ -384,20 +384,26 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
 
 /// Rows of a query on the task database, as text.
 pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
-    use sqlx::Row;
-    let mut conn: sqlx::SqliteConnection = sqlx::Connection::connect(&app.settings.database.url).await.unwrap();
-    let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
-    rows.iter()
-        .map(|row| {
-            (0..row.columns().len())
-                .map(|i| {
-                    let value = match row.try_get::<Option<i64>, _>(i) {
-                        Ok(number) => number.map(|n| n.to_string()),
-                        Err(_) => row.try_get::<Option<String>, _>(i).unwrap(),
-                    };
-                    value.unwrap_or_else(|| "NULL".into())
+    use rusqlite::types::ValueRef;
+    let conn = open_database(&app.settings.database.url);
+    let mut query = conn.prepare(sql).unwrap();
+    let columns = query.column_count();
+    let rows = query.query_map([], |row| {
+        (0..columns)
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    ValueRef::Null => "NULL".to_owned(),
+                    ValueRef::Integer(n) => n.to_string(),
+                    ValueRef::Real(x) => x.to_string(),
+                    ValueRef::Text(text) | ValueRef::Blob(text) => String::from_utf8_lossy(text).into_owned(),
                 })
-                .collect()
-        })
-        .collect()
+            })
+            .collect::<rusqlite::Result<Vec<String>>>()
+    });
+    rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+}
+
+/// A connection of the test's own to the database at `url` (the server's `database.url`).
+pub fn open_database(url: &str) -> rusqlite::Connection {
+    rusqlite::Connection::open(fupload::store::database_path(url).unwrap()).unwrap()
 }

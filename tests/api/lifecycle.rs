@@ -57,9 +57,7 @@ async fn tasks_left_in_verify_are_verified_at_start_up() {
     let mut file = std::fs::read(&tmp).unwrap();
     file[500..].copy_from_slice(&data[500..]);
     std::fs::write(&tmp, file).unwrap();
-    let mut conn: sqlx::SqliteConnection = sqlx::Connection::connect(&settings.database.url).await.unwrap();
-    sqlx::query("UPDATE upload_tasks SET status = 'verify'").execute(&mut conn).await.unwrap();
-    drop(conn);
+    open_database(&settings.database.url).execute("UPDATE upload_tasks SET status = 'verify'", []).unwrap();
     let _app = restart_on(settings, dir, callbacks.clone()).await;
     let callback = &callbacks.wait_for(1).await[0];
     assert_eq!(callback.json["retCode"], "0");
@@ -83,13 +81,10 @@ async fn pending_callbacks_survive_a_restart() {
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
     let (settings, dir, callbacks) = app.stop().await;
-    let mut conn: sqlx::SqliteConnection = sqlx::Connection::connect(&settings.database.url).await.unwrap();
     // Make the retry due now rather than in a minute.
-    sqlx::query("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'")
-        .execute(&mut conn)
-        .await
+    open_database(&settings.database.url)
+        .execute("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'", [])
         .unwrap();
-    drop(conn);
     let _app = restart_on(settings, dir, callbacks.clone()).await;
     assert_eq!(callbacks.wait_for(1).await[0].json["retCode"], "0");
 }

@@ -222,17 +222,11 @@ fn sigterm_lets_blocks_in_flight_finish_within_the_grace_period_and_drops_the_re
     // completed block.
     let db = dir.path().join("fupload.db");
     assert!(!dir.path().join("fupload.db-wal").exists(), "the WAL was not checkpointed");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (ranges, integrity) = rt.block_on(async {
-        let mut conn: sqlx::SqliteConnection =
-            sqlx::Connection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-        let ranges: Vec<(i64, i64)> = sqlx::query_as("SELECT start_byte, end_byte FROM received_ranges ORDER BY 1")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await.unwrap();
-        (ranges, integrity)
-    });
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut query = conn.prepare("SELECT start_byte, end_byte FROM received_ranges ORDER BY 1").unwrap();
+    let ranges: Vec<(i64, i64)> =
+        query.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap();
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(ranges, vec![(0, 99_999)]);
     assert_eq!(integrity, "ok");
 }

@@ -1,0 +1,178 @@
+//! SQLite connections, each on a thread of its own. A caller hands a connection's thread a closure
+//! and awaits its result: a whole transaction is one hand-off, where an async driver (sqlx) made
+//! every statement one, each waking two threads (docs/PERFORMANCE.md).
+//!
+//! The writer thread commits in groups: it takes every write waiting in its queue, runs each in a
+//! savepoint of one transaction, commits once, and only then replies to each. Writes that come
+//! together share one commit (and the pages they all touch are written to the WAL once), and a
+//! write that fails rolls back only its own savepoint.
+
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, Savepoint, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// The most writes committed together, so that one commit's replies do not wait on too many.
+const MOST_WRITES_PER_COMMIT: usize = 64;
+
+/// A write: run in a savepoint (`None` when it could not get one), it says whether its changes
+/// stay, and hands back its reply, to be sent once the commit is known.
+type WriteJob = Box<dyn FnOnce(Option<&mut Savepoint>) -> (bool, WriteReply) + Send>;
+/// Takes the outcome of the write's savepoint and commit (an error's text when either failed).
+type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Message<J> {
+    Run(J),
+    /// Close the connection and end the thread.
+    Stop,
+}
+
+/// Threads that each own a connection, taking work from one queue.
+pub(super) struct ConnectionThreads<J> {
+    queue: flume::Sender<Message<J>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub(super) type Writer = ConnectionThreads<WriteJob>;
+pub(super) type Readers = ConnectionThreads<ReadJob>;
+
+impl<J: Send + 'static> ConnectionThreads<J> {
+    fn start(
+        name: &str,
+        connections: Vec<Connection>,
+        serve: fn(Connection, flume::Receiver<Message<J>>),
+    ) -> Result<Self, StoreError> {
+        let (queue, jobs) = flume::unbounded();
+        let threads = connections
+            .into_iter()
+            .map(|conn| {
+                let jobs = jobs.clone();
+                std::thread::Builder::new().name(name.to_owned()).spawn(move || serve(conn, jobs))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { queue, threads: std::sync::Mutex::new(threads) })
+    }
+
+    fn send(&self, job: J) -> Result<(), StoreError> {
+        self.queue.send(Message::Run(job)).map_err(|_| StoreError::Closed)
+    }
+
+    /// Lets the work already queued finish, then closes the connections and ends the threads.
+    /// Work handed in afterwards fails with `Closed`.
+    pub async fn stop(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for _ in &threads {
+            let _ = self.queue.send(Message::Stop);
+        }
+        let joined = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
+        if let Err(e) = joined.await {
+            tracing::warn!(error = %e, "a database thread did not end cleanly");
+        }
+    }
+}
+
+impl Readers {
+    pub fn start_readers(name: &str, connections: Vec<Connection>) -> Result<Self, StoreError> {
+        Self::start(name, connections, serve_reads)
+    }
+
+    /// Runs `read` on one of the connections.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, outcome) = oneshot::channel();
+        self.send(Box::new(move |conn| drop(reply.send(read(conn)))))?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Writer {
+    pub fn start_writer(conn: Connection) -> Result<Self, StoreError> {
+        Self::start("sqlite-writer", vec![conn], serve_writes)
+    }
+
+    /// Runs `write` in a savepoint of the writer's next transaction, and returns its result once
+    /// that transaction is committed. If `write` fails, its changes are rolled back and the other
+    /// writes of the transaction go on. `write` may also roll its savepoint back itself and
+    /// succeed, having written nothing.
+    pub async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Savepoint) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, outcome) = oneshot::channel();
+        self.send(Box::new(move |savepoint: Option<&mut Savepoint>| {
+            let result = savepoint.map(write);
+            let keep = matches!(result, Some(Ok(_)));
+            let reply = move |saved: Result<(), String>| {
+                let outcome = saved.map_err(StoreError::Transaction).and_then(|()| result.ok_or(StoreError::Closed)?);
+                drop(reply.send(outcome));
+            };
+            (keep, Box::new(reply) as WriteReply)
+        }))?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn serve_reads(conn: Connection, jobs: flume::Receiver<Message<ReadJob>>) {
+    while let Ok(Message::Run(read)) = jobs.recv() {
+        read(&conn);
+    }
+}
+
+fn serve_writes(mut conn: Connection, jobs: flume::Receiver<Message<WriteJob>>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(Message::Run(first)) = jobs.recv() else { break };
+        let mut writes = vec![first];
+        while writes.len() < MOST_WRITES_PER_COMMIT {
+            match jobs.try_recv() {
+                Ok(Message::Run(write)) => writes.push(write),
+                Ok(Message::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_together(&mut conn, writes);
+    }
+}
+
+/// Runs `writes` in one transaction, each in a savepoint of its own, and replies to each once the
+/// transaction is committed (or failed to).
+fn commit_together(conn: &mut Connection, writes: Vec<WriteJob>) {
+    let (replies, committed) = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(mut transaction) => {
+            let replies: Vec<_> = writes.into_iter().map(|write| run_in_savepoint(&mut transaction, write)).collect();
+            (replies, transaction.commit().map_err(|e| e.to_string()))
+        }
+        Err(e) => (writes.into_iter().map(|write| (write(None).1, Ok(()))).collect(), Err(e.to_string())),
+    };
+    for (reply, saved) in replies {
+        reply(committed.clone().and(saved));
+    }
+}
+
+/// Runs `write` in a savepoint of `transaction`: its reply, and whether its savepoint was kept.
+fn run_in_savepoint(transaction: &mut Transaction, write: WriteJob) -> (WriteReply, Result<(), String>) {
+    // Some errors (a full disk, say) make SQLite roll the whole transaction back. A savepoint
+    // now would begin a transaction of its own, and commit this write whatever came of the rest.
+    if transaction.is_autocommit() {
+        return (write(None).1, Err("an earlier write's error rolled the transaction back".to_owned()));
+    }
+    match transaction.savepoint() {
+        Ok(mut savepoint) => {
+            let (keep, reply) = write(Some(&mut savepoint));
+            // A savepoint dropped without `commit` is rolled back.
+            let kept = if keep { savepoint.commit() } else { Ok(()) };
+            (reply, kept.map_err(|e| e.to_string()))
+        }
+        Err(e) => (write(None).1, Err(e.to_string())),
+    }
+}
