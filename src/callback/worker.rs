@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use crate::config::CallbackSettings;
-use crate::store::{DueCallback, Store};
+use crate::store::{DueCallback, DueCallbacks, Store};
 use crate::telemetry::metrics;
 
 /// Callbacks sent at once.
@@ -28,8 +28,9 @@ pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
 pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<Notify>) {
     let client = awc::Client::builder().timeout(Duration::from_secs(settings.timeout)).disable_redirects().finish();
     loop {
-        match store.due_callbacks(BATCH).await {
-            Ok(due) if !due.is_empty() => {
+        let next_due_in = match store.due_callbacks(BATCH).await {
+            Ok(DueCallbacks { due, next_due_in }) => {
+                let full = due.len() == BATCH as usize;
                 // Deliveries are recorded as they come back, a few at a time: a slow business
                 // server must not hold back the record of the others (a crash meanwhile would
                 // send them all again). They are recorded here, never inside the sends: a send
@@ -40,21 +41,26 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
                     .map(|callback| deliver(&client, &settings, callback))
                     .collect::<FuturesUnordered<_>>()
                     .ready_chunks(BATCH as usize);
+                let mut all_delivered = true;
                 while let Some(attempts) = answered.next().await {
-                    record(&store, attempts).await;
+                    all_delivered &= record(&store, attempts).await;
                 }
-                continue;
+                // Look again at once if more may be due: the batch was full, or an attempt failed
+                // and its next one is due sooner than `next_due_in` knew. Otherwise every callback
+                // due at the look is delivered, and one queued since has woken `wakeup`.
+                if full || !all_delivered {
+                    continue;
+                }
+                next_due_in
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot read the callback outbox"),
-        }
-        let sleep = match store.next_callback_due_in().await {
-            Ok(Some(due_in)) => due_in.min(IDLE_POLL),
-            _ => IDLE_POLL,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the callback outbox");
+                None
+            }
         };
         tokio::select! {
             _ = wakeup.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
+            _ = tokio::time::sleep(next_due_in.map_or(IDLE_POLL, |due_in| due_in.min(IDLE_POLL))) => {}
         }
     }
 }
@@ -67,8 +73,10 @@ enum Attempt {
     Failed { callback_id: i64, task_id: i64, error: String, retry_in: Option<Duration> },
 }
 
-/// Records the outcome of some attempts: the delivered ones in one statement.
-async fn record(store: &Store, attempts: Vec<Attempt>) {
+/// Records the outcome of some attempts: the delivered ones in one statement. Says whether every
+/// one of them was delivered and recorded so.
+async fn record(store: &Store, attempts: Vec<Attempt>) -> bool {
+    let sent = attempts.len();
     let mut delivered = Vec::new();
     for attempt in attempts {
         match attempt {
@@ -83,9 +91,15 @@ async fn record(store: &Store, attempts: Vec<Attempt>) {
     }
     match store.callbacks_delivered(&delivered).await {
         // Counted once recorded, so the counters never run ahead of the outbox table.
-        Ok(()) => metrics::callbacks_delivered(delivered.len()),
+        Ok(()) => {
+            metrics::callbacks_delivered(delivered.len());
+            delivered.len() == sent
+        }
         // They stay pending and are sent again: at least once.
-        Err(e) => tracing::error!(error = %e, "cannot record delivered callbacks"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record delivered callbacks");
+            false
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::config::Durability;
 use crate::domain::TaskStatus;
 use threads::{Readers, Writer};
 
-pub use outbox::{DueCallback, NewCallback};
+pub use outbox::{DueCallback, DueCallbacks, NewCallback};
 pub use ranges::BlockCommit;
 pub use tasks::{NewTask, Task, TaskEnding, TaskSpec};
 

@@ -28,6 +28,14 @@ pub struct DueCallback {
     pub attempts: i64,
 }
 
+/// What the outbox holds for its worker now.
+#[derive(Debug)]
+pub struct DueCallbacks {
+    pub due: Vec<DueCallback>,
+    /// How long until the next callback that is not due yet is due; `None` when there is none.
+    pub next_due_in: Option<Duration>,
+}
+
 pub(super) fn insert(conn: &Connection, task_id: i64, callback: &NewCallback, now: &str) -> Result<(), StoreError> {
     let status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
     conn.prepare_cached(
@@ -49,15 +57,20 @@ pub(super) fn insert(conn: &Connection, task_id: i64, callback: &NewCallback, no
 }
 
 impl Store {
-    /// Pending callbacks whose next attempt is due, oldest first.
-    pub async fn due_callbacks(&self, limit: u32) -> Result<Vec<DueCallback>, StoreError> {
+    /// Pending callbacks whose next attempt is due, oldest first (at most `limit`), and how long
+    /// until the next of the others is due (`None`: no other is pending). One read, as the
+    /// outbox worker asks this once per round.
+    pub async fn due_callbacks(&self, limit: u32) -> Result<DueCallbacks, StoreError> {
         self.read(move |conn| {
-            let mut query = conn.prepare_cached(
+            let now = now();
+            // The limit is part of the text: a bound LIMIT makes SQLite plan the query again at
+            // every run.
+            let mut query = conn.prepare_cached(&format!(
                 "SELECT callback_id, task_id, notify_url, body, signature, attempts FROM callback_outbox
-                 WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
-            )?;
+                 WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT {limit}"
+            ))?;
             let due = query
-                .query_map(params![now(), limit], |row| {
+                .query_map([&now], |row| {
                     Ok(DueCallback {
                         callback_id: row.get(0)?,
                         task_id: row.get(1)?,
@@ -68,25 +81,20 @@ impl Store {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(due)
+            let next: Option<String> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM callback_outbox WHERE status = 'pending' AND next_attempt_at > ?1",
+                )?
+                .query_row([&now], |row| row.get(0))?;
+            let next_due_in = next.map(|at| {
+                humantime::parse_rfc3339(&at)
+                    .ok()
+                    .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::ZERO)
+            });
+            Ok(DueCallbacks { due, next_due_in })
         })
         .await
-    }
-
-    /// How long until the next pending callback is due; `None` when none is pending.
-    pub async fn next_callback_due_in(&self) -> Result<Option<Duration>, StoreError> {
-        let next: Option<String> = self
-            .read(|conn| {
-                let sql = "SELECT MIN(next_attempt_at) FROM callback_outbox WHERE status = 'pending'";
-                Ok(conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?)
-            })
-            .await?;
-        Ok(next.map(|at| {
-            humantime::parse_rfc3339(&at)
-                .ok()
-                .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                .unwrap_or(Duration::ZERO)
-        }))
     }
 
     /// Marks callbacks delivered, all in one statement.
@@ -129,5 +137,46 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskStatus;
+    use crate::store::tasks::tests::new_task;
+    use crate::store::test_support::temp_store;
+    use crate::store::TaskEnding;
+
+    async fn ended_with_callback(store: &Store, file_size: i64) {
+        let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
+        let ending = TaskEnding { status: TaskStatus::Finish, final_path: None, error: None, idle_for: None };
+        let callback = NewCallback {
+            ret_code: "0".into(),
+            notify_url: "http://127.0.0.1:9/".into(),
+            body: "{}".into(),
+            signature: "s".into(),
+            undeliverable: None,
+        };
+        store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn due_callbacks_come_with_how_long_until_the_next_of_the_others() {
+        let (store, _dir) = temp_store().await;
+        let none = store.due_callbacks(32).await.unwrap();
+        assert!(none.due.is_empty() && none.next_due_in.is_none());
+        ended_with_callback(&store, 1).await;
+        ended_with_callback(&store, 2).await;
+        let both = store.due_callbacks(32).await.unwrap();
+        assert_eq!(both.due.len(), 2);
+        assert_eq!(both.next_due_in, None, "nothing else is pending");
+        let retried = both.due[0].callback_id;
+        store.callback_attempt_failed(retried, "refused", Some(Duration::from_secs(60))).await.unwrap();
+        let one = store.due_callbacks(32).await.unwrap();
+        assert_eq!(one.due.iter().map(|c| c.callback_id).collect::<Vec<_>>(), vec![both.due[1].callback_id]);
+        let next = one.next_due_in.unwrap();
+        assert!(next > Duration::from_secs(55) && next <= Duration::from_secs(60), "{next:?}");
+        assert_eq!(store.due_callbacks(1).await.unwrap().due.len(), 1, "at most the limit");
     }
 }
