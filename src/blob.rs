@@ -269,6 +269,10 @@ pub async fn read_stream(path: &Path) -> io::Result<impl Stream<Item = io::Resul
 /// Whether `dir` (which need not exist yet) lies inside `root` once symlinks are followed:
 /// the deepest part of `dir` that exists must resolve to a place inside `root`.
 pub fn is_confined(root: &Path, dir: &Path) -> io::Result<bool> {
+    fs::metadata(root)?;
+    if spelled_inside_without_links(root, dir) {
+        return Ok(true);
+    }
     let root = root.canonicalize()?;
     let mut existing = dir;
     while fs::symlink_metadata(existing).is_err() {
@@ -278,6 +282,27 @@ pub fn is_confined(root: &Path, dir: &Path) -> io::Result<bool> {
         }
     }
     Ok(existing.canonicalize().map(|real| real.starts_with(&root)).unwrap_or(false))
+}
+
+/// The common case, in one `lstat` per directory below `root` (resolving both paths costs a
+/// `readlink` per directory of each, every upload twice): `dir` is spelled inside `root` and
+/// nothing of it below `root` is a symlink.
+fn spelled_inside_without_links(root: &Path, dir: &Path) -> bool {
+    let Ok(below) = dir.strip_prefix(root) else { return false };
+    if !below.components().all(|part| matches!(part, std::path::Component::Normal(_))) {
+        return false;
+    }
+    let mut path = root.to_path_buf();
+    for part in below.components() {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => return false,
+            Ok(_) => {}
+            // Nothing below a missing directory exists, let alone a link.
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// Places the finished temp file at `dir/file_name` (creating `dir`) without overwriting anything:
@@ -460,5 +485,15 @@ mod tests {
         assert!(is_confined(&root, &root.join("a/b")).unwrap());
         assert!(!is_confined(&root, &root.join("link/b")).unwrap());
         assert!(!is_confined(&root, &outside).unwrap());
+        // A link that stays inside is followed, not refused.
+        fs::create_dir_all(root.join("real/b")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("inner")).unwrap();
+        assert!(is_confined(&root, &root.join("inner/b/c")).unwrap());
+        assert!(is_confined(&root, &root.join("real/b/c/d")).unwrap());
+        // Through a link to the root itself, as the old check did.
+        std::os::unix::fs::symlink(&root, dir.path().join("root-link")).unwrap();
+        assert!(is_confined(&dir.path().join("root-link"), &root.join("real/b")).unwrap());
+        assert!(is_confined(&root, &dir.path().join("root-link/real")).unwrap());
+        assert!(is_confined(&dir.path().join("missing"), &root).is_err(), "a missing root is an error");
     }
 }
