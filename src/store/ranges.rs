@@ -325,6 +325,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_handed_in_before_the_close_are_committed_and_none_is_left_waiting() {
+        let (store, _dir) = temp_store().await;
+        let id = task_of(&store, 1_000).await;
+        let blocks: Vec<[ByteRange; 1]> = (0..20u64).map(|i| [r(i * 10, i * 10 + 9)]).collect();
+        let commits = futures_util::future::join_all(blocks.iter().map(|block| store.commit_block(id, block)));
+        // Polled in order: every commit is handed to the writer before the close begins.
+        let (committed, ()) = tokio::join!(commits, store.close());
+        assert!(committed.iter().all(|c| matches!(c, Ok(Ok(_)))), "{committed:?}");
+        let late = tokio::time::timeout(std::time::Duration::from_secs(5), store.received_prefix(id)).await;
+        assert!(matches!(late, Ok(Err(StoreError::Closed))), "{late:?}");
+    }
+
+    #[tokio::test]
     async fn a_closed_store_refuses_writes() {
         let (store, _dir) = temp_store().await;
         store.close().await;

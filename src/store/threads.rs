@@ -7,6 +7,7 @@
 //! together share one commit (and the pages they all touch are written to the WAL once), and a
 //! write that fails rolls back only its own savepoint.
 
+use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, Savepoint, Transaction, TransactionBehavior};
@@ -24,16 +25,11 @@ type WriteJob = Box<dyn FnOnce(Option<&mut Savepoint>) -> (bool, WriteReply) + S
 type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
-enum Message<J> {
-    Run(J),
-    /// Close the connection and end the thread.
-    Stop,
-}
-
 /// Threads that each own a connection, taking work from one queue.
 pub(super) struct ConnectionThreads<J> {
-    queue: flume::Sender<Message<J>>,
-    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// `None` once stopped. Sends hold the lock, so none can slip in behind the stop.
+    queue: Mutex<Option<flume::Sender<J>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 pub(super) type Writer = ConnectionThreads<WriteJob>;
@@ -43,7 +39,7 @@ impl<J: Send + 'static> ConnectionThreads<J> {
     fn start(
         name: &str,
         connections: Vec<Connection>,
-        serve: fn(Connection, flume::Receiver<Message<J>>),
+        serve: fn(Connection, flume::Receiver<J>),
     ) -> Result<Self, StoreError> {
         let (queue, jobs) = flume::unbounded();
         let threads = connections
@@ -53,20 +49,20 @@ impl<J: Send + 'static> ConnectionThreads<J> {
                 std::thread::Builder::new().name(name.to_owned()).spawn(move || serve(conn, jobs))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { queue, threads: std::sync::Mutex::new(threads) })
+        Ok(Self { queue: Mutex::new(Some(queue)), threads: Mutex::new(threads) })
     }
 
     fn send(&self, job: J) -> Result<(), StoreError> {
-        self.queue.send(Message::Run(job)).map_err(|_| StoreError::Closed)
+        let queue = lock(&self.queue);
+        queue.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// Lets the work already queued finish, then closes the connections and ends the threads.
     /// Work handed in afterwards fails with `Closed`.
     pub async fn stop(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for _ in &threads {
-            let _ = self.queue.send(Message::Stop);
-        }
+        // With the only sender gone, each thread takes what is left in the queue and ends.
+        drop(lock(&self.queue).take());
+        let threads = std::mem::take(&mut *lock(&self.threads));
         let joined = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
         if let Err(e) = joined.await {
             tracing::warn!(error = %e, "a database thread did not end cleanly");
@@ -119,27 +115,21 @@ impl Writer {
     }
 }
 
-fn serve_reads(conn: Connection, jobs: flume::Receiver<Message<ReadJob>>) {
-    while let Ok(Message::Run(read)) = jobs.recv() {
+/// A lock that a panic elsewhere does not poison for good: what it guards stays consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn serve_reads(conn: Connection, jobs: flume::Receiver<ReadJob>) {
+    for read in jobs.iter() {
         read(&conn);
     }
 }
 
-fn serve_writes(mut conn: Connection, jobs: flume::Receiver<Message<WriteJob>>) {
-    let mut stopping = false;
-    while !stopping {
-        let Ok(Message::Run(first)) = jobs.recv() else { break };
+fn serve_writes(mut conn: Connection, jobs: flume::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
         let mut writes = vec![first];
-        while writes.len() < MOST_WRITES_PER_COMMIT {
-            match jobs.try_recv() {
-                Ok(Message::Run(write)) => writes.push(write),
-                Ok(Message::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        writes.extend(jobs.try_iter().take(MOST_WRITES_PER_COMMIT - 1));
         commit_together(&mut conn, writes);
     }
 }
