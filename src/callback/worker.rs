@@ -28,6 +28,7 @@ pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
 pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<Notify>) {
     let client = awc::Client::builder().timeout(Duration::from_secs(settings.timeout)).disable_redirects().finish();
     loop {
+        let looked = tokio::time::Instant::now();
         let next_due_in = match store.due_callbacks(BATCH).await {
             Ok(DueCallbacks { due, next_due_in }) => {
                 let full = due.len() == BATCH as usize;
@@ -58,9 +59,11 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
                 None
             }
         };
+        // Counted from the look, not from now: the sends above may have taken a while.
+        let wait = next_due_in.map_or(IDLE_POLL, |due_in| due_in.min(IDLE_POLL));
         tokio::select! {
             _ = wakeup.notified() => {}
-            _ = tokio::time::sleep(next_due_in.map_or(IDLE_POLL, |due_in| due_in.min(IDLE_POLL))) => {}
+            _ = tokio::time::sleep_until(looked + wait) => {}
         }
     }
 }

@@ -146,7 +146,15 @@ impl Uploads {
             _ => {}
         }
         let BlockPlan { mut task, range, claim, writes, .. } = plan;
-        let commit = self.store.commit_block(task.task_id, &writes).await?.map_err(UploadError::for_status)?;
+        // The claim stays until the commit is known, even if this request is dropped meanwhile: a
+        // write handed to the store commits whether anyone waits for it or not, and no other block
+        // may claim and write these bytes before they show as received.
+        let (store, task_id) = (self.store.clone(), task.task_id);
+        let committing = tokio::spawn(async move { (store.commit_block(task_id, &writes).await, claim) });
+        let (commit, claim) = committing
+            .await
+            .map_err(|e| UploadError::Internal(anyhow::anyhow!("the block's commit did not end: {e}")))?;
+        let commit = commit?.map_err(UploadError::for_status)?;
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
@@ -188,11 +196,20 @@ impl Uploads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::test_support::test_uploads;
+    use crate::service::test_support::{test_uploads, TestUploads};
     use crate::store::Store;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// A service, `len` bytes of data, their task, and the task's block target, taken at once.
+    async fn task_and_target(len: usize) -> (TestUploads, Vec<u8>, TaskRef, BlockTarget) {
+        let t = test_uploads(|_| {}).await;
+        let data = data(len);
+        let task = t.create(&data).await;
+        let target = t.uploads.check_block_target(&task).await.unwrap();
+        (t, data, task, target)
     }
 
     #[tokio::test]
@@ -257,10 +274,7 @@ mod tests {
         // A block's task row is read before it claims its range; another block may commit in
         // between. The crash test once finished a file whose first bytes a corrupted block had
         // overwritten after they were received (the plan trusted the row's `received_bytes` of 0).
-        let t = test_uploads(|_| {}).await;
-        let data = data(200_000);
-        let task = t.create(&data).await;
-        let target = t.uploads.check_block_target(&task).await.unwrap();
+        let (t, data, task, target) = task_and_target(200_000).await;
         t.send(&task, &data, 0, 99_999).await.unwrap();
         let plan = t.uploads.plan_block(&target, 0, 199_999).await.unwrap();
         assert_eq!(plan.writes, [ByteRange::new(100_000, 199_999).unwrap()]);
@@ -274,11 +288,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_block_dropped_while_its_commit_waits_keeps_its_bytes_claimed_until_it_commits() {
+        // The commit, once handed to the writer, lands whether the request waits or not. Had the
+        // claim gone with the request, another block could claim the bytes, see them unreceived,
+        // and write over them (with corrupted bytes, say) before the first commit showed.
+        use futures_util::FutureExt;
+        let (t, data, task, target) = task_and_target(100).await;
+        let plan = t.uploads.plan_block(&target, 0, 49).await.unwrap();
+        let body = futures_util::stream::iter([Ok::<_, String>(bytes::Bytes::copy_from_slice(&data[..50]))]);
+        let received = t.uploads.receive_block(plan, body).await.unwrap();
+        let md5 = crate::domain::Md5Hex::of_digest(&<md5::Md5 as md5::Digest>::digest(&data[..50]));
+        let release = crate::store::test_support::hold_writer(t.uploads.store()).await;
+        assert!(t.uploads.commit_block(received, Some(md5)).now_or_never().is_none(), "waits for the writer");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let again = t.uploads.plan_block(&target, 0, 49).await.unwrap();
+        assert!(again.writes.is_empty(), "the dropped block's bytes were claimed again: {:?}", again.writes);
+        drop(again);
+        release.send(()).unwrap();
+        let range = ByteRange::new(0, 49).unwrap();
+        for _ in 0..500 {
+            if t.uploads.store().received_within(task.task_id, range).await.unwrap() == [range] {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("the dropped block's commit never landed");
+    }
+
+    #[tokio::test]
     async fn a_task_paused_while_a_block_arrives_refuses_it_at_the_commit() {
-        let t = test_uploads(|_| {}).await;
-        let data = data(100_000);
-        let task = t.create(&data).await;
-        let target = t.uploads.check_block_target(&task).await.unwrap();
+        let (t, data, task, target) = task_and_target(100_000).await;
         t.uploads.change_state(&task, crate::service::RequestedState::Pause).await.unwrap();
         let plan = t.uploads.plan_block(&target, 0, 99_999).await.unwrap();
         let refused = t.stream_and_commit(plan, &data, &data).await;

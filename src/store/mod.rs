@@ -216,6 +216,57 @@ mod tests {
         assert_eq!(pages, i64::from(WRITER_CHECKPOINT_PAGES));
     }
 
+    #[tokio::test]
+    async fn a_write_that_panics_fails_its_group_and_the_writer_goes_on() {
+        let (store, _dir) = temp_store().await;
+        let (one, two) = (new_task(1), new_task(2));
+        let release = test_support::hold_writer(&store).await;
+        let panicking = store.write(|_| -> Result<(), StoreError> { panic!("a bug in a write") });
+        let beside = store.create_or_resume_task(&one);
+        let released = async { release.send(()).unwrap() };
+        let ((), panicking, beside) = tokio::join!(released, panicking, beside);
+        assert!(matches!(panicking, Err(StoreError::Closed)), "{panicking:?}");
+        assert!(matches!(beside, Err(StoreError::Transaction(_))), "{beside:?}");
+        let count =
+            store.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get::<_, i64>(0))?));
+        assert_eq!(count.await.unwrap(), 0, "nothing of the group was committed");
+        store.create_or_resume_task(&two).await.unwrap();
+        let panicking_read = store.read(|_| -> Result<(), StoreError> { panic!("a bug in a read") }).await;
+        assert!(matches!(panicking_read, Err(StoreError::Closed)), "{panicking_read:?}");
+        store.task(1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_a_full_disk_every_write_is_answered_as_it_was_recorded() {
+        let (store, _dir) = temp_store().await;
+        store.create_or_resume_task(&new_task(1)).await.unwrap();
+        let pages: i64 =
+            store.write(|conn| Ok(conn.query_row("PRAGMA page_count", [], |row| row.get(0))?)).await.unwrap();
+        store.write(move |conn| Ok(conn.pragma_update(None, "max_page_count", pages + 8)?)).await.unwrap();
+        let mut huge = new_task(3);
+        huge.spec.feedback_parameter = "x".repeat(1 << 20);
+        let (small, later) = (new_task(2), new_task(4));
+        let release = test_support::hold_writer(&store).await;
+        let released = async { release.send(()).unwrap() };
+        let (_, small, huge, later) = tokio::join!(
+            released,
+            store.create_or_resume_task(&small),
+            store.create_or_resume_task(&huge),
+            store.create_or_resume_task(&later)
+        );
+        assert!(huge.is_err(), "a megabyte does not fit in 8 pages");
+        for (size, answer) in [(2, small), (4, later)] {
+            let recorded = store
+                .read(move |conn| {
+                    let sql = "SELECT COUNT(*) FROM upload_tasks WHERE file_size = ?1";
+                    Ok(conn.query_row(sql, [size], |row| row.get::<_, i64>(0))?)
+                })
+                .await
+                .unwrap();
+            assert_eq!(recorded == 1, answer.is_ok(), "the write of size {size} answered {answer:?}");
+        }
+    }
+
     #[test]
     fn database_urls_name_a_file() {
         assert_eq!(database_path("sqlite://data/fupload.db").unwrap(), Path::new("data/fupload.db"));
@@ -264,6 +315,25 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+
+    /// Keeps the writer busy until the returned sender sends (or is dropped): writes handed in
+    /// meanwhile wait in its queue.
+    pub async fn hold_writer(store: &Store) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, holding) = tokio::sync::oneshot::channel();
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        holding.await.unwrap();
+        release
+    }
 
     /// A store on a fresh database file in its own temp dir.
     pub async fn temp_store() -> (Store, tempfile::TempDir) {

@@ -7,6 +7,7 @@
 //! together share one commit (and the pages they all touch are written to the WAL once), and a
 //! write that fails rolls back only its own savepoint.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -21,7 +22,7 @@ const MOST_WRITES_PER_COMMIT: usize = 64;
 /// A write: run in a savepoint (`None` when it could not get one), it says whether its changes
 /// stay, and hands back its reply, to be sent once the commit is known.
 type WriteJob = Box<dyn FnOnce(Option<&mut Savepoint>) -> (bool, WriteReply) + Send>;
-/// Takes the outcome of the write's savepoint and commit (an error's text when either failed).
+/// Takes the outcome of the write's transaction: committed, or the error's text.
 type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -105,8 +106,9 @@ impl Writer {
         self.send(Box::new(move |savepoint: Option<&mut Savepoint>| {
             let result = savepoint.map(write);
             let keep = matches!(result, Some(Ok(_)));
-            let reply = move |saved: Result<(), String>| {
-                let outcome = saved.map_err(StoreError::Transaction).and_then(|()| result.ok_or(StoreError::Closed)?);
+            let reply = move |committed: Result<(), String>| {
+                let outcome =
+                    committed.map_err(StoreError::Transaction).and_then(|()| result.ok_or(StoreError::Closed)?);
                 drop(reply.send(outcome));
             };
             (keep, Box::new(reply) as WriteReply)
@@ -122,7 +124,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn serve_reads(conn: Connection, jobs: flume::Receiver<ReadJob>) {
     for read in jobs.iter() {
-        read(&conn);
+        // A read that panics loses its reply (its caller gets `Closed`), not the thread.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| read(&conn)));
     }
 }
 
@@ -135,34 +138,64 @@ fn serve_writes(mut conn: Connection, jobs: flume::Receiver<WriteJob>) {
 }
 
 /// Runs `writes` in one transaction, each in a savepoint of its own, and replies to each once the
-/// transaction is committed (or failed to).
+/// transaction is committed or failed. A write that fails has only its savepoint rolled back; when
+/// the savepoints themselves fail, or a write panics, nothing of the group is committed.
 fn commit_together(conn: &mut Connection, writes: Vec<WriteJob>) {
-    let (replies, committed) = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let mut replies = Vec::with_capacity(writes.len());
+    let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(mut transaction) => {
-            let replies: Vec<_> = writes.into_iter().map(|write| run_in_savepoint(&mut transaction, write)).collect();
-            (replies, transaction.commit().map_err(|e| e.to_string()))
+            let mut writes = writes.into_iter();
+            let failed = writes.by_ref().find_map(|write| match run_in_savepoint(&mut transaction, write) {
+                Ok(reply) => {
+                    replies.push(reply);
+                    None
+                }
+                Err((reply, why)) => {
+                    replies.extend(reply);
+                    Some(why)
+                }
+            });
+            // The writes after a failure are not run.
+            replies.extend(writes.map(|write| write(None).1));
+            match failed {
+                // Dropping the transaction rolls it back.
+                Some(why) => Err(why),
+                None => transaction.commit().map_err(|e| e.to_string()),
+            }
         }
-        Err(e) => (writes.into_iter().map(|write| (write(None).1, Ok(()))).collect(), Err(e.to_string())),
+        Err(e) => {
+            replies.extend(writes.into_iter().map(|write| write(None).1));
+            Err(e.to_string())
+        }
     };
-    for (reply, saved) in replies {
-        reply(committed.clone().and(saved));
+    for reply in replies {
+        reply(committed.clone());
     }
 }
 
-/// Runs `write` in a savepoint of `transaction`: its reply, and whether its savepoint was kept.
-fn run_in_savepoint(transaction: &mut Transaction, write: WriteJob) -> (WriteReply, Result<(), String>) {
+/// Runs `write` in a savepoint of `transaction`, then keeps or rolls back what it wrote. `Err`
+/// when the transaction can no longer be trusted: the savepoint could not begin or end, or the
+/// write panicked (its reply went with it).
+fn run_in_savepoint(
+    transaction: &mut Transaction,
+    write: WriteJob,
+) -> Result<WriteReply, (Option<WriteReply>, String)> {
     // Some errors (a full disk, say) make SQLite roll the whole transaction back. A savepoint
     // now would begin a transaction of its own, and commit this write whatever came of the rest.
     if transaction.is_autocommit() {
-        return (write(None).1, Err("an earlier write's error rolled the transaction back".to_owned()));
+        return Err((Some(write(None).1), "an earlier write's error rolled the transaction back".to_owned()));
     }
-    match transaction.savepoint() {
-        Ok(mut savepoint) => {
-            let (keep, reply) = write(Some(&mut savepoint));
-            // A savepoint dropped without `commit` is rolled back.
-            let kept = if keep { savepoint.commit() } else { Ok(()) };
-            (reply, kept.map_err(|e| e.to_string()))
-        }
-        Err(e) => (write(None).1, Err(e.to_string())),
+    let mut savepoint = match transaction.savepoint() {
+        Ok(savepoint) => savepoint,
+        Err(e) => return Err((Some(write(None).1), e.to_string())),
+    };
+    let Ok((keep, reply)) = panic::catch_unwind(AssertUnwindSafe(|| write(Some(&mut savepoint)))) else {
+        return Err((None, "a write panicked".to_owned()));
+    };
+    // Ended explicitly: dropping a savepoint rolls it back too, but says nothing if that fails.
+    let ended = if keep { Ok(()) } else { savepoint.rollback() }.and_then(|()| savepoint.commit());
+    match ended {
+        Ok(()) => Ok(reply),
+        Err(e) => Err((Some(reply), e.to_string())),
     }
 }

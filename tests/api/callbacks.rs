@@ -26,7 +26,15 @@ async fn the_callback_carries_the_task_and_a_valid_signature() {
             || raw.contains(r#""data":{"order":42,"note":"keep me"}"#),
         "{raw}"
     );
-    let rows = query(&app, "SELECT status, attempts, last_error FROM callback_outbox").await;
+    // Recorded once the business server's answer is back, a moment after it saw the callback.
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = query(&app, "SELECT status, attempts, last_error FROM callback_outbox").await;
+        if rows[0][0] != "pending" {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(rows, vec![vec!["delivered".to_string(), "1".into(), "NULL".into()]]);
 }
 
