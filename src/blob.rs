@@ -72,7 +72,7 @@ pub struct StreamedBlock {
     /// Bytes the body held (all of them, written or not).
     pub body_len: u64,
     /// The md5 state over the whole body: its digest is the block's md5.
-    pub md5: Md5,
+    md5: Md5,
     /// `BlockFile::file_md5` gone on over the body: the whole file's md5 over `[0, range.end]`.
     pub file_md5: Option<Md5>,
 }

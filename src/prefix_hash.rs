@@ -45,14 +45,9 @@ struct PrefixHasher {
     received_prefix: AtomicU64,
     /// A background run is scheduled or going on.
     running: AtomicBool,
-    state: Mutex<HashState>,
+    /// The md5 of `[0, state.bytes_hashed())`.
+    state: Mutex<Md5>,
     bytes_read: Arc<AtomicU64>,
-}
-
-struct HashState {
-    md5: Md5,
-    /// `[0, hashed)` has gone into `md5`.
-    hashed: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,7 +100,7 @@ impl PrefixHashers {
         let hasher = self.find(task_id)?;
         // try_lock: a background run holds the lock while it reads, and this runs on an async worker.
         let state = hasher.state.try_lock().ok()?;
-        (state.hashed == start).then(|| state.md5.clone())
+        (state.bytes_hashed() == start).then(|| state.clone())
     }
 
     /// A committed block starting at `start` was hashed into the whole-file md5 as it streamed in,
@@ -114,8 +109,8 @@ impl PrefixHashers {
     pub fn adopt(&self, task_id: i64, start: u64, md5: Md5) {
         let Some(hasher) = self.find(task_id) else { return };
         let Ok(mut state) = hasher.state.try_lock() else { return };
-        if state.hashed == start {
-            *state = HashState { hashed: md5.bytes_hashed(), md5 };
+        if state.bytes_hashed() == start {
+            *state = md5;
         }
     }
 
@@ -126,7 +121,7 @@ impl PrefixHashers {
         let digest = {
             let mut state = lock(&hasher.state);
             hasher.hash_to(&mut state, size)?;
-            state.md5.clone().finish()
+            state.clone().finish()
         };
         self.forget(task_id);
         Ok(digest)
@@ -160,7 +155,7 @@ impl PrefixHasher {
             path: path.to_path_buf(),
             received_prefix: AtomicU64::new(0),
             running: AtomicBool::new(false),
-            state: Mutex::new(HashState { md5: Md5::new(), hashed: 0 }),
+            state: Mutex::new(Md5::new()),
             bytes_read: bytes_read.clone(),
         }
     }
@@ -171,14 +166,14 @@ impl PrefixHasher {
         let (hashed, cut_short) = {
             let mut state = lock(&self.state);
             let prefix = self.received_prefix.load(Ordering::SeqCst);
-            let until = prefix.min(state.hashed.saturating_add(RUN_SLICE));
+            let until = prefix.min(state.bytes_hashed().saturating_add(RUN_SLICE));
             if let Err(e) = self.hash_to(&mut state, until) {
                 // The finish reads again and reports the error then.
                 tracing::warn!(path = %self.path.display(), error = %e, "background hashing stopped");
                 self.running.store(false, Ordering::SeqCst);
                 return false;
             }
-            (state.hashed, until < prefix)
+            (state.bytes_hashed(), until < prefix)
         };
         if cut_short {
             return true;
@@ -188,23 +183,23 @@ impl PrefixHasher {
         self.received_prefix.load(Ordering::SeqCst) > hashed && !self.running.swap(true, Ordering::SeqCst)
     }
 
-    fn hash_to(&self, state: &mut HashState, until: u64) -> io::Result<()> {
-        if state.hashed >= until {
+    fn hash_to(&self, md5: &mut Md5, until: u64) -> io::Result<()> {
+        if md5.bytes_hashed() >= until {
             return Ok(());
         }
         let file = File::open(&self.path)?;
         let mut buffer = vec![0u8; READ_PIECE];
-        while state.hashed < until {
-            let want = (until - state.hashed).min(READ_PIECE as u64) as usize;
-            let got = file.read_at(&mut buffer[..want], state.hashed)?;
+        while md5.bytes_hashed() < until {
+            let hashed = md5.bytes_hashed();
+            let want = (until - hashed).min(READ_PIECE as u64) as usize;
+            let got = file.read_at(&mut buffer[..want], hashed)?;
             if got == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the temp file is shorter than its received bytes",
                 ));
             }
-            state.md5.update(&buffer[..got]);
-            state.hashed += got as u64;
+            md5.update(&buffer[..got]);
             self.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
         }
         Ok(())

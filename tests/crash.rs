@@ -501,7 +501,7 @@ struct Crash {
 
 impl Crash {
     fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(fupload::store::database_path(&self.db_url).unwrap()).unwrap()
+        helpers::open_database(&self.db_url)
     }
 
     /// Every task's status.
@@ -859,8 +859,7 @@ async fn a_crash_before_the_temp_file_of_an_empty_file_was_made_does_not_leave_i
     let app = helpers::spawn_app().await;
     let task = app.new_task("empty.txt", b"abc").await;
     let (settings, dir, callbacks) = app.stop().await;
-    rusqlite::Connection::open(fupload::store::database_path(&settings.database.url).unwrap())
-        .unwrap()
+    helpers::open_database(&settings.database.url)
         .execute(
             "UPDATE upload_tasks SET file_size = 0, file_md5 = 'd41d8cd98f00b204e9800998ecf8427e', status = 'verify'",
             [],

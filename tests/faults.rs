@@ -263,10 +263,7 @@ async fn refused_once_then_all_due(app: TestApp, business: &SlowBusiness, n: usi
     }
     business.open.store(true, std::sync::atomic::Ordering::SeqCst);
     let (settings, dir, callbacks) = app.stop().await;
-    rusqlite::Connection::open(fupload::store::database_path(&settings.database.url).unwrap())
-        .unwrap()
-        .execute("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'", [])
-        .unwrap();
+    make_callbacks_due(&settings.database.url);
     restart_on(settings, dir, callbacks).await
 }
 

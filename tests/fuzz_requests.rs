@@ -102,8 +102,9 @@ impl Server {
     }
 
     fn task_count(&self) -> i64 {
-        let db = rusqlite::Connection::open(fupload::store::database_path(&self.db_url).unwrap()).unwrap();
-        db.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get(0)).unwrap()
+        helpers::open_database(&self.db_url)
+            .query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get(0))
+            .unwrap()
     }
 
     /// A whole upload of a new file still works.

@@ -133,15 +133,10 @@ async fn main() -> anyhow::Result<()> {
     // Every finished file, byte for byte (by md5), as the callback names it.
     let (mut verified, mut lost_bytes) = (0, 0);
     let finished = tally.finished.take();
+    let checker = BenchClient::new(&server.base, &sink);
     for (task_id, md5, size) in &finished {
-        let mut path = sink.store_path(task_id);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while path.is_none() && Instant::now() < deadline {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-            path = sink.store_path(task_id);
-        }
-        match path.map(std::fs::read) {
-            Some(Ok(stored)) if hex_md5(&stored) == *md5 => verified += 1,
+        match checker.stored_path_within(task_id, Duration::from_secs(30)).await.map(std::fs::read) {
+            Ok(Ok(stored)) if hex_md5(&stored) == *md5 => verified += 1,
             _ => lost_bytes += size,
         }
     }

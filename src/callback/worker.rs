@@ -32,20 +32,7 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
         let next_due_in = match store.due_callbacks(BATCH).await {
             Ok(DueCallbacks { due, next_due_in }) => {
                 let full = due.len() == BATCH as usize;
-                // Deliveries are recorded as they come back, a few at a time: a slow business
-                // server must not hold back the record of the others (a crash meanwhile would
-                // send them all again). They are recorded here, never inside the sends: a send
-                // waiting for the writer while this loop waits for it too (and so does not poll
-                // the sends) would hold up every write of the server.
-                let mut answered = due
-                    .into_iter()
-                    .map(|callback| deliver(&client, &settings, callback))
-                    .collect::<FuturesUnordered<_>>()
-                    .ready_chunks(BATCH as usize);
-                let mut all_delivered = true;
-                while let Some(attempts) = answered.next().await {
-                    all_delivered &= record(&store, attempts).await;
-                }
+                let all_delivered = send_and_record(&client, &settings, &store, due).await;
                 // Look again at once if more may be due: the batch was full, or an attempt failed
                 // and its next one is due sooner than `next_due_in` knew. Otherwise every callback
                 // due at the look is delivered, and one queued since has woken `wakeup`.
@@ -66,6 +53,28 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
             _ = tokio::time::sleep_until(looked + wait) => {}
         }
     }
+}
+
+/// Sends `due` at once and records the outcomes as they come back, a few at a time: a slow
+/// business server must not hold back the record of the others (a crash meanwhile would send
+/// them all again), and the delivered ones of a few go in one write. Says whether every one was
+/// delivered and recorded so.
+async fn send_and_record(
+    client: &awc::Client,
+    settings: &CallbackSettings,
+    store: &Store,
+    due: Vec<DueCallback>,
+) -> bool {
+    let mut answered = due
+        .into_iter()
+        .map(|callback| deliver(client, settings, callback))
+        .collect::<FuturesUnordered<_>>()
+        .ready_chunks(BATCH as usize);
+    let mut all_delivered = true;
+    while let Some(attempts) = answered.next().await {
+        all_delivered &= record(store, attempts).await;
+    }
+    all_delivered
 }
 
 /// How one attempt to deliver a callback went.

@@ -29,9 +29,6 @@ pub struct BlockPlan {
     claim: Claim,
     /// The claimed parts minus what was already received: the bytes this block writes.
     writes: Vec<ByteRange>,
-    /// The whole-file md5 up to the block, when the block writes all of its range and the task's
-    /// prefix hasher is there: the block is hashed on from it and never read back.
-    file_md5: Option<Md5>,
 }
 
 /// A block whose body has been streamed to disk, waiting for its md5 check and commit.
@@ -87,15 +84,18 @@ impl Uploads {
         let claim = self.claims.claim(task.task_id, range);
         let received = self.store.received_within(task.task_id, range).await?;
         let writes: Vec<ByteRange> = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
-        let file_md5 = match writes == [range] {
-            true => self.hashers.state_at(task.task_id, start),
-            false => None,
-        };
-        Ok(BlockPlan { task, range, claim, writes, file_md5 })
+        Ok(BlockPlan { task, range, claim, writes })
+    }
+
+    /// The whole-file md5 up to the block, when the block writes all of its range and the task's
+    /// prefix hasher stands there: the block is hashed on from it and never read back.
+    fn whole_file_md5_before(&self, plan: &BlockPlan) -> Option<Md5> {
+        let writes_all = plan.writes == [plan.range];
+        writes_all.then(|| self.hashers.state_at(plan.task.task_id, plan.range.start())).flatten()
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
-    pub async fn receive_block<S, E>(&self, mut plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
+    pub async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
@@ -106,7 +106,7 @@ impl Uploads {
             range: plan.range,
             writes: plan.writes.clone(),
             fsync: self.settings.durability == Durability::Power,
-            file_md5: plan.file_md5.take(),
+            file_md5: self.whole_file_md5_before(&plan),
         };
         match blob::stream_into(target, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
@@ -236,7 +236,7 @@ mod tests {
         t.send(&task, &data, 0, half - 1).await.unwrap();
         let target = t.uploads.check_block_target(&task).await.unwrap();
         let plan = t.uploads.plan_block(&target, half as u64, data.len() as u64 - 1).await.unwrap();
-        assert!(plan.file_md5.is_some(), "the block continues the received prefix");
+        assert!(t.uploads.whole_file_md5_before(&plan).is_some(), "the block continues the received prefix");
         let corrupted: Vec<u8> = data[half..].iter().map(|b| !b).collect();
         let refused = t.stream_and_commit(plan, &corrupted, &data[half..]).await;
         assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");

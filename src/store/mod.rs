@@ -216,6 +216,12 @@ mod tests {
         assert_eq!(pages, i64::from(WRITER_CHECKPOINT_PAGES));
     }
 
+    /// How many tasks `filter` (an SQL condition) selects.
+    async fn count_tasks(store: &Store, filter: &'static str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM upload_tasks WHERE {filter}");
+        store.read(move |conn| Ok(conn.query_row(&sql, [], |row| row.get(0))?)).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_write_that_panics_fails_its_group_and_the_writer_goes_on() {
         let (store, _dir) = temp_store().await;
@@ -227,9 +233,7 @@ mod tests {
         let ((), panicking, beside) = tokio::join!(released, panicking, beside);
         assert!(matches!(panicking, Err(StoreError::Closed)), "{panicking:?}");
         assert!(matches!(beside, Err(StoreError::Transaction(_))), "{beside:?}");
-        let count =
-            store.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get::<_, i64>(0))?));
-        assert_eq!(count.await.unwrap(), 0, "nothing of the group was committed");
+        assert_eq!(count_tasks(&store, "TRUE").await, 0, "nothing of the group was committed");
         store.create_or_resume_task(&two).await.unwrap();
         let panicking_read = store.read(|_| -> Result<(), StoreError> { panic!("a bug in a read") }).await;
         assert!(matches!(panicking_read, Err(StoreError::Closed)), "{panicking_read:?}");
@@ -255,15 +259,9 @@ mod tests {
             store.create_or_resume_task(&later)
         );
         assert!(huge.is_err(), "a megabyte does not fit in 8 pages");
-        for (size, answer) in [(2, small), (4, later)] {
-            let recorded = store
-                .read(move |conn| {
-                    let sql = "SELECT COUNT(*) FROM upload_tasks WHERE file_size = ?1";
-                    Ok(conn.query_row(sql, [size], |row| row.get::<_, i64>(0))?)
-                })
-                .await
-                .unwrap();
-            assert_eq!(recorded == 1, answer.is_ok(), "the write of size {size} answered {answer:?}");
+        for (filter, answer) in [("file_size = 2", small), ("file_size = 4", later)] {
+            let recorded = count_tasks(&store, filter).await;
+            assert_eq!(recorded == 1, answer.is_ok(), "the write with {filter} answered {answer:?}");
         }
     }
 
@@ -299,9 +297,7 @@ mod tests {
         assert!(first.unwrap(), "the first write was held until the others were queued");
         assert!(matches!(failing, Err(StoreError::Sqlite(_))), "{failing:?}");
         let (good, also_good) = (good.unwrap().0, also_good.unwrap().0);
-        let count =
-            store.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get::<_, i64>(0))?));
-        assert_eq!(count.await.unwrap(), 2);
+        assert_eq!(count_tasks(&store, "TRUE").await, 2);
         for task in [good, also_good] {
             assert_eq!(
                 store.task(task.task_id).await.unwrap().unwrap().status,

@@ -93,12 +93,7 @@ impl Store {
         self.read(move |conn| {
             let mut query =
                 conn.prepare_cached("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1")?;
-            let mut rows = query.query([task_id])?;
-            let mut ranges = Vec::new();
-            while let Some(row) = rows.next()? {
-                ranges.push(from_sql(row.get(0)?, row.get(1)?)?);
-            }
-            Ok(ranges)
+            ranges_of(&mut query, [task_id])
         })
         .await
     }
@@ -136,7 +131,12 @@ fn ranges_overlapping(conn: &Connection, task_id: i64, low: u64, high: u64) -> R
          UNION ALL
          SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3",
     )?;
-    let mut rows = query.query(params![task_id, to_sql(low), to_sql(high)])?;
+    ranges_of(&mut query, params![task_id, to_sql(low), to_sql(high)])
+}
+
+/// The ranges `query` (of `start_byte, end_byte`) returns.
+fn ranges_of(query: &mut rusqlite::Statement, params: impl rusqlite::Params) -> Result<Vec<ByteRange>, StoreError> {
+    let mut rows = query.query(params)?;
     let mut ranges = Vec::new();
     while let Some(row) = rows.next()? {
         ranges.push(from_sql(row.get(0)?, row.get(1)?)?);

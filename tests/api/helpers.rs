@@ -407,3 +407,8 @@ pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
 pub fn open_database(url: &str) -> rusqlite::Connection {
     rusqlite::Connection::open(fupload::store::database_path(url).unwrap()).unwrap()
 }
+
+/// Makes every callback waiting for a retry due now, in the (stopped) server's database at `url`.
+pub fn make_callbacks_due(url: &str) {
+    open_database(url).execute("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'", []).unwrap();
+}

@@ -82,9 +82,7 @@ async fn pending_callbacks_survive_a_restart() {
     }
     let (settings, dir, callbacks) = app.stop().await;
     // Make the retry due now rather than in a minute.
-    open_database(&settings.database.url)
-        .execute("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'", [])
-        .unwrap();
+    make_callbacks_due(&settings.database.url);
     let _app = restart_on(settings, dir, callbacks.clone()).await;
     assert_eq!(callbacks.wait_for(1).await[0].json["retCode"], "0");
 }

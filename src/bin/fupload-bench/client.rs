@@ -142,6 +142,20 @@ impl BenchClient {
         Ok(reply)
     }
 
+    /// The path task `task_id`'s callback names, once it has come (waiting up to `wait`).
+    pub async fn stored_path_within(&self, task_id: &str, wait: Duration) -> anyhow::Result<PathBuf> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(path) = self.sink.store_path(task_id) {
+                return Ok(path.into());
+            }
+            if Instant::now() >= deadline {
+                bail!("no callback for task {task_id}");
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn blocks_info(&self, task: &Task) -> anyhow::Result<Value> {
         self.json(self.client.get(&task.blocks_url), None).await
     }
@@ -179,12 +193,6 @@ impl Uploader for BenchClient {
 
     /// From the task's callback.
     async fn stored_path(&self, done: &Uploaded) -> anyhow::Result<PathBuf> {
-        for _ in 0..200 {
-            if let Some(path) = self.sink.store_path(&done.id) {
-                return Ok(path.into());
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("no callback for task {}", done.id)
+        self.stored_path_within(&done.id, Duration::from_secs(5)).await
     }
 }
