@@ -305,12 +305,11 @@ fn spelled_inside_without_links(root: &Path, dir: &Path) -> bool {
     true
 }
 
-/// Places the finished temp file at `dir/file_name` (creating `dir`) without overwriting anything:
+/// Places the finished temp file at `dir/file_name` (`dir` exists) without overwriting anything:
 /// if another file already has the name, the file becomes `name (1).ext`, `name (2).ext`, … .
 /// The temp file stays where it is (the caller removes it once the finish is recorded), so a
 /// crash before that and a second attempt end with the same result. Blocking.
 pub fn place(tmp: &Path, dir: &Path, file_name: &str, fsync: bool) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
     let placed = match link_without_clobbering(tmp, dir, file_name) {
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             // Another file system: copy next to the target, fsync, then link that copy.

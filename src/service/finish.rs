@@ -53,9 +53,9 @@ impl Uploads {
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
+            std::fs::create_dir_all(&dir)?;
             if let Some(root) = root {
                 // Checked again now: a symlink may have appeared since the task was created.
-                std::fs::create_dir_all(&dir)?;
                 if !blob::is_confined(&root, &dir)? {
                     return Err(std::io::Error::other(format!("{} leaves storeDir", dir.display())));
                 }
@@ -71,18 +71,24 @@ impl Uploads {
             Err(e) => (CallbackCode::StorageError, None, Some(format!("cannot move the file into place: {e}"))),
         };
         let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
-        self.remove_temp(&task).await;
-        // From the last block's commit to here: what a client waits for after its last byte.
-        let finish_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(task_id, status = %code.final_status(), finish_ms, "finish done");
+        // The reply does not wait for the temp file's removal: after a crash before it, the file
+        // belongs to no open task, and the next start removes it.
+        let uploads = self.clone();
+        tokio::spawn(async move { uploads.remove_temp(&task).await });
         Ok(match ended {
-            Ok(()) => code.final_status(),
+            Ok(()) => {
+                // From the last block's commit to here: what a client waits for after its last byte.
+                let finish_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(task_id, status = %code.final_status(), finish_ms, "task ended");
+                code.final_status()
+            }
             Err(now) => now.unwrap_or(code.final_status()),
         })
     }
 
     /// Ends `task` if it is in one of `from` (and, with `idle_for`, still idle that long),
-    /// queuing its callback in the same transaction. `Err(current)` when it was not.
+    /// queuing its callback in the same transaction. `Err(current)` when it was not. The caller
+    /// logs the ending (the finish with how long it took: one line per task ended).
     pub(super) async fn end_task(
         &self,
         task: &Task,
@@ -119,7 +125,6 @@ impl Uploads {
         let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
         if ended.is_ok() {
             self.hashers.forget(task.task_id);
-            tracing::info!(task_id = task.task_id, status = %ending.status, "task ended");
             crate::telemetry::metrics::task_ended(ending.status);
             self.outbox_wakeup.notify_one();
         }
@@ -160,6 +165,7 @@ impl Uploads {
             let Some(task) = self.store.task(task_id).await? else { continue };
             let open = [TaskStatus::Upload, TaskStatus::Pause];
             if self.end_task(&task, &open, CallbackCode::Expired, None, None, Some(timeout)).await?.is_ok() {
+                tracing::info!(task_id, status = %TaskStatus::Expire, "task ended");
                 self.remove_temp(&task).await;
                 expired += 1;
             }

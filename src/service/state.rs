@@ -47,6 +47,7 @@ impl Uploads {
                 self.end_task(&task, &open, CallbackCode::Cancelled, None, None, None)
                     .await?
                     .map_err(|now| now.map_or(UploadError::TaskNotFound, UploadError::TaskEnded))?;
+                tracing::info!(task_id = task.task_id, status = %TaskStatus::Cancel, "task ended");
                 self.remove_temp(&task).await;
                 return Ok(TaskStatus::Cancel);
             }

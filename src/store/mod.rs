@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OpenFlags, Savepoint};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Durability;
 use crate::domain::TaskStatus;
-use threads::{Readers, Writer};
+use threads::{Readers, WriteSavepoint, Writer};
 
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
 pub use ranges::BlockCommit;
@@ -103,7 +103,7 @@ impl Store {
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Savepoint) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteSavepoint) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.writer.write(write).await
     }

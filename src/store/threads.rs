@@ -5,13 +5,16 @@
 //! The writer thread commits in groups: it takes every write waiting in its queue, runs each in a
 //! savepoint of one transaction, commits once, and only then replies to each. Writes that come
 //! together share one commit (and the pages they all touch are written to the WAL once), and a
-//! write that fails rolls back only its own savepoint.
+//! write that fails rolls back only its own savepoint. The statements that begin and end the
+//! transaction and the savepoints are prepared once: rusqlite's `Transaction` and `Savepoint`
+//! parse them again at each use, 1.2% of the server's CPU in W3 (docs/PERFORMANCE.md).
 
+use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, Savepoint, Transaction, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::StoreError;
@@ -21,10 +24,35 @@ const MOST_WRITES_PER_COMMIT: usize = 64;
 
 /// A write: run in a savepoint (`None` when it could not get one), it says whether its changes
 /// stay, and hands back its reply, to be sent once the commit is known.
-type WriteJob = Box<dyn FnOnce(Option<&mut Savepoint>) -> (bool, WriteReply) + Send>;
+type WriteJob = Box<dyn FnOnce(Option<&mut WriteSavepoint>) -> (bool, WriteReply) + Send>;
 /// Takes the outcome of the write's transaction: committed, or the error's text.
 type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The writer's connection inside a write's savepoint.
+pub struct WriteSavepoint<'c> {
+    conn: &'c Connection,
+}
+
+impl Deref for WriteSavepoint<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl WriteSavepoint<'_> {
+    /// Undoes what the write has written so far.
+    pub fn rollback(&mut self) -> rusqlite::Result<()> {
+        run(self.conn, "ROLLBACK TO write")
+    }
+}
+
+/// Runs a statement that returns no rows, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
 
 /// Threads that each own a connection, taking work from one queue.
 pub(super) struct ConnectionThreads<J> {
@@ -100,10 +128,10 @@ impl Writer {
     pub async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Savepoint) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut WriteSavepoint) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, outcome) = oneshot::channel();
-        self.send(Box::new(move |savepoint: Option<&mut Savepoint>| {
+        self.send(Box::new(move |savepoint: Option<&mut WriteSavepoint>| {
             let result = savepoint.map(write);
             let keep = matches!(result, Some(Ok(_)));
             let reply = move |committed: Result<(), String>| {
@@ -129,23 +157,23 @@ fn serve_reads(conn: Connection, jobs: flume::Receiver<ReadJob>) {
     }
 }
 
-fn serve_writes(mut conn: Connection, jobs: flume::Receiver<WriteJob>) {
+fn serve_writes(conn: Connection, jobs: flume::Receiver<WriteJob>) {
     while let Ok(first) = jobs.recv() {
         let mut writes = vec![first];
         writes.extend(jobs.try_iter().take(MOST_WRITES_PER_COMMIT - 1));
-        commit_together(&mut conn, writes);
+        commit_together(&conn, writes);
     }
 }
 
 /// Runs `writes` in one transaction, each in a savepoint of its own, and replies to each once the
 /// transaction is committed or failed. A write that fails has only its savepoint rolled back; when
 /// the savepoints themselves fail, or a write panics, nothing of the group is committed.
-fn commit_together(conn: &mut Connection, writes: Vec<WriteJob>) {
+fn commit_together(conn: &Connection, writes: Vec<WriteJob>) {
     let mut replies = Vec::with_capacity(writes.len());
-    let committed = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(mut transaction) => {
+    let committed = match run(conn, "BEGIN IMMEDIATE") {
+        Ok(()) => {
             let mut writes = writes.into_iter();
-            let failed = writes.by_ref().find_map(|write| match run_in_savepoint(&mut transaction, write) {
+            let failed = writes.by_ref().find_map(|write| match run_in_savepoint(conn, write) {
                 Ok(reply) => {
                     replies.push(reply);
                     None
@@ -157,11 +185,16 @@ fn commit_together(conn: &mut Connection, writes: Vec<WriteJob>) {
             });
             // The writes after a failure are not run.
             replies.extend(writes.map(|write| write(None).1));
-            match failed {
-                // Dropping the transaction rolls it back.
+            let ended = match failed {
                 Some(why) => Err(why),
-                None => transaction.commit().map_err(|e| e.to_string()),
+                None => run(conn, "COMMIT").map_err(|e| e.to_string()),
+            };
+            if ended.is_err() && !conn.is_autocommit() {
+                if let Err(e) = run(conn, "ROLLBACK") {
+                    tracing::error!(error = %e, "cannot roll back a failed group of writes");
+                }
             }
+            ended
         }
         Err(e) => {
             replies.extend(writes.into_iter().map(|write| write(None).1));
@@ -173,27 +206,23 @@ fn commit_together(conn: &mut Connection, writes: Vec<WriteJob>) {
     }
 }
 
-/// Runs `write` in a savepoint of `transaction`, then keeps or rolls back what it wrote. `Err`
-/// when the transaction can no longer be trusted: the savepoint could not begin or end, or the
-/// write panicked (its reply went with it).
-fn run_in_savepoint(
-    transaction: &mut Transaction,
-    write: WriteJob,
-) -> Result<WriteReply, (Option<WriteReply>, String)> {
+/// Runs `write` in a savepoint of the open transaction, then keeps or rolls back what it wrote.
+/// `Err` when the transaction can no longer be trusted: the savepoint could not begin or end, or
+/// the write panicked (its reply went with it).
+fn run_in_savepoint(conn: &Connection, write: WriteJob) -> Result<WriteReply, (Option<WriteReply>, String)> {
     // Some errors (a full disk, say) make SQLite roll the whole transaction back. A savepoint
     // now would begin a transaction of its own, and commit this write whatever came of the rest.
-    if transaction.is_autocommit() {
+    if conn.is_autocommit() {
         return Err((Some(write(None).1), "an earlier write's error rolled the transaction back".to_owned()));
     }
-    let mut savepoint = match transaction.savepoint() {
-        Ok(savepoint) => savepoint,
-        Err(e) => return Err((Some(write(None).1), e.to_string())),
-    };
+    if let Err(e) = run(conn, "SAVEPOINT write") {
+        return Err((Some(write(None).1), e.to_string()));
+    }
+    let mut savepoint = WriteSavepoint { conn };
     let Ok((keep, reply)) = panic::catch_unwind(AssertUnwindSafe(|| write(Some(&mut savepoint)))) else {
         return Err((None, "a write panicked".to_owned()));
     };
-    // Ended explicitly: dropping a savepoint rolls it back too, but says nothing if that fails.
-    let ended = if keep { Ok(()) } else { savepoint.rollback() }.and_then(|()| savepoint.commit());
+    let ended = if keep { Ok(()) } else { savepoint.rollback() }.and_then(|()| run(conn, "RELEASE write"));
     match ended {
         Ok(()) => Ok(reply),
         Err(e) => Err((Some(reply), e.to_string())),

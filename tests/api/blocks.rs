@@ -14,7 +14,7 @@ async fn blocks_in_order_finish_the_file_and_call_back() {
     let callback = &app.callbacks.wait_for(1).await[0];
     assert_eq!(TestApp::stored_file(callback), data);
     assert!(callback.json["storePath"].as_str().unwrap().ends_with("/store/hello/movie.mp4"));
-    assert!(app.tmp_files().is_empty(), "temp file removed: {:?}", app.tmp_files());
+    app.wait_for_empty_tmp_dir().await;
 }
 
 #[actix_web::test]
@@ -87,7 +87,7 @@ async fn fields_in_any_order_and_extra_fields() {
     .await
     .expect(200, "0");
     assert_eq!(TestApp::stored_file(&app.callbacks.wait_for(1).await[0]), data);
-    assert!(app.tmp_files().is_empty(), "no spool files left: {:?}", app.tmp_files());
+    app.wait_for_empty_tmp_dir().await;
 }
 
 #[actix_web::test]
@@ -149,7 +149,7 @@ async fn md5_mismatch_of_the_whole_file_fails_the_task() {
     assert_eq!(last.json["data"]["taskStatus"], "fail");
     let callback = &app.callbacks.wait_for(1).await[0];
     assert_eq!((callback.json["retCode"].as_str(), callback.json["status"].as_str()), (Some("-2"), Some("md5 error")));
-    assert!(app.tmp_files().is_empty());
+    app.wait_for_empty_tmp_dir().await;
     assert!(!app.path("store/hello/a.bin").exists());
     let error = query(&app, &format!("SELECT error FROM upload_tasks WHERE task_id = {}", task.task_id)).await;
     assert!(error[0][0].starts_with("md5 mismatch"), "{error:?}");

@@ -335,6 +335,18 @@ impl TestApp {
         std::fs::read(callback.json["storePath"].as_str().unwrap()).unwrap()
     }
 
+    /// Waits until tmpDir is empty (a finish removes its temp file after it replies); panics
+    /// after 15 s.
+    pub async fn wait_for_empty_tmp_dir(&self) {
+        for _ in 0..300 {
+            if self.tmp_files().is_empty() {
+                return;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("files left in tmpDir: {:?}", self.tmp_files());
+    }
+
     pub fn tmp_files(&self) -> Vec<String> {
         std::fs::read_dir(self.path("tmp"))
             .unwrap()

@@ -89,7 +89,7 @@ impl ServerProcess {
     /// How long the finish of `task_id` took, from its log line.
     pub fn finish_ms(&self, task_id: &str) -> Option<f64> {
         let marker = format!("task_id={task_id} ");
-        self.logged_values("finish done", &marker, "finish_ms=").first().copied()
+        self.logged_values("task ended", &marker, "finish_ms=").first().copied()
     }
 
     /// How long the server took to answer each request to `route`, from its log lines.
