@@ -1,5 +1,6 @@
 //! CPU time of the server and of the benchmark itself over a workload: whether the two cores were
-//! the limit (busy all the time) or something waited (cores idle).
+//! the limit (busy all the time) or something waited (cores idle). And the machine's time waiting
+//! for the disk (iowait) or taken by the VM's host (steal), which tell why a run was slow.
 
 use std::time::Instant;
 
@@ -13,32 +14,55 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
-/// Where a workload started: wall clock and both processes' CPU time.
+/// Seconds all cores together spent waiting for the disk and stolen by the host so far, from the
+/// `cpu` line of /proc/stat (fields 5 and 8, in clock ticks).
+fn machine_waits() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let seconds =
+        |i: usize| fields.get(i).copied().unwrap_or(0) as f64 / rustix::param::clock_ticks_per_second() as f64;
+    (seconds(4), seconds(7))
+}
+
+/// Where a workload started: wall clock, both processes' CPU time and the machine's waits.
 pub struct CpuMark {
     server_pid: String,
     at: Instant,
     server: f64,
     client: f64,
+    waits: (f64, f64),
 }
 
-/// What a workload used: CPU seconds of each side, and the cores busy on average.
+/// What a workload used: CPU seconds of each side, and the cores busy on average; and the seconds
+/// the machine's cores waited for the disk or were taken by the host meanwhile.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUse {
     pub server_s: f64,
     pub client_s: f64,
     pub cores_busy: f64,
+    pub iowait_s: f64,
+    pub stolen_s: f64,
 }
 
 impl CpuMark {
     pub fn now(server_pid: u32) -> Self {
         let server_pid = server_pid.to_string();
-        Self { server: cpu_seconds(&server_pid), client: cpu_seconds("self"), at: Instant::now(), server_pid }
+        let (server, client, waits) = (cpu_seconds(&server_pid), cpu_seconds("self"), machine_waits());
+        Self { server, client, waits, at: Instant::now(), server_pid }
     }
 
     pub fn used(&self) -> CpuUse {
         let wall = self.at.elapsed().as_secs_f64();
         let server_s = cpu_seconds(&self.server_pid) - self.server;
         let client_s = cpu_seconds("self") - self.client;
-        CpuUse { server_s, client_s, cores_busy: (server_s + client_s) / wall }
+        let (iowait, stolen) = machine_waits();
+        CpuUse {
+            server_s,
+            client_s,
+            cores_busy: (server_s + client_s) / wall,
+            iowait_s: iowait - self.waits.0,
+            stolen_s: stolen - self.waits.1,
+        }
     }
 }

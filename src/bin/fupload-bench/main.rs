@@ -150,8 +150,9 @@ impl Workloads {
         for (workload, used) in ["W1", "W2", "W3"].iter().zip(&self.cpu) {
             let used = used[run];
             println!(
-                "    {workload} CPU: server {:.2} s, benchmark client {:.2} s, cores busy {:.2}",
-                used.server_s, used.client_s, used.cores_busy
+                "    {workload} CPU: server {:.2} s, benchmark client {:.2} s, cores busy {:.2}; \
+                 machine: iowait {:.2} s, stolen by the host {:.2} s",
+                used.server_s, used.client_s, used.cores_busy, used.iowait_s, used.stolen_s
             );
         }
     }
