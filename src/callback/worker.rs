@@ -16,6 +16,10 @@ use crate::telemetry::metrics;
 const BATCH: u32 = 32;
 /// Longest sleep between looks at the outbox when nothing wakes the worker.
 const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long the worker waits, once woken by a callback just queued, for others to join it: under
+/// load one read and one write then carry several callbacks instead of one or two each (W3: 1.7
+/// per round without the wait).
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The delay before attempt `attempts + 1`, after `attempts` failed ones.
 pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
@@ -49,7 +53,7 @@ pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<No
         // Counted from the look, not from now: the sends above may have taken a while.
         let wait = next_due_in.map_or(IDLE_POLL, |due_in| due_in.min(IDLE_POLL));
         tokio::select! {
-            _ = wakeup.notified() => {}
+            _ = wakeup.notified() => tokio::time::sleep(GATHER).await,
             _ = tokio::time::sleep_until(looked + wait) => {}
         }
     }
