@@ -1,7 +1,8 @@
 //! Creating a task (or finding the unfinished one it repeats).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
 
@@ -9,7 +10,8 @@ use super::{blocking, UploadError, Uploads};
 use crate::blob;
 use crate::domain::store_path::{self, StorePathError};
 use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
-use crate::store::{NewTask, TaskSpec};
+use crate::store::{NewTask, Task, TaskSpec};
+use crate::telemetry::metrics;
 
 /// The JSON body of a create request, each field still raw: the token is checked before any
 /// other field is looked at, and each field's error can name the field.
@@ -25,6 +27,14 @@ struct CreateTask {
     file_size: FileSize,
     file_md5: Md5Hex,
     feedback_parameter: String,
+}
+
+/// What checking a task's directory, and making the temp file of a task just recorded, came to.
+enum DirAndTemp {
+    Ready,
+    LeavesStoreDir,
+    Unreadable(io::Error),
+    NoTempFile(io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +115,7 @@ impl Uploads {
                 self.settings.max_file_size
             )));
         }
-        let store_dir = self.resolve_store_dir(&request.store_path).await?;
+        let store_dir = self.store_dir_of(&request.store_path)?;
         let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
         let file_size = request.file_size.bytes();
         let spec = TaskSpec {
@@ -128,14 +138,9 @@ impl Uploads {
             status: if file_size == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
         };
         let (task, created) = self.store.create_or_resume_task(&new_task).await?;
+        self.check_dir_and_make_temp(&task, created).await?;
         let mut status = task.status;
         if created {
-            let tmp_path = task.tmp_path();
-            if let Err(e) = blocking(move || blob::create_temp(&tmp_path, file_size)).await? {
-                self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
-                crate::telemetry::metrics::task_ended(TaskStatus::Fail);
-                return Err(UploadError::disk("cannot create temp file", e));
-            }
             if file_size == 0 {
                 status = self.finish(task.clone()).await?;
             } else {
@@ -145,24 +150,50 @@ impl Uploads {
         Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })
     }
 
-    /// `storePath` as an absolute directory inside `storeDir`, symlinks included.
-    async fn resolve_store_dir(&self, requested: &str) -> Result<std::path::PathBuf, UploadError> {
+    /// `storePath` as an absolute directory inside `storeDir`, as it is spelled; symlinks are
+    /// followed by `check_dir_and_make_temp`.
+    fn store_dir_of(&self, requested: &str) -> Result<PathBuf, UploadError> {
         let cwd = std::env::current_dir().map_err(|e| UploadError::disk("no working directory", e))?;
-        let root = self.settings.store_root().map(Path::to_path_buf);
-        let dir = store_path::resolve(root.as_deref(), &cwd, requested).map_err(|e| match e {
+        store_path::resolve(self.settings.store_root(), &cwd, requested).map_err(|e| match e {
             StorePathError::Invalid(field) => UploadError::InvalidField(field),
             StorePathError::Escapes => UploadError::StorePathNotAllowed,
-        })?;
-        if let Some(root) = root {
-            let checked = dir.clone();
-            let confined = blocking(move || blob::is_confined(&root, &checked))
-                .await?
-                .map_err(|e| UploadError::disk("cannot read storeDir", e))?;
-            if !confined {
-                return Err(UploadError::StorePathNotAllowed);
+        })
+    }
+
+    /// Checks that the task's directory stays inside `storeDir` once symlinks are followed, and
+    /// makes the temp file of a task just created, in one blocking call: that is why the task is
+    /// recorded before the check (docs/PERFORMANCE.md). A task just created whose directory fails
+    /// the check is deleted again before the refusal goes out.
+    async fn check_dir_and_make_temp(&self, task: &Task, created: bool) -> Result<(), UploadError> {
+        let root = self.settings.store_root().map(Path::to_path_buf);
+        let (dir, tmp_path) = (PathBuf::from(&task.spec.store_dir), task.tmp_path());
+        let size = u64::try_from(task.spec.file_size).unwrap_or(0);
+        let outcome = blocking(move || {
+            match root.map(|root| blob::is_confined(&root, &dir)) {
+                Some(Err(e)) => return DirAndTemp::Unreadable(e),
+                Some(Ok(false)) => return DirAndTemp::LeavesStoreDir,
+                Some(Ok(true)) | None => {}
             }
+            match created.then(|| blob::create_temp(&tmp_path, size)) {
+                Some(Err(e)) => DirAndTemp::NoTempFile(e),
+                Some(Ok(())) | None => DirAndTemp::Ready,
+            }
+        })
+        .await?;
+        let refusal = match outcome {
+            DirAndTemp::Ready => return Ok(()),
+            DirAndTemp::NoTempFile(e) => {
+                self.store.record_failure(task.task_id, &format!("cannot create temp file: {e}")).await?;
+                metrics::task_ended(TaskStatus::Fail);
+                return Err(UploadError::disk("cannot create temp file", e));
+            }
+            DirAndTemp::LeavesStoreDir => UploadError::StorePathNotAllowed,
+            DirAndTemp::Unreadable(e) => UploadError::disk("cannot read storeDir", e),
+        };
+        if created {
+            self.store.delete_refused_task(task.task_id).await?;
         }
-        Ok(dir)
+        Err(refusal)
     }
 }
 

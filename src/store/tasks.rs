@@ -207,6 +207,16 @@ impl Store {
         .await
     }
 
+    /// Deletes a task its create has just refused (its directory leaves storeDir), as if it had
+    /// never been made: nobody was told its id, and AUTOINCREMENT never gives the id out again.
+    pub async fn delete_refused_task(&self, task_id: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM upload_tasks WHERE task_id = ?1")?.execute([task_id])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Tasks in `upload` or `pause` with no activity for `idle`.
     pub async fn idle_tasks(&self, idle: Duration) -> Result<Vec<i64>, StoreError> {
         self.read(move |conn| {
