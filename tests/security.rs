@@ -213,7 +213,8 @@ async fn a_create_resuming_a_task_whose_directory_now_leaves_store_dir_is_refuse
 #[actix_web::test]
 async fn a_symlink_swapped_in_after_the_create_is_caught_at_the_finish() {
     let app = spawn_app().await;
-    let (data, _, reply) = create_in(&app, "later/", 6).await;
+    // A directory below the link: made by the finish only once the check passed, never outside.
+    let (data, _, reply) = create_in(&app, "later/sub/", 6).await;
     reply.expect(200, "0");
     let task = task_urls(&reply.json);
     let outside = link_out_of_store_dir(&app, "later");

@@ -53,13 +53,15 @@ impl Uploads {
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
-            std::fs::create_dir_all(&dir)?;
             if let Some(root) = root {
-                // Checked again now: a symlink may have appeared since the task was created.
+                // Checked again now: a symlink may have appeared since the task was created. And
+                // checked before the directory is made: through such a link, making it would make
+                // directories outside storeDir.
                 if !blob::is_confined(&root, &dir)? {
                     return Err(std::io::Error::other(format!("{} leaves storeDir", dir.display())));
                 }
             }
+            std::fs::create_dir_all(&dir)?;
             blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed)
         })
         .await?;
