@@ -141,14 +141,15 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::TaskStatus;
     use crate::store::tasks::tests::new_task;
     use crate::store::test_support::temp_store;
     use crate::store::TaskEnding;
 
-    async fn ended_with_callback(store: &Store, file_size: i64) {
+    /// Creates a task of `file_size` bytes and ends it with a callback; returns its id.
+    pub(crate) async fn ended_with_callback(store: &Store, file_size: i64) -> i64 {
         let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
         let ending = TaskEnding { status: TaskStatus::Finish, final_path: None, error: None, idle_for: None };
         let callback = NewCallback {
@@ -159,6 +160,7 @@ mod tests {
             undeliverable: None,
         };
         store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap().unwrap();
+        task.task_id
     }
 
     #[tokio::test]

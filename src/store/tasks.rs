@@ -208,10 +208,18 @@ impl Store {
     }
 
     /// Deletes a task its create has just refused (its directory leaves storeDir), as if it had
-    /// never been made: nobody was told its id, and AUTOINCREMENT never gives the id out again.
+    /// never been made. Its create's client never learns its id, and AUTOINCREMENT never gives
+    /// the id out again. A concurrent identical create may have found it meanwhile (its own check
+    /// nearly always refuses it too); a task that has since received bytes or ended (it has a
+    /// callback) is left as it is.
     pub async fn delete_refused_task(&self, task_id: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM upload_tasks WHERE task_id = ?1")?.execute([task_id])?;
+            conn.prepare_cached(
+                "DELETE FROM upload_tasks WHERE task_id = ?1 AND received_bytes = 0
+                   AND status IN ('upload', 'verify')
+                   AND NOT EXISTS (SELECT 1 FROM callback_outbox WHERE task_id = ?1)",
+            )?
+            .execute([task_id])?;
             Ok(())
         })
         .await
@@ -335,6 +343,23 @@ pub(crate) mod tests {
         let ((a, a_created), (b, b_created)) = (a.unwrap(), b.unwrap());
         assert_eq!(a.task_id, b.task_id);
         assert!(a_created != b_created, "exactly one of them created it");
+    }
+
+    #[tokio::test]
+    async fn a_refused_task_is_deleted_unless_it_has_since_received_bytes_or_ended() {
+        // A concurrent identical create may have found the task before its own create refused it.
+        let (store, _dir) = temp_store().await;
+        let (fresh, _) = store.create_or_resume_task(&new_task(10)).await.unwrap();
+        store.delete_refused_task(fresh.task_id).await.unwrap();
+        assert!(store.task(fresh.task_id).await.unwrap().is_none());
+        let (received, _) = store.create_or_resume_task(&new_task(11)).await.unwrap();
+        let first_bytes = crate::domain::ByteRange::new(0, 4).unwrap();
+        store.commit_block(received.task_id, &[first_bytes]).await.unwrap().unwrap();
+        let ended = crate::store::outbox::tests::ended_with_callback(&store, 12).await;
+        for kept in [received.task_id, ended] {
+            store.delete_refused_task(kept).await.unwrap();
+            assert!(store.task(kept).await.unwrap().is_some(), "task {kept} is kept");
+        }
     }
 
     #[tokio::test]

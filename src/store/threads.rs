@@ -150,6 +150,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Each read runs in autocommit (no read transaction outlives it), so it sees every commit that
+/// returned before it began: a block's plan relies on that (docs/RELIABILITY.md, section 9).
 fn serve_reads(conn: Connection, jobs: flume::Receiver<ReadJob>) {
     for read in jobs.iter() {
         // A read that panics loses its reply (its caller gets `Closed`), not the thread.
