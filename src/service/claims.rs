@@ -21,21 +21,21 @@ pub struct InFlightClaims {
 /// costs a read). A fixed array needs no clean-up when tasks end.
 const RELEASE_SLOTS: usize = 256;
 
+#[derive(Default)]
 struct Claims {
     by_task: Mutex<ClaimsByTask>,
     next_claim: AtomicU64,
 }
 
-#[derive(Default)]
 struct ClaimsByTask {
     held: HashMap<i64, Vec<(u64, ByteRange)>>,
+    /// `RELEASE_SLOTS` counters.
     releases: Vec<u64>,
 }
 
-impl Default for Claims {
+impl Default for ClaimsByTask {
     fn default() -> Self {
-        let by_task = ClaimsByTask { held: HashMap::new(), releases: vec![0; RELEASE_SLOTS] };
-        Self { by_task: Mutex::new(by_task), next_claim: AtomicU64::new(0) }
+        Self { held: HashMap::new(), releases: vec![0; RELEASE_SLOTS] }
     }
 }
 
