@@ -19,10 +19,50 @@ const WRITE_PIECE: usize = 256 * 1024;
 /// Chunks queued between the request and its writer thread.
 const QUEUED_CHUNKS: usize = 8;
 
-/// Creates the temp file for a task, sized (sparsely) to the whole file.
+/// Creates the temp file for a task (or a spool file), sized (sparsely) to the whole file; an
+/// existing one keeps its bytes. A directory that was removed under the running server (an admin,
+/// systemd-tmpfiles) is made again first.
 pub fn create_temp(path: &Path, size: u64) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    let open = || OpenOptions::new().write(true).create(true).truncate(false).open(path);
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().ok_or(e)?;
+            make_dir_again("tmpDir", dir)?;
+            open()?
+        }
+        other => other?,
+    };
     file.set_len(size)
+}
+
+/// Makes `dir` (`what` names its setting) if it is missing, with a warning: the server made it at
+/// start, so someone removed it since.
+pub fn make_dir_again(what: &str, dir: &Path) -> io::Result<()> {
+    if dir.try_exists()? {
+        return Ok(());
+    }
+    tracing::warn!(dir = %dir.display(), "{what} was missing and is made again");
+    fs::create_dir_all(dir)
+}
+
+/// What is on disk of a task's temp file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TempFile {
+    Whole,
+    /// Gone, or shorter than the file: only its first `on_disk` bytes can hold received data.
+    Lost {
+        on_disk: u64,
+    },
+}
+
+/// Whether the temp file at `path` still has the whole file's length `size`.
+pub fn temp_file(path: &Path, size: u64) -> io::Result<TempFile> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.len() >= size => Ok(TempFile::Whole),
+        Ok(meta) => Ok(TempFile::Lost { on_disk: meta.len() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TempFile::Lost { on_disk: 0 }),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn remove_if_exists(path: &Path) -> io::Result<()> {
@@ -52,6 +92,8 @@ pub struct BlockFile {
     pub range: ByteRange,
     /// The parts of `range` to write (each inside it); the rest of the body is hashed only.
     pub writes: Vec<ByteRange>,
+    /// The length the file was made with: a shorter one was cut short under the server.
+    pub file_len: u64,
     /// The data is on disk before streaming returns.
     pub fsync: bool,
     /// The whole file's md5 over `[0, range.start)`, to go on over the body as well. Only for a
@@ -62,7 +104,7 @@ pub struct BlockFile {
 impl BlockFile {
     /// The whole of `range` written, no fsync, the body's md5 only.
     pub fn whole(path: PathBuf, range: ByteRange) -> Self {
-        Self { path, range, writes: vec![range], fsync: false, file_md5: None }
+        Self { path, range, writes: vec![range], file_len: 0, fsync: false, file_md5: None }
     }
 }
 
@@ -89,6 +131,8 @@ pub enum StreamError {
     TooLong(u64),
     #[error("the body ended early: {0}")]
     Body(String),
+    #[error("the temp file is gone or shorter than it was made ({on_disk} bytes left)")]
+    TempFileLost { on_disk: u64 },
     #[error(transparent)]
     Disk(#[from] io::Error),
 }
@@ -187,9 +231,12 @@ impl Iterator for Queue {
 }
 
 /// Writes the chunks as `stream_into` says; returns the body's md5 and the whole file's.
-fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> io::Result<(Md5, Option<Md5>)> {
-    let BlockFile { path, range, writes, fsync, file_md5 } = target;
-    let file = if writes.is_empty() { None } else { Some(OpenOptions::new().write(true).open(path)?) };
+fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> Result<(Md5, Option<Md5>), StreamError> {
+    let BlockFile { path, range, writes, file_len, fsync, file_md5 } = target;
+    let file = match writes.is_empty() {
+        true => None,
+        false => Some(open_whole(&path, file_len)?),
+    };
     let mut pieces = file.as_ref().map(PieceWriter::new);
     let (mut md5, mut file_md5) = (Md5::new(), file_md5);
     let mut offset = range.start();
@@ -217,6 +264,18 @@ fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> i
         file.sync_data()?;
     }
     Ok((md5, file_md5))
+}
+
+/// Opens the file at `path` for writing if it still has its length `len`.
+fn open_whole(path: &Path, len: u64) -> Result<File, StreamError> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StreamError::TempFileLost { on_disk: 0 }),
+        other => other?,
+    };
+    match file.metadata()?.len() {
+        on_disk if on_disk < len => Err(StreamError::TempFileLost { on_disk }),
+        _ => Ok(file),
+    }
 }
 
 /// Gathers contiguous bytes into pieces of up to `WRITE_PIECE` before writing them.
@@ -386,6 +445,7 @@ mod tests {
             path: path.clone(),
             range: r(2, 7),
             writes: vec![r(2, 3), r(6, 7)],
+            file_len: 10,
             fsync: true,
             file_md5: None,
         };

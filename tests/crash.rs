@@ -711,6 +711,15 @@ impl Crash {
         if !left.is_empty() {
             self.fail(format!("tmpDir is not empty at the end: {left:?}"));
         }
+        // Nothing in storeDir but the finished files: no second copy of a finish repeated after a
+        // kill, no partial copy left behind.
+        let placed: HashSet<PathBuf> =
+            tasks.iter().filter_map(|(_, _, path)| path.as_ref().map(PathBuf::from)).collect();
+        let stored = files_below(&self.dir.join("store"));
+        let extra: Vec<_> = stored.iter().filter(|path| !placed.contains(*path)).collect();
+        if !extra.is_empty() {
+            self.fail(format!("storeDir holds files no task names: {extra:?}"));
+        }
         let duplicates = deliveries.values().map(|d| d.len() - 1).sum();
         (tasks.len(), received.len(), duplicates)
     }
@@ -722,15 +731,52 @@ fn seed() -> u64 {
     })
 }
 
+/// Every regular file below `dir`, its real path.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(files_below(&path)),
+            false => files.push(path.canonicalize().unwrap_or(path)),
+        }
+    }
+    files
+}
+
 #[actix_web::test]
 async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
+    kill_9_at_random_moments(None, 40).await;
+}
+
+/// The same with tmpDir on another file system (a tmpfs, `/dev/shm`) than storeDir: every finish
+/// copies the file, and a finish repeated after a kill must find its own copy.
+#[actix_web::test]
+async fn kill_9_during_finishes_across_file_systems_leaves_one_copy_of_each_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir_in("/dev/shm").ok().filter(|shm| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+        dev(shm.path()) != dev(dir.path())
+    });
+    match shm {
+        Some(shm) => kill_9_at_random_moments(Some(shm), 20).await,
+        None => println!("skipped: /dev/shm is missing or on the same file system as the temp dir"),
+    }
+}
+
+/// The crash test; `tmp_elsewhere` holds tmpDir when it is to be on another file system.
+async fn kill_9_at_random_moments(tmp_elsewhere: Option<tempfile::TempDir>, default_kills: usize) {
     let seed = seed();
-    let kills: usize = std::env::var("FUPLOAD_CRASH_KILLS").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
+    let kills: usize = std::env::var("FUPLOAD_CRASH_KILLS").ok().and_then(|n| n.parse().ok()).unwrap_or(default_kills);
     println!(
         "crash test: seed {seed}, {kills} kills (FUPLOAD_CRASH_SEED={seed} FUPLOAD_CRASH_KILLS={kills} repeats it)"
     );
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
+    if let Some(elsewhere) = &tmp_elsewhere {
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("tmp")).unwrap();
+    }
     let receiver = Receiver::start(seed);
     let mut server = ServerProcess::new(dir.path(), &receiver.url);
     let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();

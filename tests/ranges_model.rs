@@ -121,7 +121,7 @@ async fn check(store: &Store, case: Case, stride: u64) -> Result<(), TestCaseErr
             commit.written.iter().map(|&(start, len)| (start, start + len - 1)).collect();
         let was_complete = model.count() == case.cells;
         let before = model.count();
-        let outcome = store.commit_block(task_id, &scale.ranges(&written)).await.unwrap();
+        let outcome = store.commit_block(task_id, 0, &scale.ranges(&written)).await.unwrap();
         if was_complete {
             // The task moved to verify with the last byte: it takes nothing more.
             prop_assert_eq!(outcome, Err(Some(TaskStatus::Verify)));

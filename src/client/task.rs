@@ -104,6 +104,10 @@ struct BlocksInfoJson {
     received_size: u64,
     status: String,
     expect_blocks: Vec<RangeJson>,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    finish_attempts: u64,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +132,8 @@ pub(super) fn blocks_info(data: Value) -> Result<BlocksInfo, String> {
         received_size: json.received_size,
         status,
         expect_blocks,
+        last_error: json.last_error,
+        finish_attempts: json.finish_attempts,
     })
 }
 

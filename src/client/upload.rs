@@ -62,7 +62,9 @@ pub async fn upload(
         already_received.get_or_insert(info.received_size);
         match info.status {
             TaskStatus::Upload if !info.expect_blocks.is_empty() => {
-                if received_before_round.is_some_and(|before| info.received_size <= before) {
+                // Less than before is progress of a kind: the server lost bytes (its tmpDir was
+                // cleaned, say) and asks for them again.
+                if received_before_round.is_some_and(|before| info.received_size == before) {
                     return Err(ClientError::NoProgress { task_id: task.task_id });
                 }
                 received_before_round = Some(info.received_size);

@@ -234,6 +234,9 @@ impl Spool {
             }
             Err(blob::StreamError::Body(e)) => Err(ApiError::field("file", format!("cannot be read: {e}"))),
             Err(blob::StreamError::Disk(e)) => Err(UploadError::Disk(e).into()),
+            Err(lost @ blob::StreamError::TempFileLost { .. }) => {
+                Err(UploadError::Disk(std::io::Error::new(std::io::ErrorKind::NotFound, lost.to_string())).into())
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
 use super::envelope;
@@ -29,7 +29,7 @@ impl ApiError {
         match &self.0 {
             UploadError::Unauthorized => "1",
             UploadError::TaskNotFound => "2",
-            UploadError::Disk(_) => "3",
+            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost => "3",
             UploadError::Paused => "4",
             UploadError::SameState(_) => "5",
             UploadError::InvalidField(_) => "6",
@@ -45,8 +45,27 @@ impl ApiError {
     fn status_text(&self) -> String {
         match &self.0 {
             // The cause stays in the log: it may name paths and internals.
-            UploadError::Disk(_) => "cannot create or write the temp file (disk error)".into(),
+            UploadError::Disk(e) if is_full(e) => {
+                "disk full: tmpDir has no room for the temp file; free space there, then send this again".into()
+            }
+            UploadError::Disk(_) => "cannot create or write the temp file in tmpDir (disk error)".into(),
+            UploadError::StoreDir(e) if is_full(e) => {
+                "disk full: storeDir has no room for the file; free space there, then send this again".into()
+            }
+            UploadError::StoreDir(_) => "cannot make or read storeDir (disk error)".into(),
+            UploadError::TempFileLost => "the task's temp file was lost on the server (was tmpDir cleaned?); the \
+                bytes that were not on disk are expected again: send this block again, and ask blocksUrl what else \
+                is expected"
+                .into(),
             other => other.to_string(),
+        }
+    }
+
+    /// Seconds after which the request may be sent again, for refusals that pass.
+    fn retry_after(&self) -> Option<u32> {
+        match &self.0 {
+            UploadError::TempFileLost => Some(1),
+            _ => None,
         }
     }
 }
@@ -62,10 +81,11 @@ impl ResponseError for ApiError {
         match &self.0 {
             UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
             UploadError::TaskNotFound => StatusCode::NOT_FOUND,
-            UploadError::Disk(e) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
-                StatusCode::INSUFFICIENT_STORAGE
+            UploadError::Disk(e) | UploadError::StoreDir(e) if is_full(e) => StatusCode::INSUFFICIENT_STORAGE,
+            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
-            UploadError::Disk(_) | UploadError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UploadError::TempFileLost => StatusCode::SERVICE_UNAVAILABLE,
             UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
             UploadError::InvalidField(_) | UploadError::PartMd5Mismatch => StatusCode::BAD_REQUEST,
             UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -78,11 +98,19 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match &self.0 {
             UploadError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
-            UploadError::Disk(e) => tracing::error!(error = %e, "disk error"),
+            UploadError::Disk(e) | UploadError::StoreDir(e) => tracing::error!(error = %e, "disk error"),
             other => tracing::debug!(refusal = %other, "request refused"),
         }
-        envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null)
+        let mut reply = envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null);
+        if let Some(seconds) = self.retry_after() {
+            reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        reply
     }
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 pub async fn method_not_allowed() -> HttpResponse {

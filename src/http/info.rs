@@ -36,6 +36,17 @@ pub struct BlocksInfoJson {
     #[schema(schema_with = super::openapi::task_status)]
     status: &'static str,
     expect_blocks: Vec<RangeJson>,
+    /// The last problem the task met (a failed finish attempt that is tried again, a lost temp
+    /// file), or why it failed; absent when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    /// Finish attempts that failed for a passing reason (the server tries again).
+    #[serde(skip_serializing_if = "is_zero")]
+    finish_attempts: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The byte ranges the task still expects, ascending, inclusive.
@@ -59,5 +70,7 @@ pub async fn blocks_info(uploads: web::Data<Uploads>, req: HttpRequest) -> Resul
         received_size: info.received_size,
         status: info.status.as_str(),
         expect_blocks: ranges_json(&info.expect_blocks),
+        last_error: info.last_error,
+        finish_attempts: info.finish_attempts,
     }))
 }

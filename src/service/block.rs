@@ -1,7 +1,6 @@
 //! Receiving a block: plan which bytes it may write, stream it to the temp file, commit its ranges.
 
 use crate::store::Task;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -12,9 +11,6 @@ use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
 use crate::checksum::Md5;
 use crate::config::Durability;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
-
-/// How long a block that completes the file waits for the finish before replying `verify`.
-const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// A task found uploading, with the right key, before its block's body was read. Its status may
 /// change while the body arrives (a pause, a cancel): the commit checks it again, and bytes written
@@ -114,6 +110,7 @@ impl Uploads {
             path: plan.task.tmp_path(),
             range: plan.range,
             writes: plan.writes.clone(),
+            file_len: u64::try_from(plan.task.spec.file_size).unwrap_or(0),
             fsync: self.settings.durability == Durability::Power,
             file_md5: self.whole_file_md5_before(&plan),
         };
@@ -124,10 +121,17 @@ impl Uploads {
             }
             // A task that ended meanwhile (cancel, expiry) had its temp file removed: that is the
             // answer, not a disk error.
-            Err(StreamError::Disk(e)) => match self.store.task(task_id).await?.map(|task| task.status) {
-                Some(status) if status != TaskStatus::Upload => Err(UploadError::for_status(Some(status))),
-                _ => Err(UploadError::disk("cannot write block", e)),
-            },
+            Err(e @ (StreamError::Disk(_) | StreamError::TempFileLost { .. })) => {
+                let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
+                match (task.status, e) {
+                    (TaskStatus::Upload, StreamError::TempFileLost { on_disk }) => {
+                        self.repair_lost_temp(&task, on_disk).await?;
+                        Err(UploadError::TempFileLost)
+                    }
+                    (TaskStatus::Upload, StreamError::Disk(e)) => Err(UploadError::disk("cannot write block", e)),
+                    (status, _) => Err(UploadError::for_status(Some(status))),
+                }
+            }
         }
     }
 
@@ -158,12 +162,16 @@ impl Uploads {
         // The claim stays until the commit is known, even if this request is dropped meanwhile: a
         // write handed to the store commits whether anyone waits for it or not, and no other block
         // may claim and write these bytes before they show as received.
-        let (store, task_id) = (self.store.clone(), task.task_id);
-        let committing = tokio::spawn(async move { (store.commit_block(task_id, &writes).await, claim) });
+        let (store, task_id, generation) = (self.store.clone(), task.task_id, task.temp_generation);
+        let committing = tokio::spawn(async move { (store.commit_block(task_id, generation, &writes).await, claim) });
         let (commit, claim) = committing
             .await
             .map_err(|e| UploadError::Internal(anyhow::anyhow!("the block's commit did not end: {e}")))?;
-        let commit = commit?.map_err(UploadError::for_status)?;
+        let commit = commit?.map_err(|now| match now {
+            // Still uploading, but its temp file was made anew since this block was planned.
+            Some(TaskStatus::Upload) => UploadError::TempFileLost,
+            other => UploadError::for_status(other),
+        })?;
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
@@ -178,10 +186,7 @@ impl Uploads {
         } else {
             // The finish hashes what is left itself, at once.
             task.status = TaskStatus::Verify;
-            let finishing = self.spawn_finish(task);
-            if let Ok(Ok(Ok(status))) = tokio::time::timeout(FINISH_WAIT, finishing).await {
-                task_status = status;
-            }
+            task_status = self.finish_and_wait(task).await;
         }
         // The reply never acknowledges a byte that is not committed: if another block's part of
         // this range is not recorded (yet, or ever: that block may fail), it lists what is missing.
@@ -204,9 +209,10 @@ impl Uploads {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::service::test_support::{test_uploads, TestUploads};
-    use crate::store::Store;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
@@ -370,12 +376,8 @@ mod tests {
         let data = data(2 << 20);
         let task = t.create(&data).await;
         t.send(&task, &data, 0, (1 << 20) - 1).await.unwrap();
-        let settings = t.uploads.settings.clone();
         t.uploads.store().close().await;
-        let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
-        let restarted = Uploads::new(store, settings).unwrap();
-        restarted.recover().await.unwrap();
-        let again = crate::service::test_support::TestUploads { uploads: restarted, dir: t.dir };
+        let again = crate::service::test_support::restart(t).await;
         // The first MiB is read again once (the md5 state was in memory), in the background.
         let rehashed = async {
             while again.uploads.hashers.state_at(task.task_id, 1 << 20).is_none() {

@@ -142,7 +142,7 @@ impl Uploads {
         let mut status = task.status;
         if created {
             if file_size == 0 {
-                status = self.finish(task.clone()).await?;
+                status = self.finish_and_wait(task.clone()).await;
             } else {
                 self.hashers.track(task.task_id, &task.tmp_path());
             }
@@ -172,7 +172,9 @@ impl Uploads {
         let (dir, tmp_path) = (PathBuf::from(&task.spec.store_dir), task.tmp_path());
         let size = u64::try_from(task.spec.file_size).unwrap_or(0);
         let outcome = blocking(move || {
-            match root.map(|root| blob::is_confined(&root, &dir)) {
+            let confined =
+                root.map(|root| blob::make_dir_again("storeDir", &root).and_then(|()| blob::is_confined(&root, &dir)));
+            match confined {
                 Some(Err(e)) => return DirAndTemp::Unreadable(e),
                 Some(Ok(false)) => return DirAndTemp::LeavesStoreDir,
                 Some(Ok(true)) | None => {}
@@ -191,7 +193,7 @@ impl Uploads {
                 return Err(UploadError::disk("cannot create temp file", e));
             }
             DirAndTemp::LeavesStoreDir => UploadError::StorePathNotAllowed,
-            DirAndTemp::Unreadable(e) => UploadError::disk("cannot read storeDir", e),
+            DirAndTemp::Unreadable(e) => UploadError::StoreDir(e),
         };
         if created {
             self.store.delete_refused_task(task.task_id).await?;

@@ -1,6 +1,8 @@
 //! How tasks end: finish (verify, move into place), fail, cancel, expire; and recovery at start-up.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -12,32 +14,120 @@ use crate::config::Durability;
 use crate::domain::{CallbackCode, Md5Hex, TaskStatus};
 use crate::store::{NewCallback, Task, TaskEnding};
 
-/// What checking and moving the finished temp file came to.
+/// What checking and moving the finished temp file came to, when it did not fail for a passing
+/// reason.
 enum Verified {
     Placed(PathBuf),
     Md5Mismatch(Md5Hex),
+    /// A symlink below storeDir leads out of it: the file is never placed there.
+    LeavesStoreDir,
 }
 
+/// The tasks whose finish is running, so that no two run for one task at once.
+pub(super) type Finishing = Arc<Mutex<HashSet<i64>>>;
+
+/// A task's place in `Finishing`, let go when dropped.
+struct FinishGuard {
+    finishing: Finishing,
+    task_id: i64,
+}
+
+impl FinishGuard {
+    fn take(finishing: &Finishing, task_id: i64) -> Option<Self> {
+        let taken = finishing.lock().unwrap_or_else(|e| e.into_inner()).insert(task_id);
+        taken.then(|| FinishGuard { finishing: finishing.clone(), task_id })
+    }
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        self.finishing.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.task_id);
+    }
+}
+
+/// An error and its causes in one line, for the log and the task's `error`.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+fn dir_of(task: &Task) -> String {
+    task.spec.store_dir.clone()
+}
+
+/// How long a finish that failed for a passing reason waits before it tries again: doubling from
+/// the first wait up to the longest, so a task completes soon after the trouble goes.
+const FINISH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const FINISH_RETRY_LONGEST: Duration = Duration::from_secs(10);
+
+/// How long a request that completed a file waits for its finish before replying `verify`.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
 impl Uploads {
-    /// Finishes a task in `verify` on its own task, so that a client hanging up does not cut
-    /// the finish short.
+    /// Finishes a task in `verify` on its own task, so that a client hanging up does not cut the
+    /// finish short. A finish that fails for a passing reason (the database busy or full, a disk
+    /// error) is tried again with backoff until the task ends: its bytes are kept meanwhile, and
+    /// its `error` and `finish_attempts` say why it waits. One finish runs per task at a time; a
+    /// second one asked meanwhile leaves it to the first.
     pub fn spawn_finish(&self, task: Task) -> JoinHandle<Result<TaskStatus, UploadError>> {
         let uploads = self.clone();
         tokio::spawn(async move {
-            let task_id = task.task_id;
-            let finished = uploads.finish(task).await;
-            if let Err(e) = &finished {
-                tracing::error!(task_id, error = ?e, "finishing the task failed; it is retried at the next start");
-            }
-            finished
+            let Some(_finishing) = FinishGuard::take(&uploads.finishing, task.task_id) else {
+                return Ok(TaskStatus::Verify);
+            };
+            uploads.finish_until_done(task).await
         })
+    }
+
+    /// Finishes the task, and waits for it up to `FINISH_WAIT`: the status to reply with.
+    pub(super) async fn finish_and_wait(&self, task: Task) -> TaskStatus {
+        match tokio::time::timeout(FINISH_WAIT, self.spawn_finish(task)).await {
+            Ok(Ok(Ok(status))) => status,
+            _ => TaskStatus::Verify,
+        }
+    }
+
+    async fn finish_until_done(&self, mut task: Task) -> Result<TaskStatus, UploadError> {
+        let task_id = task.task_id;
+        let mut wait = FINISH_RETRY_FIRST;
+        loop {
+            let failed = match self.finish(task.clone()).await {
+                Ok(status) => return Ok(status),
+                Err(failed) => causes(&failed),
+            };
+            tracing::warn!(task_id, error = failed, retry_in = ?wait, "finishing the task failed; it is tried again");
+            if let Err(e) = self.store.record_finish_failure(task_id, &failed).await {
+                tracing::warn!(task_id, error = %e, "cannot record the failed finish attempt");
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(FINISH_RETRY_LONGEST);
+            // The task may have lost its temp file meanwhile, and be uploading again.
+            if let Ok(Some(now)) = self.store.task(task_id).await {
+                if now.status != TaskStatus::Verify {
+                    return Ok(now.status);
+                }
+                task = now;
+            }
+        }
     }
 
     /// Verifies the whole-file md5 of a task that is in `verify` (the caller has just seen it
     /// enter or found it there), moves the file into place and ends the task with its callback.
-    /// Returns the status the task is in afterwards.
-    pub(super) async fn finish(&self, task: Task) -> Result<TaskStatus, UploadError> {
+    /// Returns the status the task is in afterwards. `Err` when it failed for a passing reason
+    /// and the task is still in `verify`: the caller tries again.
+    async fn finish(&self, task: Task) -> Result<TaskStatus, UploadError> {
         let started = std::time::Instant::now();
+        // A temp file lost or cut short since its bytes came: they are asked for again.
+        let task = match self.check_temp(&task).await? {
+            Some(task) if task.status == TaskStatus::Verify => task,
+            Some(task) => return Ok(task.status),
+            None => return Ok(self.store.task(task.task_id).await?.map_or(TaskStatus::Verify, |t| t.status)),
+        };
         let task_id = task.task_id;
         let (tmp, dir, name, expected) = (
             task.tmp_path(),
@@ -48,29 +138,33 @@ impl Uploads {
         let (hashers, size) = (self.hashers.clone(), u64::try_from(task.spec.file_size).unwrap_or(0));
         let root = self.settings.store_root().map(Path::to_path_buf);
         let fsync = self.settings.durability == Durability::Power;
-        let verified = blocking(move || -> std::io::Result<Verified> {
-            let md5 = hashers.finish(task_id, &tmp, size)?;
+        let verified = blocking(move || -> Result<Verified, UploadError> {
+            let md5 =
+                hashers.finish(task_id, &tmp, size).map_err(|e| UploadError::disk("cannot read the temp file", e))?;
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
             if let Some(root) = root {
+                blob::make_dir_again("storeDir", &root).map_err(UploadError::StoreDir)?;
                 // Checked again now: a symlink may have appeared since the task was created. And
                 // checked before the directory is made: through such a link, making it would make
                 // directories outside storeDir.
-                if !blob::is_confined(&root, &dir)? {
-                    return Err(std::io::Error::other(format!("{} leaves storeDir", dir.display())));
+                if !blob::is_confined(&root, &dir).map_err(UploadError::StoreDir)? {
+                    return Ok(Verified::LeavesStoreDir);
                 }
             }
-            std::fs::create_dir_all(&dir)?;
-            blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed)
+            std::fs::create_dir_all(&dir).map_err(UploadError::StoreDir)?;
+            blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed).map_err(UploadError::StoreDir)
         })
-        .await?;
+        .await??;
         let (code, final_path, error) = match verified {
-            Ok(Verified::Placed(path)) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
-            Ok(Verified::Md5Mismatch(got)) => {
+            Verified::Placed(path) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
+            Verified::Md5Mismatch(got) => {
                 (CallbackCode::Md5Mismatch, None, Some(format!("md5 mismatch: the received file's md5 is {got}")))
             }
-            Err(e) => (CallbackCode::StorageError, None, Some(format!("cannot move the file into place: {e}"))),
+            Verified::LeavesStoreDir => {
+                (CallbackCode::StorageError, None, Some(format!("{} leaves storeDir", dir_of(&task))))
+            }
         };
         let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
         // The reply does not wait for the temp file's removal: after a crash before it, the file
@@ -140,25 +234,6 @@ impl Uploads {
         }
     }
 
-    /// A crash between recording a task and making its temp file leaves an open task without one
-    /// (an empty file's task is recorded straight in `verify`): make it, so that the task can go on.
-    async fn make_missing_temp(&self, task: &Task) {
-        let (path, size) = (task.tmp_path(), u64::try_from(task.spec.file_size).unwrap_or(0));
-        let made = blocking(move || match path.try_exists() {
-            Ok(false) => blob::create_temp(&path, size).map(|()| true),
-            other => other.map(|_| false),
-        })
-        .await;
-        match made {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
-                tracing::warn!(task_id = task.task_id, received_bytes = task.received_bytes, "made a missing temp file")
-            }
-            Ok(Err(e)) => tracing::error!(task_id = task.task_id, error = %e, "cannot make a missing temp file"),
-            Err(e) => tracing::error!(task_id = task.task_id, error = ?e, "cannot make a missing temp file"),
-        }
-    }
-
     /// Expires tasks idle for `taskTimeout`; returns how many.
     pub async fn expire_idle_tasks(&self) -> Result<usize, UploadError> {
         let timeout = Duration::from_secs(self.settings.task_timeout);
@@ -175,20 +250,27 @@ impl Uploads {
         Ok(expired)
     }
 
-    /// After a restart: make temp files a crash left unmade, hash the received prefix of open tasks
-    /// again (the md5 state was in memory),
-    /// finish the tasks caught in `verify`, and remove temp files that no open task owns (tasks that
-    /// ended before their temp file was removed, or were never recorded).
+    /// After a restart: check the temp files of open tasks (a crash may have left one unmade, an
+    /// admin may have removed tmpDir) and set their received ranges back to what is on disk, hash
+    /// the received prefix of open tasks again (the md5 state was in memory), finish the tasks
+    /// caught in `verify`, and remove temp files that no open task owns (tasks that ended before
+    /// their temp file was removed, or were never recorded).
     pub async fn recover(&self) -> Result<(), UploadError> {
         for status in [TaskStatus::Upload, TaskStatus::Pause, TaskStatus::Verify] {
             for task_id in self.store.tasks_in_status(status).await? {
-                if let Some(task) = self.store.task(task_id).await? {
-                    self.make_missing_temp(&task).await;
-                    if status != TaskStatus::Verify {
-                        let prefix = self.store.received_prefix(task_id).await?;
-                        self.hashers.track(task_id, &task.tmp_path());
-                        self.hashers.advance(task_id, prefix);
+                let Some(task) = self.store.task(task_id).await? else { continue };
+                let task = match self.check_temp(&task).await {
+                    Ok(Some(task)) => task,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(task_id, error = causes(&e), "cannot check the temp file");
+                        task
                     }
+                };
+                if matches!(task.status, TaskStatus::Upload | TaskStatus::Pause) {
+                    let prefix = self.store.received_prefix(task_id).await?;
+                    self.hashers.track(task_id, &task.tmp_path());
+                    self.hashers.advance(task_id, prefix);
                 }
             }
         }
@@ -199,9 +281,12 @@ impl Uploads {
             }
         }
         let tmp_dir = self.settings.tmp_dir.clone();
-        let entries = blocking(move || std::fs::read_dir(&tmp_dir).and_then(|dir| dir.collect::<Result<Vec<_>, _>>()))
-            .await?
-            .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
+        let entries = blocking(move || {
+            blob::make_dir_again("tmpDir", &tmp_dir)?;
+            std::fs::read_dir(&tmp_dir)?.collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
         for entry in entries {
             let path = entry.path();
             let orphaned = match task_id_of_temp(&path) {
@@ -237,5 +322,115 @@ mod tests {
         assert_eq!(task_id_of_temp(Path::new("/t/task-12.part")), Some(12));
         assert_eq!(task_id_of_temp(Path::new("/t/task-x.part")), None);
         assert_eq!(task_id_of_temp(Path::new("/t/spool-1.part")), None);
+    }
+
+    use crate::service::test_support::{test_uploads, TestUploads};
+    use crate::service::TaskRef;
+    use crate::store::test_support::{allow_callbacks, refuse_callbacks};
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    async fn stored(t: &TestUploads, task: &TaskRef) -> Task {
+        t.uploads.store().task(task.task_id).await.unwrap().unwrap()
+    }
+
+    /// Waits until the task's finish has failed once for a reason that passes.
+    async fn first_failed_finish(t: &TestUploads, task: &TaskRef) -> Task {
+        for _ in 0..500 {
+            let now = stored(t, task).await;
+            if now.finish_attempts > 0 {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the finish never failed");
+    }
+
+    /// The names of the files in storeDir.
+    fn store_dir_files(t: &TestUploads) -> Vec<String> {
+        let names = std::fs::read_dir(&t.uploads.settings().store_dir).unwrap();
+        let mut names: Vec<String> = names.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// A temp dir on another file system than the store, where the machine has one (`/dev/shm`).
+    fn other_file_system(than: &Path) -> Option<tempfile::TempDir> {
+        use std::os::unix::fs::MetadataExt;
+        let shm = tempfile::tempdir_in("/dev/shm").ok()?;
+        let (a, b) = (std::fs::metadata(shm.path()).ok()?, std::fs::metadata(than).ok()?);
+        (a.dev() != b.dev()).then_some(shm)
+    }
+
+    #[tokio::test]
+    async fn a_finish_that_fails_in_the_database_is_tried_again_until_the_task_ends() {
+        let probe = tempfile::tempdir().unwrap();
+        let shm = other_file_system(probe.path());
+        if shm.is_none() {
+            eprintln!("/dev/shm is missing or on the same file system: only one file system is tried");
+        }
+        for tmp_elsewhere in [None, shm.as_ref()] {
+            let t = test_uploads(|s| {
+                if let Some(shm) = tmp_elsewhere {
+                    s.tmp_dir = shm.path().join("tmp");
+                }
+            })
+            .await;
+            let data = data(100_000);
+            let task = t.create(&data).await;
+            t.send(&task, &data, 0, 49_999).await.unwrap();
+            refuse_callbacks(t.uploads.store()).await;
+            let last_block = t.send(&task, &data, 50_000, 99_999);
+            let room_made = async {
+                let waiting = first_failed_finish(&t, &task).await;
+                assert_eq!(waiting.status, TaskStatus::Verify);
+                assert!(waiting.error.unwrap().contains("cannot take the callback"), "the reason is recorded");
+                assert!(t.uploads.blocks_info(&task).await.unwrap().last_error.is_some(), "and shown");
+                allow_callbacks(t.uploads.store()).await;
+            };
+            let (last_block, ()) = tokio::join!(last_block, room_made);
+            assert_eq!(last_block.unwrap().task_status, TaskStatus::Finish, "finished by a retry");
+            let finished = stored(&t, &task).await;
+            assert_eq!(std::fs::read(finished.final_path.unwrap()).unwrap(), data);
+            assert_eq!(store_dir_files(&t), ["f.bin"], "one copy, whatever the file systems");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_temp_file_lost_while_the_finish_waits_is_asked_for_again() {
+        let t = test_uploads(|_| {}).await;
+        let data = data(100_000);
+        let task = t.create(&data).await;
+        refuse_callbacks(t.uploads.store()).await;
+        let last_block = t.send(&task, &data, 0, 99_999);
+        let lost = async {
+            let waiting = first_failed_finish(&t, &task).await;
+            std::fs::remove_file(waiting.tmp_path()).unwrap();
+            allow_callbacks(t.uploads.store()).await;
+        };
+        let (last_block, ()) = tokio::join!(last_block, lost);
+        assert_eq!(last_block.unwrap().task_status, TaskStatus::Upload, "back to upload, not an md5 failure");
+        let again = t.send(&task, &data, 0, 99_999).await.unwrap();
+        assert_eq!(again.task_status, TaskStatus::Finish);
+        assert_eq!(std::fs::read(stored(&t, &task).await.final_path.unwrap()).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_removed_store_dir_is_made_again_and_the_upload_finishes() {
+        // Before, the finish failed the task ("-4") and deleted its complete temp file.
+        let t = test_uploads(|_| {}).await;
+        let data = data(10_000);
+        let task = t.create(&data).await;
+        std::fs::remove_dir_all(&t.uploads.settings().store_dir).unwrap();
+        let last = t.send(&task, &data, 0, 9_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        assert_eq!(store_dir_files(&t), ["f.bin"]);
+        std::fs::remove_dir_all(&t.uploads.settings().store_dir).unwrap();
+        std::fs::remove_dir_all(&t.uploads.settings().tmp_dir).unwrap();
+        let other = data[..5_000].to_vec();
+        let task = t.create(&other).await; // both directories made again
+        assert_eq!(t.send(&task, &other, 0, 4_999).await.unwrap().task_status, TaskStatus::Finish);
     }
 }

@@ -7,6 +7,7 @@ mod claims;
 mod create;
 mod finish;
 mod state;
+mod temp_file;
 
 use std::io;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub enum UploadError {
     TaskNotFound,
     #[error("disk error")]
     Disk(#[source] io::Error),
+    /// The task's temp file was lost or cut short under the server (tmpDir cleaned, say): its
+    /// received bytes were set back to what is on disk, and the block must be sent again.
+    #[error("the task's temp file was lost")]
+    TempFileLost,
     #[error("task is paused")]
     Paused,
     #[error("task is already {0}")]
@@ -42,6 +47,9 @@ pub enum UploadError {
     PartMd5Mismatch,
     #[error("{0}")]
     BadRange(RangeProblem),
+    /// storeDir could not be made, read or written.
+    #[error("storeDir error")]
+    StoreDir(#[source] io::Error),
     #[error("storePath not allowed")]
     StorePathNotAllowed,
     #[error("{0}")]
@@ -108,6 +116,7 @@ pub struct Uploads {
     hashers: Arc<PrefixHashers>,
     /// Woken when a callback is queued, so the outbox worker sends it at once.
     outbox_wakeup: Arc<Notify>,
+    finishing: finish::Finishing,
 }
 
 impl Uploads {
@@ -122,6 +131,7 @@ impl Uploads {
             claims: claims::InFlightClaims::default(),
             hashers: Arc::new(hashers),
             outbox_wakeup: Arc::new(Notify::new()),
+            finishing: finish::Finishing::default(),
         })
     }
 
@@ -218,6 +228,16 @@ pub(crate) mod test_support {
             let received = self.uploads.receive_block(plan, futures_util::stream::iter(chunks)).await?;
             self.uploads.commit_block(received, Some(md5)).await
         }
+    }
+
+    /// The same service started again on its database and directories (the store must be closed),
+    /// after its recovery.
+    pub async fn restart(t: TestUploads) -> TestUploads {
+        let settings = t.uploads.settings.clone();
+        let store = Store::open(&settings.database.url, settings.durability, 2).await.unwrap();
+        let uploads = Uploads::new(store, settings).unwrap();
+        uploads.recover().await.unwrap();
+        TestUploads { uploads, dir: t.dir }
     }
 
     /// An upload service on a temp database and temp dirs, with one business server.

@@ -29,6 +29,10 @@ pub struct BlocksInfo {
     pub received_size: u64,
     pub status: TaskStatus,
     pub expect_blocks: Vec<ByteRange>,
+    /// The last problem the task met: a finish that failed and is tried again, a lost temp file,
+    /// or why it failed.
+    pub last_error: Option<String>,
+    pub finish_attempts: u64,
 }
 
 impl Uploads {
@@ -66,6 +70,14 @@ impl Uploads {
         // The gaps as they are, also for an ended task: its `status` says it takes no more.
         let received_size = u64::try_from(task.received_bytes).unwrap_or(0);
         let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;
-        Ok(BlocksInfo { task_id: task.task_id, total_size, received_size, status: task.status, expect_blocks })
+        Ok(BlocksInfo {
+            task_id: task.task_id,
+            total_size,
+            received_size,
+            status: task.status,
+            expect_blocks,
+            last_error: task.error,
+            finish_attempts: u64::try_from(task.finish_attempts).unwrap_or(0),
+        })
     }
 }

@@ -244,9 +244,7 @@ mod tests {
     async fn on_a_full_disk_every_write_is_answered_as_it_was_recorded() {
         let (store, _dir) = temp_store().await;
         store.create_or_resume_task(&new_task(1)).await.unwrap();
-        let pages: i64 =
-            store.write(|conn| Ok(conn.query_row("PRAGMA page_count", [], |row| row.get(0))?)).await.unwrap();
-        store.write(move |conn| Ok(conn.pragma_update(None, "max_page_count", pages + 8)?)).await.unwrap();
+        test_support::limit_growth(&store, 8).await;
         let mut huge = new_task(3);
         huge.spec.feedback_parameter = "x".repeat(1 << 20);
         let (small, later) = (new_task(2), new_task(4));
@@ -329,6 +327,30 @@ pub(crate) mod test_support {
         });
         holding.await.unwrap();
         release
+    }
+
+    /// Lets the database grow by at most `pages` more pages (SQLite's `max_page_count`, on the
+    /// writer's connection): a full disk, injected where a mount is not at hand.
+    pub async fn limit_growth(store: &Store, pages: i64) {
+        store
+            .write(move |conn| {
+                let now: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                Ok(conn.pragma_update(None, "max_page_count", now + pages)?)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Makes every write that queues a callback fail, as a full or failing database would, until
+    /// `allow_callbacks` (a temporary trigger on the writer's connection).
+    pub async fn refuse_callbacks(store: &Store) {
+        let sql = "CREATE TEMP TRIGGER refuse_callbacks BEFORE INSERT ON callback_outbox
+                   BEGIN SELECT RAISE(ABORT, 'injected fault: the database cannot take the callback'); END";
+        store.write(move |conn| Ok(conn.execute_batch(sql)?)).await.unwrap()
+    }
+
+    pub async fn allow_callbacks(store: &Store) {
+        store.write(|conn| Ok(conn.execute_batch("DROP TRIGGER temp.refuse_callbacks")?)).await.unwrap()
     }
 
     /// A store on a fresh database file in its own temp dir.

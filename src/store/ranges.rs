@@ -2,6 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::tasks::{status_of, Task, TASK_COLUMNS};
 use super::{now, Store, StoreError};
 use crate::domain::{BlockMerge, ByteRange, TaskStatus};
 
@@ -34,11 +35,13 @@ impl Store {
     /// Records `written` (ranges of the task's temp file that now hold the block's bytes) in one
     /// write: each range is merged with the ranges it touches; the task must still be `upload`;
     /// its byte count and idle clock move on; and it goes to `verify` if the file is now
-    /// complete. `Err(current)` when the task is not in `upload` (`None`: no such task); then
-    /// nothing is written.
+    /// complete. `Err(current)` when the task is not in `upload` (`None`: no such task), and
+    /// `Err(Some(Upload))` when its temp file was made anew since `temp_generation` (the bytes
+    /// went into the lost file); then nothing is written.
     pub async fn commit_block(
         &self,
         task_id: i64,
+        temp_generation: i64,
         written: &[ByteRange],
     ) -> Result<Result<BlockCommit, Option<TaskStatus>>, StoreError> {
         let written = written.to_vec();
@@ -59,11 +62,11 @@ impl Store {
                 .prepare_cached(
                     "UPDATE upload_tasks SET updated_at = ?2, received_bytes = received_bytes + ?3,
                          status = CASE WHEN received_bytes + ?3 >= file_size THEN 'verify' ELSE status END
-                     WHERE task_id = ?1 AND status = 'upload'
+                     WHERE task_id = ?1 AND status = 'upload' AND temp_generation = ?4
                      RETURNING received_bytes, status,
                          (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)",
                 )?
-                .query_row(params![task_id, now(), to_sql(new_bytes)], |row| {
+                .query_row(params![task_id, now(), to_sql(new_bytes), temp_generation], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
                 .optional()?;
@@ -77,6 +80,41 @@ impl Store {
                 received_prefix: prefix.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
                 status,
             }))
+        })
+        .await
+    }
+
+    /// The task's temp file holds only its first `on_disk` bytes (it was lost, or cut short):
+    /// forgets what was received beyond them, notes `why` as the task's last problem, and moves
+    /// the temp generation on, so that no block written into the old file is recorded. A task in
+    /// `verify` that loses bytes goes back to `upload`. Returns the task as it is now; `None`, with
+    /// nothing written, when it is neither open nor in `verify`.
+    pub async fn reset_received_beyond(
+        &self,
+        task_id: i64,
+        on_disk: u64,
+        why: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        let why = why.to_owned();
+        self.write(move |conn| {
+            if !matches!(status_of(conn, task_id)?, Some(TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)) {
+                return Ok(None);
+            }
+            let on_disk = to_sql(on_disk);
+            conn.prepare_cached("DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte >= ?2")?
+                .execute(params![task_id, on_disk])?;
+            conn.prepare_cached("UPDATE received_ranges SET end_byte = ?2 - 1 WHERE task_id = ?1 AND end_byte >= ?2")?
+                .execute(params![task_id, on_disk])?;
+            let sql = format!(
+                "UPDATE upload_tasks SET
+                     received_bytes = (SELECT COALESCE(SUM(end_byte - start_byte + 1), 0)
+                                       FROM received_ranges WHERE task_id = ?1),
+                     status = CASE WHEN status = 'verify' AND received_bytes > ?2 THEN 'upload' ELSE status END,
+                     temp_generation = temp_generation + 1, error = ?3, updated_at = ?4
+                 WHERE task_id = ?1
+                 RETURNING {TASK_COLUMNS}"
+            );
+            Ok(Some(conn.prepare_cached(&sql)?.query_row(params![task_id, on_disk, why, now()], Task::from_row)?))
         })
         .await
     }
@@ -187,7 +225,7 @@ mod tests {
     }
 
     async fn commit(store: &Store, task_id: i64, range: ByteRange) -> BlockCommit {
-        store.commit_block(task_id, &[range]).await.unwrap().unwrap()
+        store.commit_block(task_id, 0, &[range]).await.unwrap().unwrap()
     }
 
     #[tokio::test]
@@ -247,7 +285,7 @@ mod tests {
             BlockCommit { new_bytes: 1, received_size: 100, received_prefix: 100, status: TaskStatus::Verify }
         );
         assert_eq!(store.expected_blocks(id, 100).await.unwrap(), vec![]);
-        assert_eq!(store.commit_block(id, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
+        assert_eq!(store.commit_block(id, 0, &[r(0, 0)]).await.unwrap(), Err(Some(TaskStatus::Verify)));
     }
 
     #[tokio::test]
@@ -269,8 +307,8 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 100).await;
         store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap().unwrap();
-        assert_eq!(store.commit_block(id, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
-        assert_eq!(store.commit_block(4242, &[r(0, 9)]).await.unwrap(), Err(None));
+        assert_eq!(store.commit_block(id, 0, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
+        assert_eq!(store.commit_block(4242, 0, &[r(0, 9)]).await.unwrap(), Err(None));
         assert_eq!(stored(&store, id).await, vec![]);
     }
 
@@ -292,7 +330,7 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 30_000).await;
         let ranges: Vec<ByteRange> = (0..10_000).map(|i| r(i * 3, i * 3 + 1)).collect();
-        store.commit_block(id, &ranges).await.unwrap().unwrap();
+        store.commit_block(id, 0, &ranges).await.unwrap().unwrap();
         let gaps = store.expected_blocks(id, 30_000).await.unwrap();
         assert_eq!(gaps.len(), 10_000);
         assert_eq!(gaps[0], r(2, 2));
@@ -309,7 +347,7 @@ mod tests {
         // Dropped after 0 to 390 polls: before, inside and (the last ones) after the transaction.
         for polls in (0..40u64).map(|n| n * 10) {
             let range = [r(polls * 2, polls * 2 + 9)];
-            let mut dropped = std::pin::pin!(store.commit_block(id, &range));
+            let mut dropped = std::pin::pin!(store.commit_block(id, 0, &range));
             for _ in 0..polls {
                 if (&mut dropped).now_or_never().is_some() {
                     break;
@@ -329,7 +367,7 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let id = task_of(&store, 1_000).await;
         let blocks: Vec<[ByteRange; 1]> = (0..20u64).map(|i| [r(i * 10, i * 10 + 9)]).collect();
-        let commits = futures_util::future::join_all(blocks.iter().map(|block| store.commit_block(id, block)));
+        let commits = futures_util::future::join_all(blocks.iter().map(|block| store.commit_block(id, 0, block)));
         // Polled in order: every commit is handed to the writer before the close begins.
         let (committed, ()) = tokio::join!(commits, store.close());
         assert!(committed.iter().all(|c| matches!(c, Ok(Ok(_)))), "{committed:?}");

@@ -33,7 +33,13 @@ pub struct Task {
     pub received_bytes: i64,
     pub status: TaskStatus,
     pub final_path: Option<String>,
+    /// Why it failed; while it is open or in `verify`, the last problem it met (a lost temp file,
+    /// a finish attempt that failed and is tried again).
     pub error: Option<String>,
+    /// Moves on each time the temp file is made anew after it was lost.
+    pub temp_generation: i64,
+    /// Finish attempts that failed for a passing reason.
+    pub finish_attempts: i64,
 }
 
 /// A task to create; the rest is filled in by the store.
@@ -57,8 +63,10 @@ pub struct TaskEnding {
 }
 
 /// The columns `Task::from_row` reads, in its order.
-const TASK_COLUMNS: &str = "task_id, upload_key, business_server, token_sha256, user_id, file_name, file_size, \
-     file_md5, store_path, store_dir, feedback_parameter, tmp_dir, received_bytes, status, final_path, error";
+pub(super) const TASK_COLUMNS: &str =
+    "task_id, upload_key, business_server, token_sha256, user_id, file_name, file_size, \
+     file_md5, store_path, store_dir, feedback_parameter, tmp_dir, received_bytes, status, final_path, error, \
+     temp_generation, finish_attempts";
 
 impl Task {
     /// The temp file the task's blocks are written into.
@@ -66,7 +74,7 @@ impl Task {
         Path::new(&self.tmp_dir).join(format!("task-{}.part", self.task_id))
     }
 
-    fn from_row(row: &Row) -> rusqlite::Result<Self> {
+    pub(super) fn from_row(row: &Row) -> rusqlite::Result<Self> {
         Ok(Self {
             task_id: row.get(0)?,
             spec: TaskSpec {
@@ -86,6 +94,8 @@ impl Task {
             status: row.get(13)?,
             final_path: row.get(14)?,
             error: row.get(15)?,
+            temp_generation: row.get(16)?,
+            finish_attempts: row.get(17)?,
         })
     }
 }
@@ -189,6 +199,21 @@ impl Store {
             }
             outbox::insert(conn, task_id, &callback, &now)?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Records a finish attempt of a task in `verify` that failed for a passing reason; the
+    /// running server tries again.
+    pub async fn record_finish_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE upload_tasks SET finish_attempts = finish_attempts + 1, error = ?2
+                 WHERE task_id = ?1 AND status = 'verify'",
+            )?
+            .execute(params![task_id, error])?;
+            Ok(())
         })
         .await
     }
@@ -354,7 +379,7 @@ pub(crate) mod tests {
         assert!(store.task(fresh.task_id).await.unwrap().is_none());
         let (received, _) = store.create_or_resume_task(&new_task(11)).await.unwrap();
         let first_bytes = crate::domain::ByteRange::new(0, 4).unwrap();
-        store.commit_block(received.task_id, &[first_bytes]).await.unwrap().unwrap();
+        store.commit_block(received.task_id, 0, &[first_bytes]).await.unwrap().unwrap();
         let ended = crate::store::outbox::tests::ended_with_callback(&store, 12).await;
         for kept in [received.task_id, ended] {
             store.delete_refused_task(kept).await.unwrap();
