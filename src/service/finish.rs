@@ -53,16 +53,8 @@ impl Uploads {
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
-            if let Some(root) = root {
-                // Checked again now: a symlink may have appeared since the task was created. And
-                // checked before the directory is made: through such a link, making it would make
-                // directories outside storeDir.
-                if !blob::is_confined(&root, &dir)? {
-                    return Err(std::io::Error::other(format!("{} leaves storeDir", dir.display())));
-                }
-            }
-            std::fs::create_dir_all(&dir)?;
-            blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed)
+            // Confined again here, without following a symlink: one may have appeared since the create.
+            Ok(Verified::Placed(blob::place(&tmp, root.as_deref(), &dir, &name, task_id, fsync)?))
         })
         .await?;
         let (code, final_path, error) = match verified {
@@ -76,7 +68,10 @@ impl Uploads {
         // The reply does not wait for the temp file's removal: after a crash before it, the file
         // belongs to no open task, and the next start removes it.
         let uploads = self.clone();
-        tokio::spawn(async move { uploads.remove_temp(&task).await });
+        tokio::spawn(async move {
+            uploads.remove_temp(&task).await;
+            uploads.remove_partial(&task).await;
+        });
         Ok(match ended {
             Ok(()) => {
                 // From the last block's commit to here: what a client waits for after its last byte.
@@ -198,6 +193,7 @@ impl Uploads {
                 self.spawn_finish(task);
             }
         }
+        self.remove_orphaned_partials().await?;
         let tmp_dir = self.settings.tmp_dir.clone();
         let entries = blocking(move || std::fs::read_dir(&tmp_dir).and_then(|dir| dir.collect::<Result<Vec<_>, _>>()))
             .await?
@@ -217,6 +213,45 @@ impl Uploads {
             tracing::info!(path = %path.display(), "removing an orphaned temp file");
             if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
                 tracing::warn!(error = %e, "cannot remove an orphaned temp file");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The partial copies of a finish across file systems (`blob::place`).
+impl Uploads {
+    /// The copy a finish across file systems keeps until the task's ending is recorded.
+    async fn remove_partial(&self, task: &Task) {
+        let (root, dir, task_id) =
+            (self.settings.store_root().map(Path::to_path_buf), PathBuf::from(&task.spec.store_dir), task.task_id);
+        if let Ok(Err(e)) = blocking(move || blob::remove_partial(root.as_deref(), &dir, task_id)).await {
+            tracing::warn!(task_id, error = %e, "cannot remove the partial copy");
+        }
+    }
+
+    /// Removes the partials in storeDir/.fupload whose task is not being finished: a crash came
+    /// after the task's ending was recorded and before its partial was removed.
+    async fn remove_orphaned_partials(&self) -> Result<(), UploadError> {
+        let Some(root) = self.settings.store_root().map(Path::to_path_buf) else { return Ok(()) };
+        let read_root = root.clone();
+        let task_ids = match blocking(move || blob::staged_partials(&read_root)).await? {
+            Ok(task_ids) => task_ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read storeDir/.fupload");
+                return Ok(());
+            }
+        };
+        for task_id in task_ids {
+            let task = self.store.task(task_id).await?;
+            if task.as_ref().is_some_and(|task| task.status == TaskStatus::Verify) {
+                continue;
+            }
+            tracing::info!(task_id, "removing an orphaned partial copy");
+            // An unknown task's directory is unknown: storeDir itself is all there is to look in.
+            let (root, dir) = (root.clone(), task.map_or_else(|| root.clone(), |task| task.spec.store_dir.into()));
+            if let Ok(Err(e)) = blocking(move || blob::remove_partial(Some(&root), &dir, task_id)).await {
+                tracing::warn!(task_id, error = %e, "cannot remove an orphaned partial copy");
             }
         }
         Ok(())
