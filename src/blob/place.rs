@@ -122,7 +122,7 @@ pub fn remove_partial(root: Option<&Path>, dir: &Path, task_id: i64) -> io::Resu
 }
 
 /// The task ids of the partials in `root/.fupload`, for the start-up recovery to remove those
-/// whose task is no longer being finished. None when there is no such directory.
+/// whose task is no longer being finished; empty when there is no such directory.
 pub fn staged_partials(root: &Path) -> io::Result<Vec<i64>> {
     let root_fd = match open_root(root, Make::Nothing) {
         Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
