@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -325,103 +325,8 @@ pub async fn read_stream(path: &Path) -> io::Result<impl Stream<Item = io::Resul
     Ok(tokio_util::io::ReaderStream::with_capacity(file, WRITE_PIECE))
 }
 
-/// Whether `dir` (which need not exist yet) lies inside `root` once symlinks are followed:
-/// the deepest part of `dir` that exists must resolve to a place inside `root`.
-pub fn is_confined(root: &Path, dir: &Path) -> io::Result<bool> {
-    fs::metadata(root)?;
-    if spelled_inside_without_links(root, dir) {
-        return Ok(true);
-    }
-    let root = root.canonicalize()?;
-    let mut existing = dir;
-    while fs::symlink_metadata(existing).is_err() {
-        match existing.parent() {
-            Some(parent) => existing = parent,
-            None => return Ok(false),
-        }
-    }
-    Ok(existing.canonicalize().map(|real| real.starts_with(&root)).unwrap_or(false))
-}
-
-/// The common case, in one `lstat` per directory below `root` (resolving both paths costs a
-/// `readlink` per directory of each, every upload twice): `dir` is spelled inside `root` and
-/// nothing of it below `root` is a symlink.
-fn spelled_inside_without_links(root: &Path, dir: &Path) -> bool {
-    let Ok(below) = dir.strip_prefix(root) else { return false };
-    if !below.components().all(|part| matches!(part, std::path::Component::Normal(_))) {
-        return false;
-    }
-    let mut path = root.to_path_buf();
-    for part in below.components() {
-        path.push(part);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => return false,
-            Ok(_) => {}
-            // Nothing below a missing directory exists, let alone a link.
-            Err(_) => return true,
-        }
-    }
-    true
-}
-
-/// Places the finished temp file at `dir/file_name` (`dir` exists) without overwriting anything:
-/// if another file already has the name, the file becomes `name (1).ext`, `name (2).ext`, … .
-/// The temp file stays where it is (the caller removes it once the finish is recorded), so a
-/// crash before that and a second attempt end with the same result. Blocking.
-pub fn place(tmp: &Path, dir: &Path, file_name: &str, fsync: bool) -> io::Result<PathBuf> {
-    let placed = match link_without_clobbering(tmp, dir, file_name) {
-        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-            // Another file system: copy next to the target, fsync, then link that copy.
-            let staging = dir.join(format!(".{file_name}.fupload-partial"));
-            copy_synced(tmp, &staging)?;
-            let placed = link_without_clobbering(&staging, dir, file_name);
-            remove_if_exists(&staging)?;
-            placed?
-        }
-        other => other?,
-    };
-    if fsync {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(placed)
-}
-
-fn link_without_clobbering(source: &Path, dir: &Path, file_name: &str) -> io::Result<PathBuf> {
-    let source_meta = fs::metadata(source)?;
-    for n in 0..1000u32 {
-        let candidate = dir.join(numbered(file_name, n));
-        match fs::hard_link(source, &candidate) {
-            Ok(()) => return Ok(candidate),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // Linked by an earlier attempt of this same finish?
-                if fs::metadata(&candidate).is_ok_and(|m| m.dev() == source_meta.dev() && m.ino() == source_meta.ino())
-                {
-                    return Ok(candidate);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{file_name}: 1000 files of that name already exist")))
-}
-
-/// `name`, then `name (1).ext`, `name (2).ext`, …
-fn numbered(file_name: &str, n: u32) -> String {
-    if n == 0 {
-        return file_name.to_owned();
-    }
-    match file_name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
-        _ => format!("{file_name} ({n})"),
-    }
-}
-
-fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
-    let mut source = File::open(from)?;
-    let mut target = OpenOptions::new().write(true).create(true).truncate(true).open(to)?;
-    io::copy(&mut source, &mut target)?;
-    target.sync_all()
-}
+mod place;
+pub use place::{is_confined, place, remove_partial, staged_partials, PlaceError};
 
 #[cfg(test)]
 mod tests {
@@ -514,45 +419,5 @@ mod tests {
             assert_eq!(streamed.digest(), Md5::digest(&data[start..]), "block at {start}");
             assert_eq!(streamed.file_md5.unwrap().finish(), Md5::digest(&data), "block at {start}");
         }
-    }
-
-    #[test]
-    fn place_never_overwrites_and_repeats_idempotently() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("t.part");
-        fs::write(&tmp, b"new").unwrap();
-        let store = dir.path().join("store/a");
-        fs::create_dir_all(&store).unwrap();
-        fs::write(store.join("hello.mp4"), b"old").unwrap();
-        let placed = place(&tmp, &store, "hello.mp4", true).unwrap();
-        assert_eq!(placed, store.join("hello (1).mp4"));
-        assert_eq!(place(&tmp, &store, "hello.mp4", false).unwrap(), placed);
-        assert_eq!(fs::read(store.join("hello.mp4")).unwrap(), b"old");
-        assert_eq!(fs::read(&placed).unwrap(), b"new");
-        assert_eq!(numbered("archive", 2), "archive (2)");
-        assert_eq!(numbered(".bashrc", 1), ".bashrc (1)");
-    }
-
-    #[test]
-    fn symlinks_out_of_the_root_are_not_confined() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("store");
-        let outside = dir.path().join("outside");
-        fs::create_dir_all(&root).unwrap();
-        fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
-        assert!(is_confined(&root, &root.join("a/b")).unwrap());
-        assert!(!is_confined(&root, &root.join("link/b")).unwrap());
-        assert!(!is_confined(&root, &outside).unwrap());
-        // A link that stays inside is followed, not refused.
-        fs::create_dir_all(root.join("real/b")).unwrap();
-        std::os::unix::fs::symlink(root.join("real"), root.join("inner")).unwrap();
-        assert!(is_confined(&root, &root.join("inner/b/c")).unwrap());
-        assert!(is_confined(&root, &root.join("real/b/c/d")).unwrap());
-        // Through a link to the root itself, as the old check did.
-        std::os::unix::fs::symlink(&root, dir.path().join("root-link")).unwrap();
-        assert!(is_confined(&dir.path().join("root-link"), &root.join("real/b")).unwrap());
-        assert!(is_confined(&root, &dir.path().join("root-link/real")).unwrap());
-        assert!(is_confined(&dir.path().join("missing"), &root).is_err(), "a missing root is an error");
     }
 }

@@ -224,6 +224,213 @@ async fn a_symlink_swapped_in_after_the_create_is_caught_at_the_finish() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
 }
 
+/// A tmpDir on another file system than the store (/dev/shm is a tmpfs), kept as long as the
+/// test holds it; `None` with the reason printed.
+fn tmp_dir_on_another_file_system() -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(std::env::temp_dir()).ok()?.dev();
+    match std::fs::metadata("/dev/shm") {
+        Ok(shm) if shm.dev() != here => tempfile::tempdir_in("/dev/shm").ok(),
+        _ => {
+            eprintln!("skipped across file systems: /dev/shm is missing or on the temp dir's file system");
+            None
+        }
+    }
+}
+
+/// A server whose tmpDir is on the store's file system, or (`across`) on another one. `None`
+/// when there is no other file system here.
+async fn spawn_app_across(
+    across: bool,
+    tweak: impl FnOnce(&mut fupload::config::Settings),
+) -> Option<(TestApp, Option<tempfile::TempDir>)> {
+    let other = if across { Some(tmp_dir_on_another_file_system()?) } else { None };
+    let tmp_dir = other.as_ref().map(|dir| dir.path().to_path_buf());
+    let app = spawn_app_with(|settings| {
+        if let Some(tmp_dir) = tmp_dir {
+            settings.tmp_dir = tmp_dir;
+        }
+        tweak(settings);
+    })
+    .await;
+    Some((app, other))
+}
+
+/// Creates a task for `data` as `file_name` in `storePath`.
+async fn create_for(app: &TestApp, store_path: &str, file_name: &str, data: &[u8]) -> TaskUrls {
+    let mut body = task_body(file_name, data);
+    body["storePath"] = json!(store_path);
+    let reply = app.create(&body).await;
+    reply.expect(200, "0");
+    task_urls(&reply.json)
+}
+
+/// Sends all of `data` in one block and waits for the task's callback (the `n`th so far).
+async fn finish_upload(app: &TestApp, task: &TaskUrls, data: &[u8], n: usize) -> serde_json::Value {
+    app.send_block(task, data, 0, data.len() - 1).await.expect(200, "0");
+    let callbacks = app.callbacks.wait_for(n).await;
+    callbacks.into_iter().find(|c| c.json["taskId"] == task.task_id).expect("the task's callback").json
+}
+
+/// Uploads `data` as `file_name` into `storePath` and waits for its callback (the `n`th so far).
+async fn upload_as(app: &TestApp, store_path: &str, file_name: &str, data: &[u8], n: usize) -> serde_json::Value {
+    let task = create_for(app, store_path, file_name, data).await;
+    finish_upload(app, &task, data, n).await
+}
+
+/// Regression (issue 13): a name of 252–255 bytes lost its second upload (`name (1).bin` was too
+/// long) and, across file systems, any name of 239–255 bytes its first (the copy's name was).
+#[actix_web::test]
+async fn long_file_names_are_stored_twice_on_one_file_system_and_across_two() {
+    for across in [false, true] {
+        let Some((app, _tmp_dir)) = spawn_app_across(across, |_| {}).await else { continue };
+        let mut n = 0;
+        for len in [1, 238, 239, 251, 252, 255] {
+            let name = if len < 5 { "x".repeat(len) } else { format!("{}.bin", "n".repeat(len - 4)) };
+            let store_path = format!("len{len}/");
+            let mut placed = Vec::new();
+            for seed in [1u8, 2] {
+                n += 1;
+                let data = content(100, seed.wrapping_add(len as u8));
+                let callback = upload_as(&app, &store_path, &name, &data, n).await;
+                assert_eq!(callback["retCode"], "0", "{len} bytes, across: {across}: {callback}");
+                let path = std::path::PathBuf::from(callback["storePath"].as_str().unwrap());
+                assert_eq!(std::fs::read(&path).unwrap(), data);
+                placed.push(path.file_name().unwrap().to_str().unwrap().to_owned());
+            }
+            assert_eq!(placed[0], name);
+            assert!(placed[1].contains(" (1)") && placed[1].len() <= 255, "{placed:?}");
+        }
+    }
+}
+
+/// Regression (issue 13): across file systems, a link planted at the copy's name made the finish
+/// write the upload into the file outside storeDir. Every name the finish uses, each planted
+/// with a link out of storeDir: the upload is placed beside the link, or refused as leaving.
+#[actix_web::test]
+async fn symlinks_planted_at_every_name_the_finish_uses_never_lead_outside() {
+    for across in [false, true] {
+        let Some((app, _tmp_dir)) = spawn_app_across(across, |_| {}).await else { continue };
+        let outside = app.path("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let victim = outside.join("victim.bin");
+        std::fs::write(&victim, b"victim").unwrap();
+        let link_to = |target: &std::path::Path, at: &str| {
+            let at = app.path(&format!("store/{at}"));
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, at).unwrap();
+        };
+        // Directory components, linked after the create (which would refuse them): refused.
+        let mut n = 0;
+        let mut tasks = Vec::new();
+        for (store_path, seed) in [("top/", 20), ("top/sub/", 21), ("mid/link/deeper/", 22)] {
+            std::fs::create_dir_all(app.path(&format!("store/{store_path}"))).unwrap();
+            tasks.push((create_for(&app, store_path, "victim.bin", &content(100, seed)).await, content(100, seed)));
+        }
+        std::fs::remove_dir_all(app.path("store/top")).unwrap();
+        std::fs::remove_dir_all(app.path("store/mid/link")).unwrap();
+        link_to(&outside, "top");
+        link_to(&outside, "mid/link");
+        for (task, data) in tasks {
+            n += 1;
+            let callback = finish_upload(&app, &task, &data, n).await;
+            assert_eq!(callback["retCode"], "-4", "{callback}");
+        }
+        // The final name and the numbered names: placed beside the links.
+        link_to(&victim, "names/victim.bin");
+        link_to(&victim, "names/victim (1).bin");
+        // Where the copy across file systems was made before (the issue's reproduction).
+        link_to(&victim, "names/.victim.bin.fupload-partial");
+        n += 1;
+        let data = content(100, 23);
+        let callback = upload_as(&app, "names/", "victim.bin", &data, n).await;
+        assert_eq!(callback["retCode"], "0", "{callback}");
+        assert_eq!(callback["storePath"], app.path("store/names/victim (2).bin").to_str().unwrap());
+        assert_eq!(std::fs::read(callback["storePath"].as_str().unwrap()).unwrap(), data);
+        if across {
+            // `.fupload` (made by the finish above): refused.
+            std::fs::remove_dir_all(app.path("store/.fupload")).unwrap();
+            link_to(&outside, ".fupload");
+            n += 1;
+            let callback = upload_as(&app, "staged/", "victim.bin", &content(100, 24), n).await;
+            assert_eq!(callback["retCode"], "-4", "{callback}");
+            // The partial in `.fupload`: replaced, and the upload placed. The next task's id is
+            // the next one SQLite hands out.
+            std::fs::remove_file(app.path("store/.fupload")).unwrap();
+            let next_id: i64 = query(&app, "SELECT MAX(task_id) FROM upload_tasks").await[0][0].parse().unwrap();
+            link_to(&victim, &format!(".fupload/task-{}.partial", next_id + 1));
+            n += 1;
+            let data = content(100, 25);
+            let callback = upload_as(&app, "staged/", "victim.bin", &data, n).await;
+            assert_eq!((&callback["retCode"], callback["taskId"].as_i64()), (&json!("0"), Some(next_id + 1)));
+            assert_eq!(std::fs::read(callback["storePath"].as_str().unwrap()).unwrap(), data);
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim", "the file outside is never written");
+        let entries: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries, ["victim.bin"], "nothing made outside storeDir");
+    }
+}
+
+/// With `storeDir: ""` the copy across file systems is made in the target directory, under a
+/// name of the task's: a link planted there is replaced, not written through (and so is one at
+/// the name the copy had before, `.NAME.fupload-partial`).
+#[actix_web::test]
+async fn with_no_store_dir_a_link_at_the_in_directory_partial_is_not_followed() {
+    let Some((app, _tmp_dir)) = spawn_app_across(true, |s| s.store_dir = Default::default()).await else { return };
+    let victim = app.path("victim.bin");
+    std::fs::write(&victim, b"victim").unwrap();
+    let dir = app.path("anywhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [".fupload-task-1.partial", ".a.bin.fupload-partial"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    let data = content(100, 26);
+    let callback = upload_as(&app, dir.to_str().unwrap(), "a.bin", &data, 1).await;
+    assert_eq!((&callback["retCode"], callback["taskId"].as_i64()), (&json!("0"), Some(1)), "{callback}");
+    assert_eq!(std::fs::read(dir.join("a.bin")).unwrap(), data);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+}
+
+/// Regression (issue 13): a finish repeated after a failure between the link and the record
+/// stored a second copy across file systems (`big300 (1).bin`) and left the first behind.
+#[actix_web::test]
+async fn a_finish_repeated_across_file_systems_keeps_one_copy() {
+    let Some((app, tmp_dir)) = spawn_app_across(true, |_| {}).await else { return };
+    let data = content(300_000, 27);
+    let callback = upload_as(&app, "big/", "big300.bin", &data, 1).await;
+    assert_eq!(callback["retCode"], "0", "{callback}");
+    let (task_id, placed) = (callback["taskId"].as_i64().unwrap(), callback["storePath"].as_str().unwrap().to_owned());
+    let (settings, dir, callbacks) = app.stop().await;
+    // Back to the moment after the link and before the record: the task in verify with no
+    // callback, its temp file and its partial (the placed file's inode) still there. And a
+    // partial no task owns.
+    let db = open_database(&settings.database.url);
+    db.execute("UPDATE upload_tasks SET status = 'verify', final_path = NULL WHERE task_id = ?1", [task_id]).unwrap();
+    db.execute("DELETE FROM callback_outbox WHERE task_id = ?1", [task_id]).unwrap();
+    std::fs::write(settings.tmp_dir.join(format!("task-{task_id}.part")), &data).unwrap();
+    let staging = settings.store_dir.join(".fupload");
+    std::fs::hard_link(&placed, staging.join(format!("task-{task_id}.partial"))).unwrap();
+    std::fs::write(staging.join("task-999.partial"), b"orphan").unwrap();
+    let app = restart_on(settings, dir, callbacks).await;
+    let again = &app.callbacks.wait_for(2).await[1];
+    assert_eq!((&again.json["retCode"], &again.json["storePath"]), (&json!("0"), &json!(placed)));
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    // The partial and the temp file are removed after the reply.
+    for _ in 0..300 {
+        if names(&staging).is_empty() && names(&app.settings.tmp_dir).is_empty() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names(&staging), Vec::<String>::new(), "no partial left");
+    assert_eq!(names(&app.settings.tmp_dir), Vec::<String>::new(), "no temp file left");
+    assert_eq!(names(&app.path("store/big")), ["big300.bin"], "one copy");
+    assert_eq!(std::fs::read(&placed).unwrap(), data);
+    drop(tmp_dir);
+}
+
 #[actix_web::test]
 async fn unicode_look_alikes_are_plain_names_inside_store_dir() {
     let app = spawn_app().await;

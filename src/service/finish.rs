@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::{blocking, business, UploadError, Uploads};
-use crate::blob;
+use crate::blob::{self, PlaceError};
 use crate::callback;
 use crate::config::Durability;
 use crate::domain::{CallbackCode, Md5Hex, TaskStatus};
@@ -144,17 +144,13 @@ impl Uploads {
             if md5.as_str() != expected {
                 return Ok(Verified::Md5Mismatch(md5));
             }
-            if let Some(root) = root {
-                blob::make_dir_again("storeDir", &root).map_err(UploadError::StoreDir)?;
-                // Checked again now: a symlink may have appeared since the task was created. And
-                // checked before the directory is made: through such a link, making it would make
-                // directories outside storeDir.
-                if !blob::is_confined(&root, &dir).map_err(UploadError::StoreDir)? {
-                    return Ok(Verified::LeavesStoreDir);
-                }
+            // Confined again here, without following a symlink: one may have appeared since the
+            // create. A missing storeDir is made again.
+            match blob::place(&tmp, root.as_deref(), &dir, &name, task_id, fsync) {
+                Ok(path) => Ok(Verified::Placed(path)),
+                Err(PlaceError::LeavesStoreDir(_)) => Ok(Verified::LeavesStoreDir),
+                Err(PlaceError::Io(e)) => Err(UploadError::StoreDir(e)),
             }
-            std::fs::create_dir_all(&dir).map_err(UploadError::StoreDir)?;
-            blob::place(&tmp, &dir, &name, fsync).map(Verified::Placed).map_err(UploadError::StoreDir)
         })
         .await??;
         let (code, final_path, error) = match verified {
@@ -170,7 +166,10 @@ impl Uploads {
         // The reply does not wait for the temp file's removal: after a crash before it, the file
         // belongs to no open task, and the next start removes it.
         let uploads = self.clone();
-        tokio::spawn(async move { uploads.remove_temp(&task).await });
+        tokio::spawn(async move {
+            uploads.remove_temp(&task).await;
+            uploads.remove_partial(&task).await;
+        });
         Ok(match ended {
             Ok(()) => {
                 // From the last block's commit to here: what a client waits for after its last byte.
@@ -280,6 +279,7 @@ impl Uploads {
                 self.spawn_finish(task);
             }
         }
+        self.remove_orphaned_partials().await?;
         let tmp_dir = self.settings.tmp_dir.clone();
         let entries = blocking(move || {
             blob::make_dir_again("tmpDir", &tmp_dir)?;
@@ -302,6 +302,45 @@ impl Uploads {
             tracing::info!(path = %path.display(), "removing an orphaned temp file");
             if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
                 tracing::warn!(error = %e, "cannot remove an orphaned temp file");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The partial copies of a finish across file systems (`blob::place`).
+impl Uploads {
+    /// The copy a finish across file systems keeps until the task's ending is recorded.
+    async fn remove_partial(&self, task: &Task) {
+        let (root, dir, task_id) =
+            (self.settings.store_root().map(Path::to_path_buf), PathBuf::from(&task.spec.store_dir), task.task_id);
+        if let Ok(Err(e)) = blocking(move || blob::remove_partial(root.as_deref(), &dir, task_id)).await {
+            tracing::warn!(task_id, error = %e, "cannot remove the partial copy");
+        }
+    }
+
+    /// Removes the partials in storeDir/.fupload whose task is not being finished: a crash came
+    /// after the task's ending was recorded and before its partial was removed.
+    async fn remove_orphaned_partials(&self) -> Result<(), UploadError> {
+        let Some(root) = self.settings.store_root().map(Path::to_path_buf) else { return Ok(()) };
+        let read_root = root.clone();
+        let task_ids = match blocking(move || blob::staged_partials(&read_root)).await? {
+            Ok(task_ids) => task_ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read storeDir/.fupload");
+                return Ok(());
+            }
+        };
+        for task_id in task_ids {
+            let task = self.store.task(task_id).await?;
+            if task.as_ref().is_some_and(|task| task.status == TaskStatus::Verify) {
+                continue;
+            }
+            tracing::info!(task_id, "removing an orphaned partial copy");
+            // An unknown task's directory is unknown: storeDir itself is all there is to look in.
+            let (root, dir) = (root.clone(), task.map_or_else(|| root.clone(), |task| task.spec.store_dir.into()));
+            if let Ok(Err(e)) = blocking(move || blob::remove_partial(Some(&root), &dir, task_id)).await {
+                tracing::warn!(task_id, error = %e, "cannot remove an orphaned partial copy");
             }
         }
         Ok(())
@@ -348,12 +387,25 @@ mod tests {
         panic!("the finish never failed");
     }
 
-    /// The names of the files in storeDir.
-    fn store_dir_files(t: &TestUploads) -> Vec<String> {
-        let names = std::fs::read_dir(&t.uploads.settings().store_dir).unwrap();
+    /// The names in a directory, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let names = std::fs::read_dir(dir).into_iter().flatten();
         let mut names: Vec<String> = names.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
+    }
+
+    /// The names in storeDir but its staging directory, once that is empty again (the partial
+    /// copy is removed after the finish is recorded).
+    async fn store_dir_files(t: &TestUploads) -> Vec<String> {
+        let store_dir = &t.uploads.settings().store_dir;
+        for _ in 0..200 {
+            if names_in(&store_dir.join(".fupload")).is_empty() {
+                return names_in(store_dir).into_iter().filter(|name| name != ".fupload").collect();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a partial copy was left in storeDir/.fupload: {:?}", names_in(&store_dir.join(".fupload")));
     }
 
     /// A temp dir on another file system than the store, where the machine has one (`/dev/shm`).
@@ -394,7 +446,7 @@ mod tests {
             assert_eq!(last_block.unwrap().task_status, TaskStatus::Finish, "finished by a retry");
             let finished = stored(&t, &task).await;
             assert_eq!(std::fs::read(finished.final_path.unwrap()).unwrap(), data);
-            assert_eq!(store_dir_files(&t), ["f.bin"], "one copy, whatever the file systems");
+            assert_eq!(store_dir_files(&t).await, ["f.bin"], "one copy, whatever the file systems");
         }
     }
 
@@ -426,7 +478,7 @@ mod tests {
         std::fs::remove_dir_all(&t.uploads.settings().store_dir).unwrap();
         let last = t.send(&task, &data, 0, 9_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
-        assert_eq!(store_dir_files(&t), ["f.bin"]);
+        assert_eq!(store_dir_files(&t).await, ["f.bin"]);
         std::fs::remove_dir_all(&t.uploads.settings().store_dir).unwrap();
         std::fs::remove_dir_all(&t.uploads.settings().tmp_dir).unwrap();
         let other = data[..5_000].to_vec();

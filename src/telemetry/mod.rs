@@ -37,36 +37,44 @@ where
     }
 }
 
+/// Runs `f` with what it logs at `info` and above captured, as `format` lines; returns its
+/// result and the text.
+#[cfg(test)]
+pub(crate) fn capture_logs<T>(format: LogFormat, f: impl FnOnce() -> T) -> (T, String) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = subscriber(format, EnvFilter::new("info"), false, move || writer.clone());
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    (result, text)
+}
+
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     fn log_lines(format: LogFormat) -> Vec<String> {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = subscriber(format, EnvFilter::new("info"), false, move || writer.clone());
-        tracing::subscriber::with_default(subscriber, || {
+        let ((), text) = capture_logs(format, || {
             let span = tracing::info_span!("request", route = "/api/upload/files/block", task_id = 7);
             let _entered = span.enter();
             tracing::info!(ret_code = "0", bytes = 1000_u64, "request finished");
             tracing::debug!("filtered out");
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         text.lines().map(str::to_owned).collect()
     }
 
