@@ -95,8 +95,11 @@ impl Uploads {
     async fn finish_until_done(&self, mut task: Task) -> Result<TaskStatus, UploadError> {
         let task_id = task.task_id;
         let mut wait = FINISH_RETRY_FIRST;
+        // Once an attempt found the md5 right, the next ones do not hash the file again: nothing
+        // writes to it in `verify`, and a lost file sends the task back to `upload`.
+        let mut md5_matched = false;
         loop {
-            let failed = match self.finish(task.clone()).await {
+            let failed = match self.finish(task.clone(), &mut md5_matched).await {
                 Ok(status) => return Ok(status),
                 Err(failed) => causes(&failed),
             };
@@ -119,8 +122,9 @@ impl Uploads {
     /// Verifies the whole-file md5 of a task that is in `verify` (the caller has just seen it
     /// enter or found it there), moves the file into place and ends the task with its callback.
     /// Returns the status the task is in afterwards. `Err` when it failed for a passing reason
-    /// and the task is still in `verify`: the caller tries again.
-    async fn finish(&self, task: Task) -> Result<TaskStatus, UploadError> {
+    /// and the task is still in `verify`: the caller tries again. `md5_matched` says whether an
+    /// earlier attempt found the md5 right, and is set when this one does.
+    async fn finish(&self, task: Task, md5_matched: &mut bool) -> Result<TaskStatus, UploadError> {
         let started = std::time::Instant::now();
         // A temp file lost or cut short since its bytes came: they are asked for again.
         let task = match self.check_temp(&task).await? {
@@ -138,22 +142,29 @@ impl Uploads {
         let (hashers, size) = (self.hashers.clone(), u64::try_from(task.spec.file_size).unwrap_or(0));
         let root = self.settings.store_root().map(Path::to_path_buf);
         let fsync = self.settings.durability == Durability::Power;
-        let verified = blocking(move || -> Result<Verified, UploadError> {
-            let md5 =
-                hashers.finish(task_id, &tmp, size).map_err(|e| UploadError::disk("cannot read the temp file", e))?;
-            if md5.as_str() != expected {
-                return Ok(Verified::Md5Mismatch(md5));
+        let matched_before = *md5_matched;
+        let (matched, verified) = blocking(move || -> (bool, Result<Verified, UploadError>) {
+            if !matched_before {
+                let md5 = match hashers.finish(task_id, &tmp, size) {
+                    Ok(md5) => md5,
+                    Err(e) => return (false, Err(UploadError::disk("cannot read the temp file", e))),
+                };
+                if md5.as_str() != expected {
+                    return (false, Ok(Verified::Md5Mismatch(md5)));
+                }
             }
             // Confined again here, without following a symlink: one may have appeared since the
             // create. A missing storeDir is made again.
-            match blob::place(&tmp, root.as_deref(), &dir, &name, task_id, fsync) {
+            let placed = match blob::place(&tmp, root.as_deref(), &dir, &name, task_id, fsync) {
                 Ok(path) => Ok(Verified::Placed(path)),
                 Err(PlaceError::LeavesStoreDir(_)) => Ok(Verified::LeavesStoreDir),
                 Err(PlaceError::Io(e)) => Err(UploadError::StoreDir(e)),
-            }
+            };
+            (true, placed)
         })
-        .await??;
-        let (code, final_path, error) = match verified {
+        .await?;
+        *md5_matched = matched;
+        let (code, final_path, error) = match verified? {
             Verified::Placed(path) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
             Verified::Md5Mismatch(got) => {
                 (CallbackCode::Md5Mismatch, None, Some(format!("md5 mismatch: the received file's md5 is {got}")))
@@ -444,6 +455,7 @@ mod tests {
             };
             let (last_block, ()) = tokio::join!(last_block, room_made);
             assert_eq!(last_block.unwrap().task_status, TaskStatus::Finish, "finished by a retry");
+            assert_eq!(t.uploads.hashers.bytes_read(), 0, "the retry did not hash the file again");
             let finished = stored(&t, &task).await;
             assert_eq!(std::fs::read(finished.final_path.unwrap()).unwrap(), data);
             assert_eq!(store_dir_files(&t).await, ["f.bin"], "one copy, whatever the file systems");
