@@ -7,7 +7,10 @@ use rusqlite_migration::{Migrations, M};
 use super::StoreError;
 
 /// Every migration, oldest first. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/20261125000001_initial.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/20261125000001_initial.sql")),
+    M::up(include_str!("../../migrations/20261204000002_write_probe.sql")),
+];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     adopt_sqlx_history(conn)?;
