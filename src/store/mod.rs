@@ -571,6 +571,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_whose_error_ended_the_transaction_fails_its_group_for_that_reason() {
+        let (store, _dir) = temp_store().await;
+        let (one, two) = (new_task(1), new_task(2));
+        let release = test_support::hold_writer(&store).await;
+        let before = store.create_or_resume_task(&one);
+        // As SQLite does on some full disks: the statement's error rolls the transaction back.
+        let ending = store.write(|conn| -> Result<(), StoreError> {
+            conn.execute_batch("ROLLBACK")?;
+            let full = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
+            Err(rusqlite::Error::SqliteFailure(full, None).into())
+        });
+        let after = store.create_or_resume_task(&two);
+        let released = async { release.send(()).unwrap() };
+        let ((), before, ending, after) = tokio::join!(released, before, ending, after);
+        for (which, outcome) in [("before", before.map(drop)), ("ending", ending), ("after", after.map(drop))] {
+            let e = outcome.expect_err(which);
+            assert_eq!(e.trouble(), Some(Trouble::Full), "{which}: {e:?}");
+        }
+        assert_eq!(count_tasks(&store, "TRUE").await, 0, "nothing of the group was committed");
+    }
+
+    #[tokio::test]
     async fn a_probe_write_commits_and_one_at_a_time_waits_for_the_writer() {
         let (store, _dir) = temp_store().await;
         let release = test_support::hold_writer(&store).await;
