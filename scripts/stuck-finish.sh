@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A finish stuck behind an operator's write lock, measured (docs/RELIABILITY.md, section 10):
+# A finish stuck behind an operator's write lock, measured (docs/RELIABILITY.md, section 11):
 # uploads SIZE_MB with tmpDir on /dev/shm and storeDir on disk (the finish copies across file
 # systems), holds `BEGIN IMMEDIATE` in sqlite3 for HOLD seconds from the moment the task reaches
 # verify, and prints how long after the lock went the task finished, its failed finish attempts,

@@ -1,11 +1,12 @@
-//! Readiness: can this process take uploads right now? The database answers, tmpDir and
-//! storeDir take a new file, and their file systems have more than `readiness.minFreeDisk` free.
+//! Readiness: can this process take uploads right now? The database answers and takes writes,
+//! tmpDir and storeDir take a new file, and their file systems have more than
+//! `readiness.minFreeDisk` free.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -65,12 +66,32 @@ impl Readiness<'_> {
 
     async fn database(&self) -> Check {
         match tokio::time::timeout(DATABASE_TIMEOUT, self.store.ping()).await {
-            Ok(Ok(())) => Check::pass("database"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness: the database failed");
-                Check::fail("database", "does not answer")
+                return Check::fail("database", "does not answer");
             }
-            Err(_) => Check::fail("database", format!("no answer within {DATABASE_TIMEOUT:?}")),
+            Err(_) => return Check::fail("database", format!("no answer within {DATABASE_TIMEOUT:?}")),
+        }
+        if self.store.writes_failing().is_none() {
+            return Check::pass("database");
+        }
+        // With no uploads coming in, only a write tells whether writes work again.
+        if let Some(probe) = self.store.probe_write() {
+            match tokio::time::timeout(DATABASE_TIMEOUT, probe).await {
+                Ok(Ok(())) => return Check::pass("database"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "readiness: the probe write failed"),
+                Err(_) => tracing::warn!("readiness: the probe write is still waiting for the database"),
+            }
+        }
+        match self.store.writes_failing() {
+            Some(failing) => {
+                let seconds = SystemTime::now().duration_since(failing.since).unwrap_or_default().as_secs();
+                tracing::warn!(error = failing.error, "readiness: database writes fail");
+                Check::fail("database", format!("writes fail for {seconds} s: {}", failing.trouble))
+            }
+            // A write committed meanwhile.
+            None => Check::pass("database"),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Resource faults: the disk filling up while a block is written, and the business server down
-//! (refusing connections, or accepting them and never answering) for a long time.
+//! Resource faults: the disk filling up while a block is written or under the database, and the
+//! business server down (refusing connections, or accepting them and never answering) for a long
+//! time.
 //!
-//! Disk full is real: tmpDir is a 1 MiB tmpfs that the test mounts (it needs root, as CI has;
-//! elsewhere the test says why it is skipped). The store directory stays on the normal disk, so
+//! Disk full is real: tmpDir, or the database's directory, is a small tmpfs that the test mounts
+//! (it needs root, as CI has; elsewhere the test says why it is skipped). The store directory stays on the normal disk, so
 //! the finish also takes the copy-across-file-systems path.
 
 #[path = "api/helpers.rs"]
@@ -37,6 +38,16 @@ impl Tmpfs {
         Ok(Tmpfs { path: path.to_path_buf() })
     }
 
+    /// The tmpfs for `what`, or `None` (the test is then skipped, saying why) where this process
+    /// may not mount one.
+    fn mount_or_skip(path: &Path, size: &str, what: &str) -> Option<Self> {
+        Self::mount(path, size)
+            .map_err(|why| {
+                println!("SKIPPED: cannot mount a small tmpfs for {what} ({why}); run as root to test a full disk")
+            })
+            .ok()
+    }
+
     fn resize(&self, size: &str) {
         let status = Command::new("mount")
             .args(["-o", &format!("remount,size={size}"), "tmpfs"])
@@ -57,13 +68,7 @@ impl Drop for Tmpfs {
 async fn a_full_disk_refuses_the_block_with_507_records_nothing_and_the_upload_resumes() {
     let mount_dir = tempfile::tempdir().unwrap();
     let tmp = mount_dir.path().join("tmp");
-    let tmpfs = match Tmpfs::mount(&tmp, "1m") {
-        Ok(tmpfs) => tmpfs,
-        Err(why) => {
-            println!("SKIPPED: cannot mount a small tmpfs for tmpDir ({why}); run as root to test a full disk");
-            return;
-        }
-    };
+    let Some(tmpfs) = Tmpfs::mount_or_skip(&tmp, "1m", "tmpDir") else { return };
     let app = spawn_app_with(|s| s.tmp_dir = tmp.clone()).await;
     let data = content(3 << 20, 12);
     let task = app.new_task("big.bin", &data).await;
@@ -103,6 +108,42 @@ async fn a_full_disk_refuses_the_block_with_507_records_nothing_and_the_upload_r
     let callback = &app.callbacks.wait_for(1).await[0];
     assert_eq!(callback.json["retCode"], "0");
     assert_eq!(TestApp::stored_file(callback), data);
+    drop(app);
+    drop(tmpfs);
+}
+
+/// Fills the file system of `dir` with one file, up to the last byte it takes.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut filler = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while filler.write_all(&chunk).is_ok() {}
+    while filler.write_all(&chunk[..1]).is_ok() {}
+    path
+}
+
+#[actix_web::test]
+async fn a_full_database_disk_is_answered_507_and_writes_resume_once_there_is_room() {
+    let mount_dir = tempfile::tempdir().unwrap();
+    let db_dir = mount_dir.path().join("db");
+    let Some(tmpfs) = Tmpfs::mount_or_skip(&db_dir, "4m", "the database") else { return };
+    let app = spawn_app_with(|s| s.database.url = format!("sqlite://{}", db_dir.join("fupload.db").display())).await;
+    let data = content(1000, 5);
+    let task = app.new_task("a.bin", &data).await;
+    let filler = fill_up(&db_dir);
+    // More than the WAL holds already, so that it must grow.
+    let mut big = task_body("big.bin", &data);
+    big["feedBackParameter"] = serde_json::json!("x".repeat(512 << 10));
+    let reply = app.create(&big).await;
+    reply.expect(507, "3");
+    let text = reply.json["status"].as_str().unwrap();
+    assert!(text.starts_with("disk full: the volume of the upload database"), "{text}");
+    assert!(text.contains("retry"), "{text}");
+    std::fs::remove_file(filler).unwrap();
+    app.create(&big).await.expect(200, "0");
+    app.send_block(&task, &data, 0, 999).await.expect(200, "0");
+    assert_eq!(app.callbacks.wait_for(1).await[0].json["retCode"], "0");
     drop(app);
     drop(tmpfs);
 }

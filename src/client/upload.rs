@@ -56,18 +56,19 @@ pub async fn upload(
     }
     let sent_before = client.sent_bytes();
     let mut already_received = None;
-    let mut received_before_round = None;
+    let mut expected_before_round = None;
     loop {
         let info = client.blocks_info(task).await?;
         already_received.get_or_insert(info.received_size);
         match info.status {
             TaskStatus::Upload if !info.expect_blocks.is_empty() => {
-                // Less than before is progress of a kind: the server lost bytes (its tmpDir was
-                // cleaned, say) and asks for them again.
-                if received_before_round.is_some_and(|before| info.received_size == before) {
+                // The same gaps after a round that sent them: the server takes the blocks but
+                // records none. (Fewer bytes received than before is not that: the server lost
+                // some, its tmpDir cleaned say, and asks for them again.)
+                if expected_before_round.as_ref() == Some(&info.expect_blocks) {
                     return Err(ClientError::NoProgress { task_id: task.task_id });
                 }
-                received_before_round = Some(info.received_size);
+                expected_before_round = Some(info.expect_blocks.clone());
                 client.progress().uploading(task, info.received_size, info.total_size);
                 let blocks = plan::blocks(&info.expect_blocks, options.block_size);
                 send_blocks(client, task, file, blocks, options.parallel).await?;

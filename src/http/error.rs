@@ -3,12 +3,18 @@
 use std::fmt;
 use std::io;
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use super::envelope;
 use crate::domain::FieldError;
 use crate::service::{RangeProblem, UploadError};
+
+/// Seconds a client is asked to wait before it retries a request the database was too busy for.
+/// The request has already waited the store's busy timeout for the lock; a lock an operator or
+/// a backup holds usually ends within seconds, and a retry soon after costs one request.
+const BUSY_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// A refused request. Internal causes are logged, never sent.
 #[derive(Debug)]
@@ -29,7 +35,10 @@ impl ApiError {
         match &self.0 {
             UploadError::Unauthorized => "1",
             UploadError::TaskNotFound => "2",
-            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost => "3",
+            UploadError::Disk(_)
+            | UploadError::StoreDir(_)
+            | UploadError::TempFileLost
+            | UploadError::DatabaseFull(_) => "3",
             UploadError::Paused => "4",
             UploadError::SameState(_) => "5",
             UploadError::InvalidField(_) => "6",
@@ -38,7 +47,7 @@ impl ApiError {
             UploadError::StorePathNotAllowed => "9",
             UploadError::TooLarge(_) => "10",
             UploadError::TaskEnded(_) => "11",
-            UploadError::Internal(_) => "20",
+            UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
         }
     }
 
@@ -57,6 +66,13 @@ impl ApiError {
                 bytes that were not on disk are expected again: send this block again, and ask blocksUrl what else \
                 is expected"
                 .into(),
+            UploadError::DatabaseFull(_) => "disk full: the volume of the upload database has no space left, so \
+                                             this request was not recorded; free space there, then retry the request"
+                .into(),
+            UploadError::DatabaseBusy(_) => "the database is busy: another process holds its lock (say, an sqlite3 \
+                                             shell in a write transaction), so this request was not recorded; \
+                                             retry it in a few seconds"
+                .into(),
             other => other.to_string(),
         }
     }
@@ -65,6 +81,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match &self.0 {
             UploadError::TempFileLost => Some(1),
+            UploadError::DatabaseBusy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
             _ => None,
         }
     }
@@ -86,6 +103,8 @@ impl ResponseError for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             UploadError::TempFileLost => StatusCode::SERVICE_UNAVAILABLE,
+            UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
             UploadError::InvalidField(_) | UploadError::PartMd5Mismatch => StatusCode::BAD_REQUEST,
             UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -99,13 +118,15 @@ impl ResponseError for ApiError {
         match &self.0 {
             UploadError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             UploadError::Disk(e) | UploadError::StoreDir(e) => tracing::error!(error = %e, "disk error"),
+            UploadError::DatabaseFull(e) => tracing::error!(error = %e, "the database's disk is full"),
+            UploadError::DatabaseBusy(e) => tracing::warn!(error = %e, "the database is locked by another process"),
             other => tracing::debug!(refusal = %other, "request refused"),
         }
-        let mut reply = envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null);
+        let mut response = envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null);
         if let Some(seconds) = self.retry_after() {
-            reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
-        reply
+        response
     }
 }
 

@@ -29,8 +29,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(HealthJson { status: "ok" })
 }
 
-/// Readiness: the database answers, tmpDir and storeDir are writable, free disk is above
-/// `readiness.minFreeDisk`. 503 lists what is wrong.
+/// Readiness: the database answers and takes writes, tmpDir and storeDir are writable, free disk
+/// is above `readiness.minFreeDisk`. 503 lists what is wrong.
 #[utoipa::path(
     get,
     path = "/readyz",

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::domain::{FieldError, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
-use crate::store::{Store, StoreError, Task};
+use crate::store::{Store, StoreError, Task, Trouble};
 
 pub use block::{BlockAccepted, BlockPlan, BlockTarget, ReceivedBlock};
 pub use business::BusinessServers;
@@ -56,6 +56,12 @@ pub enum UploadError {
     TooLarge(String),
     #[error("task is {0} and no longer accepts this")]
     TaskEnded(TaskStatus),
+    /// The database's volume is full: nothing of the request was recorded.
+    #[error("the database's disk is full")]
+    DatabaseFull(#[source] StoreError),
+    /// Another process held the database's lock for longer than the store waits.
+    #[error("the database is busy")]
+    DatabaseBusy(#[source] StoreError),
     #[error("unknown system error")]
     Internal(#[from] anyhow::Error),
 }
@@ -72,7 +78,11 @@ pub enum RangeProblem {
 
 impl From<StoreError> for UploadError {
     fn from(e: StoreError) -> Self {
-        UploadError::Internal(anyhow::Error::new(e).context("database"))
+        match e.trouble() {
+            Some(Trouble::Full) => UploadError::DatabaseFull(e),
+            Some(Trouble::Busy) => UploadError::DatabaseBusy(e),
+            Some(Trouble::Unwritable) | None => UploadError::Internal(anyhow::Error::new(e).context("database")),
+        }
     }
 }
 

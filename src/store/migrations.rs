@@ -10,6 +10,7 @@ use super::StoreError;
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/20261125000001_initial.sql")),
     M::up(include_str!("../../migrations/20261204000001_temp_generation_and_finish_attempts.sql")),
+    M::up(include_str!("../../migrations/20261204000002_write_probe.sql")),
 ];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

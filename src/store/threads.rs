@@ -17,16 +17,18 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use super::{StoreError, TransactionFailure};
 
 /// The most writes committed together, so that one commit's replies do not wait on too many.
 const MOST_WRITES_PER_COMMIT: usize = 64;
 
 /// A write: run in a savepoint (`None` when it could not get one), it says whether its changes
-/// stay, and hands back its reply, to be sent once the commit is known.
-type WriteJob = Box<dyn FnOnce(Option<&mut WriteSavepoint>) -> (bool, WriteReply) + Send>;
-/// Takes the outcome of the write's transaction: committed, or the error's text.
-type WriteReply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// stay (or why not), and hands back its reply, to be sent once the commit is known.
+type WriteJob = Box<dyn FnOnce(Option<&mut WriteSavepoint>) -> (Kept, WriteReply) + Send>;
+/// `Ok` when the write's changes stay; else how it failed.
+type Kept = Result<(), TransactionFailure>;
+/// Takes the outcome of the write's transaction: committed, or why not.
+type WriteReply = Box<dyn FnOnce(Result<(), TransactionFailure>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The writer's connection inside a write's savepoint.
@@ -123,8 +125,9 @@ impl Writer {
 
     /// Runs `write` in a savepoint of the writer's next transaction, and returns its result once
     /// that transaction is committed. If `write` fails, its changes are rolled back and the other
-    /// writes of the transaction go on. `write` may also roll its savepoint back itself and
-    /// succeed, having written nothing.
+    /// writes of the transaction go on; it gets its own error, also when that ended the
+    /// transaction. `write` may also roll its savepoint back itself and succeed, having written
+    /// nothing.
     pub async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -133,20 +136,28 @@ impl Writer {
         let (reply, outcome) = oneshot::channel();
         self.send(Box::new(move |savepoint: Option<&mut WriteSavepoint>| {
             let result = savepoint.map(write);
-            let keep = matches!(result, Some(Ok(_)));
-            let reply = move |committed: Result<(), String>| {
-                let outcome =
-                    committed.map_err(StoreError::Transaction).and_then(|()| result.ok_or(StoreError::Closed)?);
+            let kept = match &result {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(TransactionFailure::from(e)),
+                None => Err(TransactionFailure::new("not run")),
+            };
+            let reply = move |committed: Result<(), TransactionFailure>| {
+                let outcome = match (committed, result) {
+                    (_, Some(Err(e))) => Err(e),
+                    (Err(failure), _) => Err(StoreError::Transaction(failure)),
+                    (Ok(()), Some(Ok(value))) => Ok(value),
+                    (Ok(()), None) => Err(StoreError::Closed),
+                };
                 drop(reply.send(outcome));
             };
-            (keep, Box::new(reply) as WriteReply)
+            (kept, Box::new(reply) as WriteReply)
         }))?;
         outcome.await.map_err(|_| StoreError::Closed)?
     }
 }
 
 /// A lock that a panic elsewhere does not poison for good: what it guards stays consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -189,7 +200,7 @@ fn commit_together(conn: &Connection, writes: Vec<WriteJob>) {
             replies.extend(writes.map(|write| write(None).1));
             let ended = match failed {
                 Some(why) => Err(why),
-                None => run(conn, "COMMIT").map_err(|e| e.to_string()),
+                None => run(conn, "COMMIT").map_err(TransactionFailure::from),
             };
             if ended.is_err() && !conn.is_autocommit() {
                 if let Err(e) = run(conn, "ROLLBACK") {
@@ -200,7 +211,7 @@ fn commit_together(conn: &Connection, writes: Vec<WriteJob>) {
         }
         Err(e) => {
             replies.extend(writes.into_iter().map(|write| write(None).1));
-            Err(e.to_string())
+            Err(e.into())
         }
     };
     for reply in replies {
@@ -211,22 +222,27 @@ fn commit_together(conn: &Connection, writes: Vec<WriteJob>) {
 /// Runs `write` in a savepoint of the open transaction, then keeps or rolls back what it wrote.
 /// `Err` when the transaction can no longer be trusted: the savepoint could not begin or end, or
 /// the write panicked (its reply went with it).
-fn run_in_savepoint(conn: &Connection, write: WriteJob) -> Result<WriteReply, (Option<WriteReply>, String)> {
-    // Some errors (a full disk, say) make SQLite roll the whole transaction back. A savepoint
-    // now would begin a transaction of its own, and commit this write whatever came of the rest.
-    if conn.is_autocommit() {
-        return Err((Some(write(None).1), "an earlier write's error rolled the transaction back".to_owned()));
-    }
+fn run_in_savepoint(
+    conn: &Connection,
+    write: WriteJob,
+) -> Result<WriteReply, (Option<WriteReply>, TransactionFailure)> {
     if let Err(e) = run(conn, "SAVEPOINT write") {
-        return Err((Some(write(None).1), e.to_string()));
+        return Err((Some(write(None).1), e.into()));
     }
     let mut savepoint = WriteSavepoint { conn };
-    let Ok((keep, reply)) = panic::catch_unwind(AssertUnwindSafe(|| write(Some(&mut savepoint)))) else {
-        return Err((None, "a write panicked".to_owned()));
+    let Ok((kept, reply)) = panic::catch_unwind(AssertUnwindSafe(|| write(Some(&mut savepoint)))) else {
+        return Err((None, TransactionFailure::new("a write panicked")));
     };
-    let ended = if keep { Ok(()) } else { savepoint.rollback() }.and_then(|()| run(conn, "RELEASE write"));
+    let ended = match kept {
+        Ok(()) => run(conn, "RELEASE write").map_err(TransactionFailure::from),
+        // Some errors (a full disk, say) make SQLite roll the whole transaction back. A savepoint
+        // begun now would be a transaction of its own, and commit the next write whatever came
+        // of the rest: the group fails, for this write's reason.
+        Err(failure) if conn.is_autocommit() => Err(failure),
+        Err(_) => savepoint.rollback().and_then(|()| run(conn, "RELEASE write")).map_err(TransactionFailure::from),
+    };
     match ended {
         Ok(()) => Ok(reply),
-        Err(e) => Err((Some(reply), e.to_string())),
+        Err(failure) => Err((Some(reply), failure)),
     }
 }

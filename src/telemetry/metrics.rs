@@ -20,6 +20,7 @@ pub const CALLBACK_FAILURES: &str = "fupload_callback_failures_total";
 pub const CALLBACKS_GIVEN_UP: &str = "fupload_callbacks_given_up_total";
 pub const OUTBOX_PENDING: &str = "fupload_callback_outbox_pending";
 pub const REQUEST_DURATION: &str = "fupload_http_request_duration_seconds";
+pub const WAL_SIZE: &str = "fupload_database_wal_bytes";
 
 /// Latency buckets, seconds: JSON calls take milliseconds, a 64 MiB block seconds.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -60,6 +61,7 @@ fn describe() {
     describe_counter!(CALLBACK_FAILURES, "Callback attempts that failed (no answer, or not a 2xx).");
     describe_counter!(CALLBACKS_GIVEN_UP, "Callbacks marked failed after callback.maxAttempts attempts.");
     describe_gauge!(OUTBOX_PENDING, "Callbacks waiting in the outbox for delivery; read from the database.");
+    describe_gauge!(WAL_SIZE, Unit::Bytes, "Size of the database's WAL file, as of the last checkpoint.");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "HTTP request latency by method, matched route and status.");
     counter!(TASKS_CREATED).absolute(0);
     counter!(RECEIVED_BYTES).absolute(0);
@@ -110,6 +112,10 @@ pub fn set_store_gauges(active: &[(TaskStatus, u64)], outbox_pending: u64) {
         gauge!(ACTIVE_TASKS, "status" => status.as_str()).set(count as f64);
     }
     gauge!(OUTBOX_PENDING).set(outbox_pending as f64);
+}
+
+pub fn set_wal_size(bytes: u64) {
+    gauge!(WAL_SIZE).set(bytes as f64);
 }
 
 /// The exposition text; also drains histogram samples gathered since the last scrape.

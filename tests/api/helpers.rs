@@ -142,14 +142,24 @@ pub struct TaskUrls {
     pub state_url: String,
 }
 
-/// A reply: HTTP status and the JSON envelope.
+/// A reply: HTTP status, the JSON envelope, and its `Retry-After` header if it had one.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub json: Value,
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
+    async fn of<S>(response: &mut awc::ClientResponse<S>) -> Self
+    where
+        S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    {
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let json = response.json::<Value>().limit(16 << 20).await.unwrap_or(Value::Null);
+        Reply { status: response.status().as_u16(), json, retry_after }
+    }
+
     pub fn ret_code(&self) -> &str {
         self.json["retCode"].as_str().unwrap_or("<none>")
     }
@@ -222,14 +232,12 @@ impl TestApp {
         let url = self.absolute(url);
         let mut response =
             self.client.post(url).insert_header(("content-type", content_type)).send_body(body).await.unwrap();
-        let json = response.json::<Value>().limit(16 << 20).await.unwrap_or(Value::Null);
-        Reply { status: response.status().as_u16(), json }
+        Reply::of(&mut response).await
     }
 
     pub async fn get(&self, url: &str) -> Reply {
         let mut response = self.client.get(self.absolute(url)).send().await.unwrap();
-        let json = response.json::<Value>().limit(16 << 20).await.unwrap_or(Value::Null);
-        Reply { status: response.status().as_u16(), json }
+        Reply::of(&mut response).await
     }
 
     /// Any request, with extra headers; the reply's status, headers and body as they came.

@@ -4,6 +4,7 @@ mod bad_input;
 mod blocks;
 mod callbacks;
 mod create;
+mod database;
 mod helpers;
 mod lifecycle;
 mod ops;

@@ -82,6 +82,24 @@ async fn server_errors_are_tried_again_until_the_upload_finishes() {
 }
 
 #[actix_web::test]
+async fn bytes_the_server_lost_are_sent_again() {
+    // Half the file is on the server, then its tmpDir is removed (an admin, systemd-tmpfiles):
+    // the run that sends the other half is told the first half is missing again, and sends it
+    // too. The server then holds as many bytes as before that run, but other ones.
+    let s = scene("lost.bin", 8 * BLOCK as usize).await;
+    let options = UploadOptions { block_size: BLOCK, parallel: 2 };
+    s.proxy.hold_after(4);
+    let stalled = s.proxy.wait_until("4 blocks through and 2 held", |c| c.forwarded == 4 && c.held == 2);
+    interrupt(upload(&s.client, &s.task, &s.file, &options), stalled).await;
+    std::fs::remove_dir_all(&s.app.settings.tmp_dir).unwrap();
+    s.proxy.forward_new();
+    let uploaded = upload(&s.client, &s.task, &s.file, &options).await.unwrap();
+    assert_eq!(uploaded.already_received, 4 * BLOCK);
+    assert!(uploaded.sent_bytes >= s.file.size, "the lost half was sent again: {uploaded:?}");
+    assert_stored(&s.app, &s.path).await;
+}
+
+#[actix_web::test]
 async fn the_client_gives_up_after_its_tries() {
     let s = scene("down.bin", 1000).await;
     s.proxy.fail_next(1000);
