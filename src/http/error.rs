@@ -141,3 +141,33 @@ pub async fn method_not_allowed() -> HttpResponse {
 pub async fn unknown_path() -> HttpResponse {
     envelope(StatusCode::NOT_FOUND, "6", "no such endpoint".into(), serde_json::Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(e: UploadError) -> (u16, &'static str, String) {
+        let e = ApiError(e);
+        (e.status_code().as_u16(), e.ret_code(), e.status_text())
+    }
+
+    #[test]
+    fn disk_refusals_name_the_place_that_failed() {
+        // A missing storeDir used to be reported as "cannot create or write the temp file".
+        let gone = || io::Error::from(io::ErrorKind::NotFound);
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        let (status, code, text) = refusal(UploadError::StoreDir(gone()));
+        assert_eq!((status, code), (500, "3"));
+        assert!(text.contains("storeDir") && !text.contains("temp file"), "{text}");
+        let (status, code, text) = refusal(UploadError::StoreDir(full()));
+        assert_eq!((status, code), (507, "3"));
+        assert!(text.starts_with("disk full: storeDir"), "{text}");
+        let (status, code, text) = refusal(UploadError::Disk(full()));
+        assert_eq!((status, code), (507, "3"));
+        assert!(text.starts_with("disk full: tmpDir"), "{text}");
+        let (status, code, text) = refusal(UploadError::TempFileLost);
+        assert_eq!((status, code), (503, "3"));
+        assert!(text.contains("send this block again"), "{text}");
+        assert_eq!(ApiError(UploadError::TempFileLost).retry_after(), Some(1));
+    }
+}
