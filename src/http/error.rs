@@ -99,10 +99,10 @@ impl ResponseError for ApiError {
             UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
             UploadError::TaskNotFound => StatusCode::NOT_FOUND,
             UploadError::Disk(e) | UploadError::StoreDir(e) if is_full(e) => StatusCode::INSUFFICIENT_STORAGE,
-            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::Internal(_) => {
+            // A lost temp file is a disk error to PROTOCOL.md ("3": 500/507); `Retry-After` says it passes.
+            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost | UploadError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            UploadError::TempFileLost => StatusCode::SERVICE_UNAVAILABLE,
             UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!((status, code), (507, "3"));
         assert!(text.starts_with("disk full: tmpDir"), "{text}");
         let (status, code, text) = refusal(UploadError::TempFileLost);
-        assert_eq!((status, code), (503, "3"));
+        assert_eq!((status, code), (500, "3"));
         assert!(text.contains("send this block again"), "{text}");
         assert_eq!(ApiError(UploadError::TempFileLost).retry_after(), Some(1));
     }

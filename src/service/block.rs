@@ -105,7 +105,7 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let task_id = plan.task.task_id;
+        let (task_id, generation) = (plan.task.task_id, plan.task.temp_generation);
         let target = BlockFile {
             path: plan.task.tmp_path(),
             range: plan.range,
@@ -125,7 +125,9 @@ impl Uploads {
                 let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
                 match (task.status, e) {
                     (TaskStatus::Upload, StreamError::TempFileLost { on_disk }) => {
-                        self.repair_lost_temp(&task, on_disk).await?;
+                        // What this block saw on disk is of the file it was planned for: if the
+                        // file was made anew since, the repair is not done again.
+                        self.repair_lost_temp(task_id, generation, on_disk).await?;
                         Err(UploadError::TempFileLost)
                     }
                     (TaskStatus::Upload, StreamError::Disk(e)) => Err(UploadError::disk("cannot write block", e)),

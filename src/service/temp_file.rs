@@ -15,21 +15,33 @@ impl Uploads {
         let (path, size) = (task.tmp_path(), file_size(task));
         match blocking(move || blob::temp_file(&path, size)).await? {
             Ok(TempFile::Whole) => Ok(Some(task.clone())),
-            Ok(TempFile::Lost { on_disk }) => self.repair_lost_temp(task, on_disk).await,
+            Ok(TempFile::Lost { on_disk }) => {
+                match self.repair_lost_temp(task.task_id, task.temp_generation, on_disk).await? {
+                    Some(repaired) => Ok(Some(repaired)),
+                    // Repaired by another meanwhile, or ended.
+                    None => Ok(self.store.task(task.task_id).await?),
+                }
+            }
             Err(e) => Err(UploadError::disk("cannot look at the temp file", e)),
         }
     }
 
-    /// Sets the task's received ranges back to the first `on_disk` bytes its temp file still
-    /// holds, and makes the file (and tmpDir) again. Returns the task as it is now, `None` when
-    /// it has ended meanwhile (its temp file was removed on purpose).
-    pub(super) async fn repair_lost_temp(&self, task: &Task, on_disk: u64) -> Result<Option<Task>, UploadError> {
-        let task_id = task.task_id;
+    /// Sets the task's received ranges back to the first `on_disk` bytes its temp file of
+    /// `temp_generation` still holds, and makes the file (and tmpDir) again. Returns the task as
+    /// it is now; `None` when it has ended meanwhile (its temp file was removed on purpose) or
+    /// another repair came first.
+    pub(super) async fn repair_lost_temp(
+        &self,
+        task_id: i64,
+        temp_generation: i64,
+        on_disk: u64,
+    ) -> Result<Option<Task>, UploadError> {
         let why = format!(
             "the temp file was lost or cut short (was tmpDir cleaned?): {on_disk} bytes were kept, the bytes \
              after them are expected again"
         );
-        let Some(task) = self.store.reset_received_beyond(task_id, on_disk, &why).await? else { return Ok(None) };
+        let reset = self.store.reset_received_beyond(task_id, temp_generation, on_disk, &why).await?;
+        let Some(task) = reset else { return Ok(None) };
         let (path, size) = (task.tmp_path(), file_size(&task));
         let made = blocking(move || blob::create_temp(&path, size)).await?;
         made.map_err(|e| UploadError::disk("cannot make the lost temp file again", e))?;

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::tasks::{status_of, Task, TASK_COLUMNS};
+use super::tasks::{Task, TASK_COLUMNS};
 use super::{now, Store, StoreError};
 use crate::domain::{BlockMerge, ByteRange, TaskStatus};
 
@@ -84,20 +84,28 @@ impl Store {
         .await
     }
 
-    /// The task's temp file holds only its first `on_disk` bytes (it was lost, or cut short):
-    /// forgets what was received beyond them, notes `why` as the task's last problem, and moves
-    /// the temp generation on, so that no block written into the old file is recorded. A task in
-    /// `verify` that loses bytes goes back to `upload`. Returns the task as it is now; `None`, with
-    /// nothing written, when it is neither open nor in `verify`.
+    /// The task's temp file of generation `temp_generation` holds only its first `on_disk` bytes
+    /// (it was lost, or cut short): forgets what was received beyond them, notes `why` as the
+    /// task's last problem, and moves the temp generation on, so that no block written into the
+    /// old file is recorded. A task in `verify` that loses bytes goes back to `upload`. Returns the
+    /// task as it is now; `None`, with nothing written, when it is neither open nor in `verify`,
+    /// or its generation has moved on already (another repair came first: what it saw on disk is
+    /// no longer what is there).
     pub async fn reset_received_beyond(
         &self,
         task_id: i64,
+        temp_generation: i64,
         on_disk: u64,
         why: &str,
     ) -> Result<Option<Task>, StoreError> {
         let why = why.to_owned();
         self.write(move |conn| {
-            if !matches!(status_of(conn, task_id)?, Some(TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)) {
+            let current = conn
+                .prepare_cached("SELECT status, temp_generation FROM upload_tasks WHERE task_id = ?1")?
+                .query_row([task_id], |row| Ok((row.get::<_, TaskStatus>(0)?, row.get::<_, i64>(1)?)))
+                .optional()?;
+            let takes_repair = |status| matches!(status, TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify);
+            if !current.is_some_and(|(status, generation)| takes_repair(status) && generation == temp_generation) {
                 return Ok(None);
             }
             let on_disk = to_sql(on_disk);
@@ -105,11 +113,12 @@ impl Store {
                 .execute(params![task_id, on_disk])?;
             conn.prepare_cached("UPDATE received_ranges SET end_byte = ?2 - 1 WHERE task_id = ?1 AND end_byte >= ?2")?
                 .execute(params![task_id, on_disk])?;
+            // A task in verify had every byte; it keeps them all only if the file was not cut.
             let sql = format!(
                 "UPDATE upload_tasks SET
                      received_bytes = (SELECT COALESCE(SUM(end_byte - start_byte + 1), 0)
                                        FROM received_ranges WHERE task_id = ?1),
-                     status = CASE WHEN status = 'verify' AND received_bytes > ?2 THEN 'upload' ELSE status END,
+                     status = CASE WHEN status = 'verify' AND ?2 < file_size THEN 'upload' ELSE status END,
                      temp_generation = temp_generation + 1, error = ?3, updated_at = ?4
                  WHERE task_id = ?1
                  RETURNING {TASK_COLUMNS}"

@@ -171,14 +171,14 @@ async fn an_existing_file_is_never_overwritten() {
 }
 
 #[actix_web::test]
-async fn a_block_after_tmp_dir_was_cleaned_is_answered_503_and_the_lost_bytes_are_expected_again() {
+async fn a_block_after_tmp_dir_was_cleaned_is_refused_with_retry_after_and_the_lost_bytes_are_expected_again() {
     let app = spawn_app().await;
     let data = content(200_000, 6);
     let task = app.new_task("lost.bin", &data).await;
     app.send_block(&task, &data, 0, 99_999).await.expect(200, "0");
     std::fs::remove_dir_all(&app.settings.tmp_dir).unwrap();
     let lost = app.send_block(&task, &data, 100_000, 199_999).await;
-    lost.expect(503, "3");
+    lost.expect(500, "3");
     assert_eq!(lost.retry_after.as_deref(), Some("1"));
     assert!(lost.json["status"].as_str().unwrap().contains("send this block again"), "{}", lost.json);
     let info = app.blocks_info(&task).await;
