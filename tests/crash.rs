@@ -12,12 +12,7 @@
 //! `FUPLOAD_CRASH_KILLS=200 cargo test --release --test crash -- --nocapture` is the soak mode.
 //! `FUPLOAD_CRASH_SEED` repeats a run.
 
-#[path = "support/acks.rs"]
-#[allow(dead_code)]
-mod acks;
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+use fupload_testkit::{acks, helpers};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -6,9 +6,7 @@
 //! (it needs root, as CI has; elsewhere the test says why it is skipped). The store directory stays on the normal disk, so
 //! the finish also takes the copy-across-file-systems path.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+use fupload_testkit::helpers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,12 +3,7 @@
 //! on what a client may send or hold (body sizes, header size, slow heads, slow bodies, idle
 //! keep-alive connections, concurrent connections). docs/SECURITY.md is the threat model.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "support/raw_http.rs"]
-#[allow(dead_code)]
-mod raw_http;
+use fupload_testkit::{helpers, raw_http};
 
 use std::collections::HashSet;
 use std::time::Duration;
