@@ -152,6 +152,7 @@ impl ServerProcess {
     /// Starts the server and waits until it serves (recovery is done before it serves).
     async fn start(&mut self, client: &awc::Client) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        #[expect(clippy::disallowed_methods, reason = "the test kills and restarts the server binary")]
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config)
