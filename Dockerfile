@@ -19,6 +19,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY examples ./examples
+# A workspace member (the tests' support crate): cargo reads its manifest for any build.
+COPY testkit ./testkit
 RUN cargo build --release --locked --bin fupload-server
 
 # Run: a slim Debian with the binary, its config and migrations; state in a volume; no root.

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -49,7 +50,7 @@ pub struct Settings {
     pub readiness: ReadinessSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
@@ -94,7 +95,7 @@ impl ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -107,7 +108,7 @@ impl Default for DatabaseSettings {
 }
 
 /// What an acknowledged block survives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// A crash of the fupload process (kill -9): data written, range committed, no fsync.
@@ -117,7 +118,7 @@ pub enum Durability {
     Power,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct CallbackSettings {
     /// Seconds one POST may take.
@@ -134,21 +135,21 @@ impl Default for CallbackSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BusinessServer {
     pub name: String,
     pub notify_url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
 }
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One human-readable line per event.
@@ -160,7 +161,7 @@ pub enum LogFormat {
 
 /// Cross-origin access for browsers that upload straight to fupload. No allowed origin (the
 /// default) means no CORS headers are ever sent, so browsers keep other origins out.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsSettings {
     /// Exact origins (`https://app.example.com`), or `*` for any.
@@ -182,7 +183,7 @@ impl Default for CorsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReadinessSettings {
     /// Bytes that must stay free on the file systems of tmpDir and storeDir for `/readyz` to
@@ -235,7 +236,7 @@ impl Settings {
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
             let key = known_key(&file, path).with_context(|| format!("{name}: no such setting"))?;
-            builder = if LIST_KEYS.contains(&key.as_str()) {
+            builder = if is_list(&key) {
                 builder.set_override(key, comma_separated(&value))?
             } else {
                 builder.set_override(key, value)?
@@ -293,7 +294,7 @@ impl Settings {
 /// knowing both the keys this file sets and the ones `Settings` takes.
 fn known_key(file: &config::Config, env_path: &str) -> Option<String> {
     let wanted: Vec<String> = env_path.split("__").map(str::to_ascii_lowercase).collect();
-    let mut candidates = SETTING_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    let mut candidates = SETTING_KEYS.iter().map(|key| key.path.clone()).collect::<Vec<_>>();
     if let Ok(table) = file.clone().try_deserialize::<HashMap<String, config::Value>>() {
         collect_keys(&table, "", &mut candidates);
     }
@@ -313,41 +314,39 @@ fn collect_keys(table: &HashMap<String, config::Value>, prefix: &str, out: &mut 
     }
 }
 
-/// Every scalar setting, so an environment variable can set one the file leaves out.
-const SETTING_KEYS: &[&str] = &[
-    "server.host",
-    "server.port",
-    "server.addr",
-    "server.proxyAddr",
-    "server.maxConnections",
-    "server.clientRequestTimeout",
-    "server.keepAlive",
-    "server.clientBodyTimeout",
-    "database.url",
-    "checkTmpMd5",
-    "requireUploadKey",
-    "tmpDir",
-    "storeDir",
-    "taskTimeout",
-    "maxFileSize",
-    "maxBlockSize",
-    "durability",
-    "callback.timeout",
-    "callback.maxAttempts",
-    "callback.initialBackoff",
-    "callback.maxBackoff",
-    "log.format",
-    "cors.allowedOrigins",
-    "cors.allowedMethods",
-    "cors.allowedHeaders",
-    "cors.maxAge",
-    "shutdownGrace",
-    "readiness.minFreeDisk",
-];
+/// A setting an environment variable can set even where the file leaves it out.
+struct SettingKey {
+    /// As the file spells it: `server.proxyAddr`.
+    path: String,
+    /// Lists are given comma-separated
+    /// (`FUPLOAD__CORS__ALLOWEDORIGINS=https://a.example,https://b.example`).
+    list: bool,
+}
 
-/// Settings that are lists: an environment variable gives them comma-separated
-/// (`FUPLOAD__CORS__ALLOWEDORIGINS=https://a.example,https://b.example`).
-const LIST_KEYS: &[&str] = &["cors.allowedOrigins", "cors.allowedMethods", "cors.allowedHeaders"];
+/// Every scalar and list setting, read off what the defaults serialize to, so that a field added
+/// to `Settings` has its key without a list to keep up. Tables keyed by the operator (`bServer`)
+/// are empty there: their entries take overrides once the file names them.
+static SETTING_KEYS: LazyLock<Vec<SettingKey>> = LazyLock::new(|| {
+    let defaults: Settings = serde_json::from_str("{}").expect("every setting has a default");
+    let mut keys = Vec::new();
+    leaf_keys(&serde_json::to_value(defaults).expect("settings serialize"), "", &mut keys);
+    keys
+});
+
+fn leaf_keys(value: &serde_json::Value, path: &str, out: &mut Vec<SettingKey>) {
+    match value {
+        serde_json::Value::Object(members) => {
+            for (name, member) in members {
+                leaf_keys(member, &if path.is_empty() { name.clone() } else { format!("{path}.{name}") }, out);
+            }
+        }
+        _ => out.push(SettingKey { path: path.to_owned(), list: value.is_array() }),
+    }
+}
+
+fn is_list(key: &str) -> bool {
+    SETTING_KEYS.iter().any(|setting| setting.list && setting.path == key)
+}
 
 fn comma_separated(value: &str) -> Vec<String> {
     value.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
@@ -440,6 +439,44 @@ bServer:
                 .unwrap_or_else(|e| panic!("{file}: {e:#}"));
             assert!(!settings.business_servers.is_empty(), "{file}");
         }
+    }
+
+    #[test]
+    fn every_setting_has_an_override_key() {
+        // A field whose default serializes to an empty table gets no key; only bServer may, since
+        // its entries are keyed by the operator's tokens and take overrides once the file names them.
+        fn empty_tables(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+            let Some(members) = value.as_object() else { return };
+            if members.is_empty() {
+                out.push(path.to_owned());
+            }
+            for (name, member) in members {
+                empty_tables(member, &format!("{path}{}{name}", if path.is_empty() { "" } else { "." }), out);
+            }
+        }
+        let defaults = serde_json::to_value(Settings::from_yaml("{}", env(&[])).unwrap()).unwrap();
+        let mut keyless = Vec::new();
+        empty_tables(&defaults, "", &mut keyless);
+        assert_eq!(keyless, ["bServer"]);
+
+        // Each key, set from the environment to its default, names a real setting.
+        for key in SETTING_KEYS.iter() {
+            let name = format!("{ENV_PREFIX}{}", key.path.replace('.', "__").to_ascii_uppercase());
+            let value = defaults.pointer(&format!("/{}", key.path.replace('.', "/"))).unwrap();
+            let text = match value {
+                serde_json::Value::Array(items) => {
+                    items.iter().map(|item| item.as_str().unwrap()).collect::<Vec<_>>().join(",")
+                }
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(key.list, value.is_array(), "{name}");
+            let settings =
+                Settings::from_yaml("{}", env(&[(&name, &text)])).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(serde_json::to_value(settings).unwrap(), defaults, "{name}={text}");
+        }
+        assert!(SETTING_KEYS.iter().any(|key| key.path == "server.proxyAddr" && !key.list));
+        assert!(SETTING_KEYS.iter().any(|key| key.path == "cors.allowedOrigins" && key.list));
     }
 
     #[test]

@@ -2,14 +2,7 @@
 //! once; requests racing to complete (or cancel) the same task; a block overlapping another one
 //! still in flight. The real server in-process, over loopback HTTP.
 
-#[path = "support/acks.rs"]
-mod acks;
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "support/raw_http.rs"]
-#[allow(dead_code)]
-mod raw_http;
+use fupload_testkit::{acks, helpers, raw_http};
 
 use std::time::Duration;
 

@@ -12,12 +12,7 @@
 //! `FUPLOAD_CRASH_KILLS=200 cargo test --release --test crash -- --nocapture` is the soak mode.
 //! `FUPLOAD_CRASH_SEED` repeats a run.
 
-#[path = "support/acks.rs"]
-#[allow(dead_code)]
-mod acks;
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+use fupload_testkit::{acks, helpers};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -157,6 +152,7 @@ impl ServerProcess {
     /// Starts the server and waits until it serves (recovery is done before it serves).
     async fn start(&mut self, client: &awc::Client) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        #[expect(clippy::disallowed_methods, reason = "the test kills and restarts the server binary")]
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config)

@@ -6,9 +6,7 @@
 //! (it needs root, as CI has; elsewhere the test says why it is skipped). The store directory stays on the normal disk, so
 //! the finish also takes the copy-across-file-systems path.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+use fupload_testkit::helpers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +25,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Result<Self, String> {
         std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        #[expect(clippy::disallowed_methods, reason = "the test mounts a small tmpfs to fill up")]
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
@@ -49,6 +48,7 @@ impl Tmpfs {
     }
 
     fn resize(&self, size: &str) {
+        #[expect(clippy::disallowed_methods, reason = "the test resizes its tmpfs")]
         let status = Command::new("mount")
             .args(["-o", &format!("remount,size={size}"), "tmpfs"])
             .arg(&self.path)
@@ -60,6 +60,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        #[expect(clippy::disallowed_methods, reason = "the test unmounts its tmpfs")]
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -11,12 +11,7 @@
 //! `FUPLOAD_FUZZ_CASES=20000 cargo test --release --test fuzz_requests`.
 //! (A cargo-fuzz/libFuzzer target is not used: it needs a nightly toolchain.)
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "support/raw_http.rs"]
-#[allow(dead_code)]
-mod raw_http;
+use fupload_testkit::{helpers, raw_http};
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;

@@ -1,9 +1,7 @@
 //! Memory stays flat while a block far larger than the per-block budget streams in. A test binary
 //! of its own, so that no other test shares the process whose memory is measured.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+use fupload_testkit::helpers;
 
 use std::time::Duration;
 

@@ -10,6 +10,7 @@ use crate::support::{assert_stored, client, creator, open, write_file, USER};
 const BLOCK: u64 = 256 * 1024;
 
 fn fupload_client(args: &[&str]) -> Command {
+    #[expect(clippy::disallowed_methods, reason = "the test runs the fupload-client binary")]
     let mut command = Command::new(env!("CARGO_BIN_EXE_fupload-client"));
     command.args(args).env_remove("FUPLOAD_TOKEN").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command
@@ -46,6 +47,7 @@ async fn ctrl_c_stops_the_upload_and_the_same_command_resumes_it() {
     proxy.hold_after(4);
     let child = fupload_client(&args).spawn().unwrap();
     proxy.wait_until("4 blocks through and 2 held", |c| c.forwarded == 4 && c.held == 2).await;
+    #[expect(clippy::disallowed_methods, reason = "Ctrl-C, as a shell sends it")]
     let interrupt = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(interrupt.success());
     let first = actix_web::rt::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();

@@ -2,9 +2,7 @@
 //! the one test that counts uploads lives here, apart from the api tests running in parallel;
 //! and the shutdown test runs the real binary and signals it.
 
-// The api tests' helpers; this binary uses only some of them.
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
+use fupload_testkit::helpers;
+
 mod metrics;
 mod shutdown;

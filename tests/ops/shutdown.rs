@@ -41,6 +41,7 @@ bServer:
             dir = dir.display()
         );
         std::fs::write(dir.join("fupload.yml"), config).unwrap();
+        #[expect(clippy::disallowed_methods, reason = "the test signals the server binary")]
         let mut child = Command::new(env!("CARGO_BIN_EXE_fupload-server"))
             .args(["-c", "fupload.yml"])
             .current_dir(dir)

@@ -46,6 +46,7 @@ impl ServerProcess {
                 store = dir.join("store").display(),
             ),
         )?;
+        #[expect(clippy::disallowed_methods, reason = "the bench measures the server binary it starts")]
         let mut command = Command::new(bin);
         command.arg("-c").arg(&config).env("RUST_LOG", "info");
         Self::spawn(command, port, dir)

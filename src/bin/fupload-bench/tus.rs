@@ -16,6 +16,7 @@ use crate::server::{fresh_dir_and_port, ServerProcess};
 /// `max_body_size` must take a whole block.
 pub fn start_rustus(bin: &Path, dir: &Path, max_body_size: u64) -> anyhow::Result<ServerProcess> {
     let port = fresh_dir_and_port(dir)?;
+    #[expect(clippy::disallowed_methods, reason = "the bench starts rustus to compare with")]
     let mut command = Command::new(bin);
     command
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
