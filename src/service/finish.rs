@@ -1,4 +1,5 @@
-//! How tasks end: finish (verify, move into place), fail, cancel, expire; and recovery at start-up.
+//! The finish (verify, move into place, retried while it fails for a passing reason), and how a
+//! task ends with its callback (also for cancel and expiry).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -150,7 +151,7 @@ impl PlacedFile {
 }
 
 /// An error and its causes in one line, for the log and the task's `error`.
-fn causes(e: &dyn std::error::Error) -> String {
+pub(super) fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -397,136 +398,23 @@ impl Uploads {
             tracing::warn!(task_id = task.task_id, error = %e, "cannot remove the temp file");
         }
     }
-
-    /// Expires tasks idle for `taskTimeout`; returns how many.
-    pub async fn expire_idle_tasks(&self) -> Result<usize, UploadError> {
-        let timeout = Duration::from_secs(self.settings.task_timeout);
-        let mut expired = 0;
-        for task_id in self.store.idle_tasks(timeout).await? {
-            let Some(task) = self.store.task(task_id).await? else { continue };
-            let open = [TaskStatus::Upload, TaskStatus::Pause];
-            if self.end_task(&task, &open, CallbackCode::Expired, None, None, Some(timeout)).await?.is_ok() {
-                tracing::info!(task_id, status = %TaskStatus::Expire, "task ended");
-                self.remove_temp(&task).await;
-                expired += 1;
-            }
-        }
-        Ok(expired)
-    }
-
-    /// After a restart: check the temp files of open tasks (a crash may have left one unmade, an
-    /// admin may have removed tmpDir) and set their received ranges back to what is on disk, hash
-    /// the received prefix of open tasks again (the md5 state was in memory), finish the tasks
-    /// caught in `verify`, and remove temp files that no open task owns (tasks that ended before
-    /// their temp file was removed, or were never recorded).
-    pub async fn recover(&self) -> Result<(), UploadError> {
-        for status in [TaskStatus::Upload, TaskStatus::Pause, TaskStatus::Verify] {
-            for task_id in self.store.tasks_in_status(status).await? {
-                let Some(task) = self.store.task(task_id).await? else { continue };
-                let task = match self.check_temp(&task).await {
-                    Ok(Some(task)) => task,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::error!(task_id, error = causes(&e), "cannot check the temp file");
-                        task
-                    }
-                };
-                if matches!(task.status, TaskStatus::Upload | TaskStatus::Pause) {
-                    let prefix = self.store.received_prefix(task_id).await?;
-                    self.hashers.track(task_id, &task.tmp_path());
-                    self.hashers.advance(task_id, prefix);
-                }
-            }
-        }
-        for task_id in self.store.tasks_in_status(TaskStatus::Verify).await? {
-            if let Some(task) = self.store.task(task_id).await? {
-                tracing::info!(task_id, "verifying a task left in verify");
-                self.spawn_finish(task);
-            }
-        }
-        self.remove_orphaned_partials().await?;
-        let tmp_dir = self.settings.tmp_dir.clone();
-        let entries = blocking(move || {
-            blob::make_dir_again("tmpDir", &tmp_dir)?;
-            std::fs::read_dir(&tmp_dir)?.collect::<Result<Vec<_>, _>>()
-        })
-        .await?
-        .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
-        for entry in entries {
-            let path = entry.path();
-            let orphaned = match task_id_of_temp(&path) {
-                Some(task_id) => !self.store.task(task_id).await?.is_some_and(|task| {
-                    matches!(task.status, TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)
-                }),
-                // A spooled block body: its request is gone.
-                None => blob::is_spool(&path),
-            };
-            if !orphaned {
-                continue;
-            }
-            tracing::info!(path = %path.display(), "removing an orphaned temp file");
-            if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
-                tracing::warn!(error = %e, "cannot remove an orphaned temp file");
-            }
-        }
-        Ok(())
-    }
 }
 
-/// The partial copies of a finish across file systems (`blob::place`).
+/// The partial copy of a finish across file systems (`blob::place`).
 impl Uploads {
     /// The copy a finish across file systems keeps until the task's ending is recorded.
-    async fn remove_partial(&self, task: &Task) {
+    pub(super) async fn remove_partial(&self, task: &Task) {
         let (root, dir, task_id) =
             (self.settings.store_root().map(Path::to_path_buf), PathBuf::from(&task.spec.store_dir), task.task_id);
         if let Ok(Err(e)) = blocking(move || blob::remove_partial(root.as_deref(), &dir, task_id)).await {
             tracing::warn!(task_id, error = %e, "cannot remove the partial copy");
         }
     }
-
-    /// Removes the partials in storeDir/.fupload whose task is not being finished: a crash came
-    /// after the task's ending was recorded and before its partial was removed.
-    async fn remove_orphaned_partials(&self) -> Result<(), UploadError> {
-        let Some(root) = self.settings.store_root().map(Path::to_path_buf) else { return Ok(()) };
-        let read_root = root.clone();
-        let task_ids = match blocking(move || blob::staged_partials(&read_root)).await? {
-            Ok(task_ids) => task_ids,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read storeDir/.fupload");
-                return Ok(());
-            }
-        };
-        for task_id in task_ids {
-            let task = self.store.task(task_id).await?;
-            if task.as_ref().is_some_and(|task| task.status == TaskStatus::Verify) {
-                continue;
-            }
-            tracing::info!(task_id, "removing an orphaned partial copy");
-            // An unknown task's directory is unknown: storeDir itself is all there is to look in.
-            let (root, dir) = (root.clone(), task.map_or_else(|| root.clone(), |task| task.spec.store_dir.into()));
-            if let Ok(Err(e)) = blocking(move || blob::remove_partial(Some(&root), &dir, task_id)).await {
-                tracing::warn!(task_id, error = %e, "cannot remove an orphaned partial copy");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `task-123.part` → 123.
-fn task_id_of_temp(path: &Path) -> Option<i64> {
-    path.file_name()?.to_str()?.strip_prefix("task-")?.strip_suffix(".part")?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn temp_file_names_map_back_to_task_ids() {
-        assert_eq!(task_id_of_temp(Path::new("/t/task-12.part")), Some(12));
-        assert_eq!(task_id_of_temp(Path::new("/t/task-x.part")), None);
-        assert_eq!(task_id_of_temp(Path::new("/t/spool-1.part")), None);
-    }
 
     use crate::service::test_support::{test_uploads, TestUploads};
     use crate::service::TaskRef;

@@ -2,10 +2,13 @@
 //! expire, recover after a restart. No HTTP here: the handlers call these.
 
 mod block;
+mod blocks_info;
 mod business;
 mod claims;
 mod create;
+mod expire;
 mod finish;
+mod recover;
 mod state;
 mod temp_file;
 
@@ -20,9 +23,10 @@ use crate::prefix_hash::PrefixHashers;
 use crate::store::{Store, StoreError, Task, Trouble};
 
 pub use block::{BlockAccepted, BlockPlan, BlockTarget, ReceivedBlock};
+pub use blocks_info::BlocksInfo;
 pub use business::BusinessServers;
 pub use create::{CreateTaskJson, CreatedTask};
-pub use state::{BlocksInfo, RequestedState};
+pub use state::RequestedState;
 
 /// Why a request was refused. `http::error` maps each to its (HTTP status, retCode, text).
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
-//! State changes asked by the client (pause, upload, cancel) and the expected-blocks listing.
+//! State changes asked by the client: pause, upload, cancel.
 
 use super::{TaskRef, UploadError, Uploads};
-use crate::domain::{ByteRange, CallbackCode, FieldError, TaskStatus};
+use crate::domain::{CallbackCode, FieldError, TaskStatus};
 
 /// A state a client may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,19 +20,6 @@ impl RequestedState {
             _ => Err(FieldError::new("status", "must be pause, upload or cancel")),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlocksInfo {
-    pub task_id: i64,
-    pub total_size: u64,
-    pub received_size: u64,
-    pub status: TaskStatus,
-    pub expect_blocks: Vec<ByteRange>,
-    /// The last problem the task met: a finish that failed and is tried again, a lost temp file,
-    /// or why it failed.
-    pub last_error: Option<String>,
-    pub finish_attempts: u64,
 }
 
 impl Uploads {
@@ -62,22 +49,5 @@ impl Uploads {
             other => UploadError::for_status(other),
         })?;
         Ok(to)
-    }
-
-    pub async fn blocks_info(&self, task_ref: &TaskRef) -> Result<BlocksInfo, UploadError> {
-        let task = self.authorized_task(task_ref).await?;
-        let total_size = u64::try_from(task.spec.file_size).unwrap_or(0);
-        // The gaps as they are, also for an ended task: its `status` says it takes no more.
-        let received_size = u64::try_from(task.received_bytes).unwrap_or(0);
-        let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;
-        Ok(BlocksInfo {
-            task_id: task.task_id,
-            total_size,
-            received_size,
-            status: task.status,
-            expect_blocks,
-            last_error: task.error,
-            finish_attempts: u64::try_from(task.finish_attempts).unwrap_or(0),
-        })
     }
 }
