@@ -518,8 +518,9 @@ mod tests {
         let release = test_support::hold_writer(&store).await;
         let panicking = store.write(|_| -> Result<(), StoreError> { panic!("a bug in a write") });
         let beside = store.create_or_resume_task(&one);
+        // Released last: join! polls in order the first time, so both writes are queued by then.
         let released = async { release.send(()).unwrap() };
-        let ((), panicking, beside) = tokio::join!(released, panicking, beside);
+        let (panicking, beside, ()) = tokio::join!(panicking, beside, released);
         assert!(matches!(panicking, Err(StoreError::Closed)), "{panicking:?}");
         assert!(matches!(beside, Err(StoreError::Transaction(_))), "{beside:?}");
         assert_eq!(count_tasks(&store, "TRUE").await, 0, "nothing of the group was committed");
@@ -581,8 +582,9 @@ mod tests {
             Err(rusqlite::Error::SqliteFailure(full, None).into())
         });
         let after = store.create_or_resume_task(&two);
+        // Released last: join! polls in order the first time, so the three writes are one group.
         let released = async { release.send(()).unwrap() };
-        let ((), before, ending, after) = tokio::join!(released, before, ending, after);
+        let (before, ending, after, ()) = tokio::join!(before, ending, after, released);
         for (which, outcome) in [("before", before.map(drop)), ("ending", ending), ("after", after.map(drop))] {
             let e = outcome.expect_err(which);
             assert_eq!(e.trouble(), Some(Trouble::Full), "{which}: {e:?}");
