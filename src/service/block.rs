@@ -5,7 +5,7 @@ use crate::store::Task;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::claims::{Claim, Releases};
+use super::claims::Claim;
 use super::{RangeProblem, TaskRef, UploadError, Uploads};
 use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
 use crate::checksum::Md5;
@@ -17,8 +17,6 @@ use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
 /// for an ended task are never recorded.
 pub struct BlockTarget {
     task: Task,
-    /// The task's claim releases counted before its row was read.
-    releases: Releases,
 }
 
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
@@ -55,10 +53,9 @@ impl Uploads {
     /// before any of its body is read: nobody without the key makes the server read, spool or
     /// buffer a body.
     pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<BlockTarget, UploadError> {
-        let releases = self.claims.releases(task_ref.task_id);
         let task = self.authorized_task(task_ref).await?;
         match task.status {
-            TaskStatus::Upload => Ok(BlockTarget { task, releases }),
+            TaskStatus::Upload => Ok(BlockTarget { task }),
             other => Err(UploadError::for_status(Some(other))),
         }
     }
@@ -79,15 +76,11 @@ impl Uploads {
             )));
         }
         // Claim first, then read what is received: a block that committed and released its
-        // claim before this claim was made is visible to the read below. The target's row,
-        // read before the claim, will do only if it had nothing received and no block of the
-        // task let go of its claim since (a block refused later would write over what was
-        // received in between). That spares the read for every file's first block.
+        // claim before this claim was made is visible to the read below. The task's row, read
+        // before the claim, would not do: a block refused later would write over bytes received
+        // in between (docs/RELIABILITY.md, section 9).
         let claim = self.claims.claim(task.task_id, range);
-        let received = match task.received_bytes == 0 && claim.none_released_since(target.releases) {
-            true => Vec::new(),
-            false => self.store.received_within(task.task_id, range).await?,
-        };
+        let received = self.store.received_within(task.task_id, range).await?;
         let writes: Vec<ByteRange> = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
         Ok(BlockPlan { task, range, claim, writes })
     }
@@ -302,18 +295,6 @@ mod tests {
         assert_eq!(last.task_status, TaskStatus::Finish);
         let placed = t.uploads.store().task(task.task_id).await.unwrap().unwrap().final_path.unwrap();
         assert!(std::fs::read(placed).unwrap() == data, "the finished file holds the received bytes");
-    }
-
-    #[tokio::test]
-    async fn a_first_block_is_planned_from_its_task_row_without_reading_the_ranges() {
-        // Nothing received when the row was read, and no claim of the task released since: no
-        // block can have committed bytes in between. (The store is closed: a read would fail.)
-        let (t, _data, _task, target) = task_and_target(100).await;
-        t.uploads.store().close().await;
-        let plan = t.uploads.plan_block(&target, 0, 49).await.unwrap();
-        assert_eq!(plan.writes, [ByteRange::new(0, 49).unwrap()]);
-        drop(plan);
-        assert!(t.uploads.plan_block(&target, 0, 49).await.is_err(), "a claim released since: the ranges are read");
     }
 
     #[tokio::test]
