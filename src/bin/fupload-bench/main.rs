@@ -57,7 +57,7 @@ struct Args {
     #[arg(long)]
     drop_caches: bool,
     /// A rustus binary (a tus server) to run the same workloads against, after fupload's in each
-    /// run: `cargo install rustus --version 0.5.10 --locked`.
+    /// run: `cargo install rustus --version 0.5.10 --locked --features hashers` (it checks each block's md5).
     #[arg(long)]
     rustus: Option<PathBuf>,
 }
@@ -226,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
             // As the issue ran it: `--max-body-size 16777216` (or a whole block, if larger).
             let server = tus::start_rustus(rustus, &dir, (block + MIB).max(16 << 20) as u64)?;
             let client = tus::TusClient::new(&server.base, &dir);
+            client.check_it_verifies_checksums().await?;
             figures.rustus.run(&client, &server, &uploads, args.w3_parallel, &dir).await.context("rustus")?;
             figures.rustus.print_run("rustus", run);
         }
