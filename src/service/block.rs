@@ -15,13 +15,13 @@ use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
 /// A task found uploading, with the right key, before its block's body was read. Its status may
 /// change while the body arrives (a pause, a cancel): the commit checks it again, and bytes written
 /// for an ended task are never recorded.
-pub struct BlockTarget {
+pub(crate) struct BlockTarget {
     task: Task,
 }
 
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
 /// may write are claimed.
-pub struct BlockPlan {
+pub(crate) struct BlockPlan {
     task: Task,
     range: ByteRange,
     claim: Claim,
@@ -30,7 +30,7 @@ pub struct BlockPlan {
 }
 
 /// A block whose body has been streamed to disk, waiting for its md5 check and commit.
-pub struct ReceivedBlock {
+pub(crate) struct ReceivedBlock {
     plan: BlockPlan,
     streamed: StreamedBlock,
 }
@@ -52,7 +52,7 @@ impl Uploads {
     /// Refuses a block for an unknown task, with a wrong key, or for a task that takes no blocks,
     /// before any of its body is read: nobody without the key makes the server read, spool or
     /// buffer a body.
-    pub async fn check_block_target(&self, task_ref: &TaskRef) -> Result<BlockTarget, UploadError> {
+    pub(crate) async fn check_block_target(&self, task_ref: &TaskRef) -> Result<BlockTarget, UploadError> {
         let task = self.authorized_task(task_ref).await?;
         match task.status {
             TaskStatus::Upload => Ok(BlockTarget { task }),
@@ -61,7 +61,12 @@ impl Uploads {
     }
 
     /// Checks the range, and claims its unreceived bytes for this block.
-    pub async fn plan_block(&self, target: &BlockTarget, start: u64, end: u64) -> Result<BlockPlan, UploadError> {
+    pub(crate) async fn plan_block(
+        &self,
+        target: &BlockTarget,
+        start: u64,
+        end: u64,
+    ) -> Result<BlockPlan, UploadError> {
         let task = target.task.clone();
         let file_size = u64::try_from(task.spec.file_size).unwrap_or(0);
         let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
@@ -93,7 +98,7 @@ impl Uploads {
     }
 
     /// Streams the block's body into the temp file, writing only the planned parts.
-    pub async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
+    pub(crate) async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
@@ -132,7 +137,7 @@ impl Uploads {
 
     /// Checks the body's length and md5, then commits the written ranges. If the block completed
     /// the file, waits a little for the finish so the reply can say `finish`.
-    pub async fn commit_block(
+    pub(crate) async fn commit_block(
         &self,
         block: ReceivedBlock,
         part_md5: Option<Md5Hex>,

@@ -8,6 +8,7 @@ mod claims;
 mod create;
 mod expire;
 mod finish;
+mod incoming;
 mod recover;
 mod state;
 mod temp_file;
@@ -22,10 +23,11 @@ use crate::domain::{FieldError, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
 use crate::store::{Store, StoreError, Task, Trouble};
 
-pub use block::{BlockAccepted, BlockPlan, BlockTarget, ReceivedBlock};
+pub use block::BlockAccepted;
 pub use blocks_info::BlocksInfo;
 pub use business::BusinessServers;
 pub use create::{CreateTaskJson, CreatedTask};
+pub use incoming::IncomingBlock;
 pub use state::RequestedState;
 
 /// Why a request was refused. `http::error` maps each to its (HTTP status, retCode, text).
@@ -189,6 +191,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 pub(crate) mod test_support {
     use std::collections::HashMap;
 
+    use super::block::BlockPlan;
     use super::*;
     use crate::config::BusinessServer;
 
