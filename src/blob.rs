@@ -41,7 +41,7 @@ pub fn make_dir_again(what: &str, dir: &Path) -> io::Result<()> {
     if dir.try_exists()? {
         return Ok(());
     }
-    tracing::warn!(dir = %dir.display(), "{what} was missing and is made again");
+    tracing::warn!(dir = %dir.display(), "{what} is missing; making it again");
     fs::create_dir_all(dir)
 }
 

@@ -167,8 +167,7 @@ enum Make {
 fn open_root(root: &Path, make: Make) -> Result<OwnedFd, PlaceError> {
     match open_dir(root) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && make == Make::Missing => {
-            tracing::warn!(store_dir = %root.display(), "storeDir is missing; making it again");
-            fs::create_dir_all(root)?;
+            super::make_dir_again("storeDir", root)?;
             Ok(open_dir(root)?)
         }
         other => Ok(other?),

@@ -68,7 +68,7 @@ impl Uploads {
         end: u64,
     ) -> Result<BlockPlan, UploadError> {
         let task = target.task.clone();
-        let file_size = u64::try_from(task.spec.file_size).unwrap_or(0);
+        let file_size = task.file_bytes();
         let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
         if end >= file_size {
             return Err(UploadError::BadRange(RangeProblem::OutsideFile { start, end, size: file_size }));
@@ -108,7 +108,7 @@ impl Uploads {
             path: plan.task.tmp_path(),
             range: plan.range,
             writes: plan.writes.clone(),
-            file_len: u64::try_from(plan.task.spec.file_size).unwrap_or(0),
+            file_len: plan.task.file_bytes(),
             fsync: self.settings.durability == Durability::Power,
             file_md5: self.whole_file_md5_before(&plan),
         };
@@ -175,7 +175,7 @@ impl Uploads {
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);
-        let (task_id, file_size) = (task.task_id, u64::try_from(task.spec.file_size).unwrap_or(0));
+        let (task_id, file_size) = (task.task_id, task.file_bytes());
         if let Some(file_md5) = streamed.file_md5 {
             // Before `advance`: with the block's bytes hashed, the hasher has nothing to read back.
             self.hashers.adopt(task_id, range.start(), file_md5);

@@ -19,7 +19,7 @@ pub struct BlocksInfo {
 impl Uploads {
     pub async fn blocks_info(&self, task_ref: &TaskRef) -> Result<BlocksInfo, UploadError> {
         let task = self.authorized_task(task_ref).await?;
-        let total_size = u64::try_from(task.spec.file_size).unwrap_or(0);
+        let total_size = task.file_bytes();
         // The gaps as they are, also for an ended task: its `status` says it takes no more.
         let received_size = u64::try_from(task.received_bytes).unwrap_or(0);
         let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;

@@ -170,7 +170,7 @@ impl Uploads {
             return Ok(()); // any directory is allowed, and the task found again has its temp file
         }
         let (dir, tmp_path) = (PathBuf::from(&task.spec.store_dir), task.tmp_path());
-        let size = u64::try_from(task.spec.file_size).unwrap_or(0);
+        let size = task.file_bytes();
         let outcome = blocking(move || {
             let confined =
                 root.map(|root| blob::make_dir_again("storeDir", &root).and_then(|()| blob::is_confined(&root, &dir)));

@@ -161,10 +161,6 @@ pub(super) fn causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn dir_of(task: &Task) -> String {
-    task.spec.store_dir.clone()
-}
-
 /// How long a finish that failed for a passing reason waits before it tries again: doubling from
 /// the first wait up to the longest, so a task completes soon after the trouble goes.
 const FINISH_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -245,7 +241,7 @@ impl Uploads {
     /// and the task is still in `verify`: the caller tries again with the same `progress`.
     async fn finish(&self, task: Task, progress: &mut FinishProgress) -> Result<TaskStatus, UploadError> {
         let started = std::time::Instant::now();
-        let size = u64::try_from(task.spec.file_size).unwrap_or(0);
+        let size = task.file_bytes();
         // An earlier attempt placed the verified file, then failed to record it: that file is the
         // answer while it is whole and the task has the same temp file, even if that is gone since.
         let placed = match progress.placed.take() {
@@ -286,17 +282,17 @@ impl Uploads {
                 (CallbackCode::Md5Mismatch, None, Some(format!("md5 mismatch: the received file's md5 is {got}")))
             }
             Verified::LeavesStoreDir => {
-                (CallbackCode::StorageError, None, Some(format!("{} leaves storeDir", dir_of(&task))))
+                (CallbackCode::StorageError, None, Some(format!("{} leaves storeDir", task.spec.store_dir)))
             }
         };
         let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
         Ok(match ended {
             Ok(()) => {
-                // The reply does not wait for the temp file's removal: after a crash before it,
-                // the file belongs to no open task, and the next start removes it.
                 // From the last block's commit to here: what a client waits for after its last byte.
                 let finish_ms = started.elapsed().as_secs_f64() * 1000.0;
                 tracing::info!(task_id = task.task_id, status = %code.final_status(), finish_ms, "task ended");
+                // The reply does not wait for the temp file's removal: after a crash before it,
+                // the file belongs to no open task, and the next start removes it.
                 let uploads = self.clone();
                 tokio::spawn(async move {
                     uploads.remove_temp(&task).await;
@@ -312,24 +308,18 @@ impl Uploads {
     /// places the file; `Err` for a passing failure.
     async fn verify_and_place(&self, task: &Task, progress: &mut FinishProgress) -> Result<Verified, UploadError> {
         let (task_id, generation) = (task.task_id, task.temp_generation);
-        let (tmp, dir, name, expected) = (
-            task.tmp_path(),
-            PathBuf::from(&task.spec.store_dir),
-            task.spec.file_name.clone(),
-            task.spec.file_md5.clone(),
-        );
-        let (hashers, size) = (self.hashers.clone(), u64::try_from(task.spec.file_size).unwrap_or(0));
-        let root = self.settings.store_root().map(Path::to_path_buf);
-        let fsync = self.settings.durability == Durability::Power;
         if progress.md5_matched_at != Some(generation) {
+            let (hashers, tmp, size) = (self.hashers.clone(), task.tmp_path(), task.file_bytes());
             let md5 = blocking(move || hashers.finish(task_id, &tmp, size)).await?;
             let md5 = md5.map_err(|e| UploadError::disk("cannot read the temp file", e))?;
-            if md5.as_str() != expected {
+            if md5.as_str() != task.spec.file_md5 {
                 return Ok(Verified::Md5Mismatch(md5));
             }
             progress.md5_matched_at = Some(generation);
         }
-        let tmp = task.tmp_path();
+        let (tmp, dir, name) = (task.tmp_path(), PathBuf::from(&task.spec.store_dir), task.spec.file_name.clone());
+        let root = self.settings.store_root().map(Path::to_path_buf);
+        let fsync = self.settings.durability == Durability::Power;
         // Confined again here, without following a symlink: one may have appeared since the
         // create. A missing storeDir is made again.
         let placed = blocking(move || {

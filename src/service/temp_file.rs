@@ -12,7 +12,7 @@ impl Uploads {
     /// The task as it is once its temp file is known to hold what it recorded: repaired when it
     /// was lost or cut short. `None` when the task has ended meanwhile.
     pub(super) async fn check_temp(&self, task: &Task) -> Result<Option<Task>, UploadError> {
-        let (path, size) = (task.tmp_path(), file_size(task));
+        let (path, size) = (task.tmp_path(), task.file_bytes());
         match blocking(move || blob::temp_file(&path, size)).await? {
             Ok(TempFile::Whole) => Ok(Some(task.clone())),
             Ok(TempFile::Lost { on_disk }) => {
@@ -42,7 +42,7 @@ impl Uploads {
         );
         let reset = self.store.reset_received_beyond(task_id, temp_generation, on_disk, &why).await?;
         let Some(task) = reset else { return Ok(None) };
-        let (path, size) = (task.tmp_path(), file_size(&task));
+        let (path, size) = (task.tmp_path(), task.file_bytes());
         let made = blocking(move || blob::create_temp(&path, size)).await?;
         made.map_err(|e| UploadError::disk("cannot make the lost temp file again", e))?;
         tracing::warn!(
@@ -60,10 +60,6 @@ impl Uploads {
         }
         Ok(Some(task))
     }
-}
-
-fn file_size(task: &Task) -> u64 {
-    u64::try_from(task.spec.file_size).unwrap_or(0)
 }
 
 #[cfg(test)]

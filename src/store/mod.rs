@@ -180,8 +180,7 @@ struct Wal {
 /// Whether the last writes failed for a failure of the database itself, for readiness.
 #[derive(Default)]
 struct WriteOutcomes {
-    /// `failing.is_some()`, read without the lock on every committed write.
-    any_failing: AtomicBool,
+    /// Since when, and why, when the last write that could tell failed for the database's sake.
     failing: Mutex<Option<WritesFailing>>,
     /// A readiness probe write is waiting for the writer: one at a time is enough.
     probing: Arc<AtomicBool>,
@@ -189,30 +188,28 @@ struct WriteOutcomes {
 
 impl WriteOutcomes {
     fn record<T>(&self, outcome: &Result<T, StoreError>) {
-        match outcome {
-            Ok(_) if self.any_failing.load(Ordering::Acquire) => {
-                let mut failing = threads::lock(&self.failing);
-                if let Some(was) = failing.take() {
-                    tracing::info!(failed = %was.trouble, "database writes work again");
-                }
-                self.any_failing.store(false, Ordering::Release);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let Some(trouble) = e.trouble() else { return };
-                let mut failing = threads::lock(&self.failing);
-                let since = failing.as_ref().map_or_else(SystemTime::now, |was| was.since);
-                if failing.is_none() {
+        let trouble = match outcome {
+            Ok(_) => None,
+            Err(e) => match e.trouble() {
+                Some(trouble) => Some((trouble, e)),
+                None => return,
+            },
+        };
+        let mut failing = threads::lock(&self.failing);
+        match (trouble, failing.take()) {
+            (None, Some(was)) => tracing::info!(failed = %was.trouble, "database writes work again"),
+            (None, None) => {}
+            (Some((trouble, e)), was) => {
+                if was.is_none() {
                     tracing::warn!(error = %e, "database writes fail");
                 }
+                let since = was.map_or_else(SystemTime::now, |was| was.since);
                 *failing = Some(WritesFailing { trouble, error: e.to_string(), since });
-                self.any_failing.store(true, Ordering::Release);
             }
         }
     }
 }
 
-/// Held by the probe write until the writer takes it.
 struct ProbeInFlight(Arc<AtomicBool>);
 
 impl Drop for ProbeInFlight {

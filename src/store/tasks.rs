@@ -69,6 +69,12 @@ pub(super) const TASK_COLUMNS: &str =
      temp_generation, finish_attempts";
 
 impl Task {
+    /// The file's size in bytes (stored as SQLite's signed integer; FileSize keeps it within
+    /// 63 bits).
+    pub fn file_bytes(&self) -> u64 {
+        u64::try_from(self.spec.file_size).unwrap_or(0)
+    }
+
     /// The temp file the task's blocks are written into.
     pub fn tmp_path(&self) -> PathBuf {
         Path::new(&self.tmp_dir).join(format!("task-{}.part", self.task_id))
