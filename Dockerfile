@@ -1,4 +1,4 @@
-# fupload in a container. Build: `docker build -t fupload .`; run: README, "Operations".
+# fupload in a container. Build: `docker build -t fupload .`; run: docs/OPERATIONS.md, "Docker".
 # scripts/docker-smoke.sh replays the build command and the runtime stage without Docker (in CI).
 
 # Tools: the Rust toolchain plus cargo-chef, which turns the dependency graph into a recipe.

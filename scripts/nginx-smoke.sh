@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs fupload behind nginx with conf/nginx-fupload.conf, the settings README's "Behind nginx"
+# Runs fupload behind nginx with conf/nginx-fupload.conf, the settings docs/OPERATIONS.md's "Behind nginx"
 # recommends, and uploads a file through it: the task URLs must point at nginx (proxyAddr), a
 # block larger than nginx's default body limit must pass, the file must finish. All on loopback.
 #
