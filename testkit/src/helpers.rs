@@ -404,8 +404,13 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
 
 /// Rows of a query on the task database, as text.
 pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
+    query_database(&app.settings.database.url, sql)
+}
+
+/// Rows of a query on the database at `url` (a `database.url`), as text; NULL as `"NULL"`.
+pub fn query_database(url: &str, sql: &str) -> Vec<Vec<String>> {
     use rusqlite::types::ValueRef;
-    let conn = open_database(&app.settings.database.url);
+    let conn = open_database(url);
     let mut query = conn.prepare(sql).unwrap();
     let columns = query.column_count();
     let rows = query.query_map([], |row| {
