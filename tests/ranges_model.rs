@@ -10,8 +10,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fupload::config::Durability;
-use fupload::domain::{ByteRange, TaskStatus};
-use fupload::store::{NewTask, Store, TaskSpec};
+use fupload::domain::{ByteRange, FileName, FileSize, Md5Hex, TaskStatus};
+use fupload::store::{BlockOutcome, NewTask, Store, TaskSpec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -99,9 +99,9 @@ fn new_task(file_size: u64) -> NewTask {
             business_server: "cp1".into(),
             token_sha256: "t".into(),
             user_id: "1".into(),
-            file_name: format!("case-{n}.bin"),
-            file_size: file_size as i64,
-            file_md5: "0".repeat(32),
+            file_name: FileName::parse(&format!("case-{n}.bin")).unwrap(),
+            file_size: FileSize::new(file_size).unwrap(),
+            file_md5: Md5Hex::parse("fileMd5", &"0".repeat(32)).unwrap(),
             store_path: String::new(),
             store_dir: "/nowhere".into(),
             feedback_parameter: "null".into(),
@@ -124,12 +124,14 @@ async fn check(store: &Store, case: Case, stride: u64) -> Result<(), TestCaseErr
         let outcome = store.commit_block(task_id, 0, &scale.ranges(&written)).await.unwrap();
         if was_complete {
             // The task moved to verify with the last byte: it takes nothing more.
-            prop_assert_eq!(outcome, Err(Some(TaskStatus::Verify)));
+            prop_assert_eq!(outcome, BlockOutcome::NotUploading(TaskStatus::Verify));
         } else {
             for &(first, last) in &written {
                 model.received[first..=last].iter_mut().for_each(|r| *r = true);
             }
-            let commit_state = outcome.map_err(|e| TestCaseError::fail(format!("commit refused: {e:?}")))?;
+            let BlockOutcome::Committed(commit_state) = outcome else {
+                return Err(TestCaseError::fail(format!("commit refused: {outcome:?}")));
+            };
             prop_assert_eq!(commit_state.new_bytes, scale.bytes(model.count() - before));
             prop_assert_eq!(commit_state.received_size, scale.bytes(model.count()));
             prop_assert_eq!(commit_state.received_prefix, scale.bytes(model.prefix()));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fupload::config::Durability;
 use fupload::domain::{ByteRange, TaskStatus};
-use fupload::store::{DueCallback, NewCallback, NewTask, Store, Task, TaskEnding};
+use fupload::store::{BlockOutcome, DueCallback, NewCallback, NewTask, StatusChange, Store, Task, TaskEnding};
 
 /// Made once by release 0.1; see tests/fixtures/README.md.
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/release-0.1.db");
@@ -59,7 +59,7 @@ struct TaskFields<'a> {
     final_path: Option<&'a str>,
     error: Option<&'a str>,
     temp_generation: i64,
-    finish_attempts: i64,
+    finish_attempts: u64,
 }
 
 /// The one place the test looks into the store's task type.
@@ -70,14 +70,14 @@ fn fields_of(task: &Task) -> TaskFields<'_> {
         business_server: &task.spec.business_server,
         token_sha256: &task.spec.token_sha256,
         user_id: &task.spec.user_id,
-        file_name: &task.spec.file_name,
-        file_size: u64::try_from(task.spec.file_size).unwrap(),
-        file_md5: &task.spec.file_md5,
+        file_name: task.spec.file_name.as_str(),
+        file_size: task.spec.file_size.bytes(),
+        file_md5: task.spec.file_md5.as_str(),
         store_path: &task.spec.store_path,
         store_dir: &task.spec.store_dir,
         feedback_parameter: &task.spec.feedback_parameter,
         tmp_dir: &task.tmp_dir,
-        received_bytes: u64::try_from(task.received_bytes).unwrap(),
+        received_bytes: task.received_bytes,
         status: task.status,
         final_path: task.final_path.as_deref(),
         error: task.error.as_deref(),
@@ -359,7 +359,7 @@ fn due(n: usize) -> DueCallback {
     }
 }
 
-fn due_fields(callback: &DueCallback) -> (i64, i64, &str, &str, &str, i64) {
+fn due_fields(callback: &DueCallback) -> (i64, i64, &str, &str, &str, u64) {
     (
         callback.callback_id,
         callback.task_id,
@@ -459,14 +459,17 @@ async fn a_release_0_1_database_opens_in_place_and_keeps_everything() {
     assert_as_written(&store, &url).await;
 
     // Writes work: a block that bridges the large task's first gap, across 4 GiB ...
-    let bridged = store.commit_block(1, 0, &[r(4_194_304, 4_294_967_295)]).await.unwrap().unwrap();
+    let BlockOutcome::Committed(bridged) = store.commit_block(1, 0, &[r(4_194_304, 4_294_967_295)]).await.unwrap()
+    else {
+        panic!("the block bridging the first gap is refused");
+    };
     assert_eq!(bridged.new_bytes, 4_290_772_992);
     assert_eq!((bridged.received_size, bridged.received_prefix), (4_300_161_600, 4_299_161_600));
     assert_eq!(bridged.status, TaskStatus::Upload);
     // ... the paused task still refuses blocks ...
-    assert_eq!(store.commit_block(2, 0, &[r(0, 9)]).await.unwrap(), Err(Some(TaskStatus::Pause)));
+    assert_eq!(store.commit_block(2, 0, &[r(0, 9)]).await.unwrap(), BlockOutcome::NotUploading(TaskStatus::Pause));
     // ... the paused task resumes ...
-    store.change_status(2, TaskStatus::Pause, TaskStatus::Upload).await.unwrap().unwrap();
+    assert_eq!(store.change_status(2, TaskStatus::Pause, TaskStatus::Upload).await.unwrap(), StatusChange::Made);
     // ... the task in verify finishes, its callback queued behind the fixture's ...
     let finish = TaskEnding {
         status: TaskStatus::Finish,
@@ -481,7 +484,7 @@ async fn a_release_0_1_database_opens_in_place_and_keeps_everything() {
         signature: "sha256=00".into(),
         undeliverable: None,
     };
-    store.end_task(3, &[TaskStatus::Verify], &finish, &callback).await.unwrap().unwrap();
+    assert_eq!(store.end_task(3, &[TaskStatus::Verify], &finish, &callback).await.unwrap(), StatusChange::Made);
     store.callbacks_delivered(&[2]).await.unwrap();
     // ... the unique index of open tasks still resumes one: the empty file in verify ...
     let empty = store.task(9).await.unwrap().unwrap();

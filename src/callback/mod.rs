@@ -20,7 +20,7 @@ struct CallbackBody<'a> {
     task_id: i64,
     user_id: &'a str,
     file_name: &'a str,
-    file_size: i64,
+    file_size: u64,
     file_md5: &'a str,
     store_path: &'a str,
 }
@@ -36,9 +36,9 @@ pub fn body(task: &Task, code: CallbackCode, store_path: &str) -> String {
         data,
         task_id: task.task_id,
         user_id: &task.spec.user_id,
-        file_name: &task.spec.file_name,
-        file_size: task.spec.file_size,
-        file_md5: &task.spec.file_md5,
+        file_name: task.spec.file_name.as_str(),
+        file_size: task.spec.file_size.bytes(),
+        file_md5: task.spec.file_md5.as_str(),
         store_path,
     };
     // Serialising strings, integers and already-valid JSON cannot fail.

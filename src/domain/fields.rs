@@ -23,6 +23,8 @@ impl fmt::Display for FieldError {
     }
 }
 
+impl std::error::Error for FieldError {}
+
 /// 32 hex digits, kept in lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Md5Hex(String);

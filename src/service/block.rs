@@ -1,6 +1,6 @@
 //! Receiving a block: plan which bytes it may write, stream it to the temp file, commit its ranges.
 
-use crate::store::Task;
+use crate::store::{BlockOutcome, Task};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -56,7 +56,7 @@ impl Uploads {
         let task = self.authorized_task(task_ref).await?;
         match task.status {
             TaskStatus::Upload => Ok(BlockTarget { task }),
-            other => Err(UploadError::for_status(Some(other))),
+            other => Err(UploadError::for_status(other)),
         }
     }
 
@@ -129,7 +129,7 @@ impl Uploads {
                         Err(UploadError::TempFileLost)
                     }
                     (TaskStatus::Upload, StreamError::Disk(e)) => Err(UploadError::disk("cannot write block", e)),
-                    (status, _) => Err(UploadError::for_status(Some(status))),
+                    (status, _) => Err(UploadError::for_status(status)),
                 }
             }
         }
@@ -167,11 +167,12 @@ impl Uploads {
         let (commit, claim) = committing
             .await
             .map_err(|e| UploadError::Internal(anyhow::anyhow!("the block's commit did not end: {e}")))?;
-        let commit = commit?.map_err(|now| match now {
-            // Still uploading, but its temp file was made anew since this block was planned.
-            Some(TaskStatus::Upload) => UploadError::TempFileLost,
-            other => UploadError::for_status(other),
-        })?;
+        let commit = match commit? {
+            BlockOutcome::Committed(commit) => commit,
+            BlockOutcome::TempFileReplaced => return Err(UploadError::TempFileLost),
+            BlockOutcome::NotUploading(status) => return Err(UploadError::for_status(status)),
+            BlockOutcome::NoSuchTask => return Err(UploadError::TaskNotFound),
+        };
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
         drop(claim);

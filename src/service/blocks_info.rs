@@ -21,7 +21,7 @@ impl Uploads {
         let task = self.authorized_task(task_ref).await?;
         let total_size = task.file_bytes();
         // The gaps as they are, also for an ended task: its `status` says it takes no more.
-        let received_size = u64::try_from(task.received_bytes).unwrap_or(0);
+        let received_size = task.received_bytes;
         let expect_blocks = self.store.expected_blocks(task.task_id, total_size).await?;
         Ok(BlocksInfo {
             task_id: task.task_id,
@@ -30,7 +30,7 @@ impl Uploads {
             status: task.status,
             expect_blocks,
             last_error: task.error,
-            finish_attempts: u64::try_from(task.finish_attempts).unwrap_or(0),
+            finish_attempts: task.finish_attempts,
         })
     }
 }

@@ -117,16 +117,15 @@ impl Uploads {
         }
         let store_dir = self.store_dir_of(&request.store_path)?;
         let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
-        let file_size = request.file_size.bytes();
+        let file_size = request.file_size;
         let spec = TaskSpec {
             upload_key: upload_key.as_str().to_owned(),
             business_server: authorized.server.name.clone(),
             token_sha256: authorized.token_sha256,
             user_id: request.user_id,
-            file_name: request.file_name.as_str().to_owned(),
-            // FileSize keeps sizes within 63 bits.
-            file_size: i64::try_from(file_size).unwrap_or(i64::MAX),
-            file_md5: request.file_md5.as_str().to_owned(),
+            file_name: request.file_name,
+            file_size,
+            file_md5: request.file_md5,
             store_path: request.store_path,
             store_dir: store_dir.to_string_lossy().into_owned(),
             feedback_parameter: request.feedback_parameter,
@@ -135,13 +134,13 @@ impl Uploads {
             spec,
             tmp_dir: self.settings.tmp_dir.to_string_lossy().into_owned(),
             // An empty file has nothing to receive: straight to verify.
-            status: if file_size == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
+            status: if file_size.bytes() == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
         };
         let (task, created) = self.store.create_or_resume_task(&new_task).await?;
         self.check_dir_and_make_temp(&task, created).await?;
         let mut status = task.status;
         if created {
-            if file_size == 0 {
+            if file_size.bytes() == 0 {
                 status = self.finish_and_wait(task.clone()).await;
             } else {
                 self.hashers.track(task.task_id, &task.tmp_path());
@@ -250,8 +249,8 @@ mod tests {
         );
         let created = t.uploads.create_task(json(&body)).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
-        assert_eq!((task.spec.user_id.as_str(), task.spec.file_size), ("123", 10));
-        assert_eq!(task.spec.file_md5, "04465d416b4eca345976021db8698f15");
+        assert_eq!((task.spec.user_id.as_str(), task.spec.file_size.bytes()), ("123", 10));
+        assert_eq!(task.spec.file_md5.as_str(), "04465d416b4eca345976021db8698f15");
     }
 
     #[tokio::test]

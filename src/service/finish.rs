@@ -15,7 +15,7 @@ use crate::blob::{self, PlaceError};
 use crate::callback;
 use crate::config::Durability;
 use crate::domain::{CallbackCode, Md5Hex, TaskStatus};
-use crate::store::{NewCallback, Task, TaskEnding};
+use crate::store::{NewCallback, StatusChange, Task, TaskEnding};
 
 /// What checking and moving the finished temp file came to, when it did not fail for a passing
 /// reason.
@@ -287,7 +287,7 @@ impl Uploads {
         };
         let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
         Ok(match ended {
-            Ok(()) => {
+            StatusChange::Made => {
                 // From the last block's commit to here: what a client waits for after its last byte.
                 let finish_ms = started.elapsed().as_secs_f64() * 1000.0;
                 tracing::info!(task_id = task.task_id, status = %code.final_status(), finish_ms, "task ended");
@@ -300,7 +300,8 @@ impl Uploads {
                 });
                 code.final_status()
             }
-            Err(now) => now.unwrap_or(code.final_status()),
+            StatusChange::Refused(now) => now,
+            StatusChange::NoSuchTask => code.final_status(),
         })
     }
 
@@ -312,7 +313,7 @@ impl Uploads {
             let (hashers, tmp, size) = (self.hashers.clone(), task.tmp_path(), task.file_bytes());
             let md5 = blocking(move || hashers.finish(task_id, &tmp, size)).await?;
             let md5 = md5.map_err(|e| UploadError::disk("cannot read the temp file", e))?;
-            if md5.as_str() != task.spec.file_md5 {
+            if md5.as_str() != task.spec.file_md5.as_str() {
                 return Ok(Verified::Md5Mismatch(md5));
             }
             progress.md5_matched_at = Some(generation);
@@ -323,7 +324,7 @@ impl Uploads {
         // Confined again here, without following a symlink: one may have appeared since the
         // create. A missing storeDir is made again.
         let placed = blocking(move || {
-            let path = blob::place(&tmp, root.as_deref(), &dir, &name, task_id, fsync)?;
+            let path = blob::place(&tmp, root.as_deref(), &dir, name.as_str(), task_id, fsync)?;
             PlacedFile::of(path, generation).map_err(PlaceError::Io)
         })
         .await?;
@@ -338,7 +339,7 @@ impl Uploads {
     }
 
     /// Ends `task` if it is in one of `from` (and, with `idle_for`, still idle that long),
-    /// queuing its callback in the same transaction. `Err(current)` when it was not. The caller
+    /// queuing its callback in the same transaction; nothing is written unless it is `Made`. The caller
     /// logs the ending (the finish with how long it took: one line per task ended).
     pub(super) async fn end_task(
         &self,
@@ -348,9 +349,9 @@ impl Uploads {
         final_path: Option<String>,
         error: Option<String>,
         idle_for: Option<Duration>,
-    ) -> Result<Result<(), Option<TaskStatus>>, UploadError> {
+    ) -> Result<StatusChange, UploadError> {
         let reported_path = final_path.clone().unwrap_or_else(|| {
-            Path::new(&task.spec.store_dir).join(&task.spec.file_name).to_string_lossy().into_owned()
+            Path::new(&task.spec.store_dir).join(task.spec.file_name.as_str()).to_string_lossy().into_owned()
         });
         let body = callback::body(task, code, &reported_path);
         let callback = match self.business_servers.by_token_sha256(&task.spec.token_sha256) {
@@ -374,7 +375,7 @@ impl Uploads {
         };
         let ending = TaskEnding { status: code.final_status(), final_path, error, idle_for };
         let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
-        if ended.is_ok() {
+        if ended == StatusChange::Made {
             self.hashers.forget(task.task_id);
             crate::telemetry::metrics::task_ended(ending.status);
             self.outbox_wakeup.notify_one();

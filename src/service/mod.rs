@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::domain::{FieldError, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
-use crate::store::{Store, StoreError, Task, Trouble};
+use crate::store::{StatusChange, Store, StoreError, Task, Trouble};
 
 pub use block::BlockAccepted;
 pub use blocks_info::BlocksInfo;
@@ -99,13 +99,21 @@ impl From<FieldError> for UploadError {
 }
 
 impl UploadError {
-    /// The refusal for a task found in `status` (or not found) when it had to be elsewhere.
-    fn for_status(status: Option<TaskStatus>) -> Self {
+    /// The refusal for a task found in `status` when it had to be elsewhere.
+    fn for_status(status: TaskStatus) -> Self {
         match status {
-            None => UploadError::TaskNotFound,
-            Some(TaskStatus::Pause) => UploadError::Paused,
-            Some(TaskStatus::Upload) => UploadError::Internal(anyhow::anyhow!("task changed state while in use")),
-            Some(ended) => UploadError::TaskEnded(ended),
+            TaskStatus::Pause => UploadError::Paused,
+            TaskStatus::Upload => UploadError::Internal(anyhow::anyhow!("task changed state while in use")),
+            ended => UploadError::TaskEnded(ended),
+        }
+    }
+
+    /// The refusal for a guarded change the store did not make: `None` when it was made.
+    fn for_change(change: StatusChange) -> Option<Self> {
+        match change {
+            StatusChange::Made => None,
+            StatusChange::Refused(status) => Some(UploadError::for_status(status)),
+            StatusChange::NoSuchTask => Some(UploadError::TaskNotFound),
         }
     }
 

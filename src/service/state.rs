@@ -2,6 +2,7 @@
 
 use super::{TaskRef, UploadError, Uploads};
 use crate::domain::{CallbackCode, FieldError, TaskStatus};
+use crate::store::StatusChange;
 
 /// A state a client may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,19 +36,20 @@ impl Uploads {
             (RequestedState::Upload, _) => (TaskStatus::Pause, TaskStatus::Upload),
             (RequestedState::Cancel, _) => {
                 let open = [TaskStatus::Upload, TaskStatus::Pause];
-                self.end_task(&task, &open, CallbackCode::Cancelled, None, None, None)
-                    .await?
-                    .map_err(|now| now.map_or(UploadError::TaskNotFound, UploadError::TaskEnded))?;
+                match self.end_task(&task, &open, CallbackCode::Cancelled, None, None, None).await? {
+                    StatusChange::Made => {}
+                    StatusChange::Refused(now) => return Err(UploadError::TaskEnded(now)),
+                    StatusChange::NoSuchTask => return Err(UploadError::TaskNotFound),
+                }
                 tracing::info!(task_id = task.task_id, status = %TaskStatus::Cancel, "task ended");
                 self.remove_temp(&task).await;
                 return Ok(TaskStatus::Cancel);
             }
         };
         // Another request may have changed the state since it was read: report what it is now.
-        self.store.change_status(task.task_id, from, to).await?.map_err(|now| match now {
-            Some(status) if status == to => UploadError::SameState(status),
-            other => UploadError::for_status(other),
-        })?;
-        Ok(to)
+        match self.store.change_status(task.task_id, from, to).await? {
+            StatusChange::Refused(status) if status == to => Err(UploadError::SameState(status)),
+            change => UploadError::for_change(change).map_or(Ok(to), Err),
+        }
     }
 }

@@ -1,65 +1,101 @@
-//! The schema, from the SQL files in `migrations/`, applied in order at start. The version
-//! applied is kept in `PRAGMA user_version` (rusqlite_migration).
+//! The schema, from the SQL files in `migrations/`, applied in order at start by sqlx's migrator,
+//! which records them in `_sqlx_migrations`. Never edit a migration that has shipped: add the
+//! next.
+//!
+//! Releases up to 0.1 applied the same files with rusqlite_migration, which kept how many were
+//! applied in `PRAGMA user_version` instead. Such a database has those recorded as applied before
+//! the migrator runs (`tests/upgrade.rs` opens one that release made).
 
-use rusqlite::Connection;
-use rusqlite_migration::{Migrations, M};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::SqliteConnection;
 
 use super::StoreError;
 
-/// Every migration, oldest first. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("../../migrations/20261125000001_initial.sql")),
-    M::up(include_str!("../../migrations/20261204000001_temp_generation_and_finish_attempts.sql")),
-    M::up(include_str!("../../migrations/20261204000002_write_probe.sql")),
-];
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
-    adopt_sqlx_history(conn)?;
-    Migrations::from_slice(MIGRATIONS).to_latest(conn).map_err(|e| StoreError::Unreadable(e.to_string()))
+pub(super) async fn apply(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    record_user_version_history(conn).await?;
+    MIGRATOR.run_direct(conn).await?;
+    Ok(())
 }
 
-/// Databases made before fupload drove SQLite itself recorded their migrations in sqlx's
-/// `_sqlx_migrations` table, not in `user_version`: count those as applied.
-fn adopt_sqlx_history(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let sqlx_table: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        [],
-        |row| row.get(0),
-    )?;
-    if version == 0 && sqlx_table {
-        let applied: i64 =
-            conn.query_row("SELECT COUNT(*) FROM _sqlx_migrations WHERE success", [], |row| row.get(0))?;
-        conn.pragma_update(None, "user_version", applied)?;
+/// Records the first `user_version` migrations as applied, where `_sqlx_migrations` does not
+/// already have them.
+async fn record_user_version_history(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    // Dialect: SQLite's user_version.
+    let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied == 0 {
+        return Ok(());
     }
+    if applied > MIGRATOR.iter().count() {
+        return Err(StoreError::Unreadable(format!(
+            "the database has {applied} migrations applied, more than this version knows: it was made by a later release"
+        )));
+    }
+    conn.ensure_migrations_table().await?;
+    for migration in MIGRATOR.iter().take(applied) {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?1, ?2, TRUE, ?3, 0)
+             ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Recorded where the migrator looks: user_version is no longer read.
+    sqlx::query("PRAGMA user_version = 0").execute(&mut *conn).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::{Connection, Row};
 
-    #[test]
-    fn the_migrations_are_valid() {
-        assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
+    async fn memory() -> SqliteConnection {
+        SqliteConnection::connect("sqlite::memory:").await.unwrap()
     }
 
-    #[test]
-    fn a_database_sqlx_migrated_is_taken_as_it_is() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../../migrations/20261125000001_initial.sql")).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL);
-             INSERT INTO _sqlx_migrations VALUES (20261125000001, TRUE);",
-        )
-        .unwrap();
-        apply(&mut conn).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
-        // And a fresh one gets every migration.
-        let mut fresh = Connection::open_in_memory().unwrap();
-        apply(&mut fresh).unwrap();
-        let outbox: i64 = fresh.query_row("SELECT COUNT(*) FROM callback_outbox", [], |row| row.get(0)).unwrap();
+    async fn applied_versions(conn: &mut SqliteConnection) -> Vec<i64> {
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fresh_database_gets_every_migration() {
+        let mut conn = memory().await;
+        apply(&mut conn).await.unwrap();
+        let all: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert_eq!(applied_versions(&mut conn).await, all);
+        let outbox: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM callback_outbox").fetch_one(&mut conn).await.unwrap();
         assert_eq!(outbox, 0);
+        apply(&mut conn).await.expect("applying again changes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_user_version_releases_gets_only_the_migrations_it_lacks() {
+        let mut conn = memory().await;
+        let first = MIGRATOR.iter().next().unwrap();
+        sqlx::raw_sql(&first.sql).execute(&mut conn).await.unwrap();
+        sqlx::query("PRAGMA user_version = 1").execute(&mut conn).await.unwrap();
+        apply(&mut conn).await.unwrap();
+        assert_eq!(applied_versions(&mut conn).await.len(), MIGRATOR.iter().count());
+        let probe: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM write_probe").fetch_one(&mut conn).await.unwrap();
+        assert_eq!(probe, 1, "the later migrations ran");
+    }
+
+    #[tokio::test]
+    async fn a_database_of_a_later_release_is_refused() {
+        let mut conn = memory().await;
+        sqlx::query("PRAGMA user_version = 99").execute(&mut conn).await.unwrap();
+        assert!(matches!(apply(&mut conn).await, Err(StoreError::Unreadable(_))));
     }
 }

@@ -1,49 +1,54 @@
 //! The only place SQL appears. SQLite holds the truth: tasks, received ranges, the callback outbox.
 //!
-//! Each connection lives on a thread of its own (`threads`), and a transaction is one hand-off
-//! to it. One writer connection serialises every write (SQLite allows one writer at a time anyway,
-//! and a single connection never meets SQLITE_BUSY from this process), and commits the writes
-//! waiting for it together. Readers have connections of their own and, with WAL, never wait for
-//! the writer. Statements are prepared once per connection and cached.
-//! The WAL is copied into the database file (checkpointed) by a connection of its own, called
-//! a few times a second (`checkpoint`): a checkpoint fsyncs, and on the writer every one of them
-//! stalled all writes for about 8 ms (8% of the time in W3, see docs/PERFORMANCE.md).
-//! Queries are checked at run time: the tests exercise every one of them.
+//! The store runs on sqlx. One writer connection serialises every write (SQLite allows one
+//! writer at a time anyway, and a single connection never meets SQLITE_BUSY from this process)
+//! and commits the writes waiting for it together (`writer`). Reads go to a pool of read-only
+//! connections that, with WAL, never wait for the writer. The WAL is copied into the database
+//! file (checkpointed) by a connection of its own, a few times a second (`checkpoint`): a
+//! checkpoint fsyncs, and on the writer every one of them stalled all writes.
+//!
+//! Queries are checked at compile time by sqlx's `query!` macros against the data in `.sqlx/`
+//! (`scripts/sqlx-prepare.sh` makes it anew). The few statements whose text is not fixed (the
+//! pragmas, the savepoints) are run by the tests.
 //!
 //! A long read elsewhere (an operator's `sqlite3` holding a snapshot) keeps the checkpoint from
 //! copying the WAL, which then grows with every write and, without a limit, keeps its size on
 //! disk after the reader left. So `checkpoint` truncates it once it is over `WAL_SIZE_LIMIT` and
 //! entirely copied, and the writer keeps it to that size whenever it starts the WAL over.
+//!
+//! What is SQLite's own dialect is marked `Dialect:` where it appears (upserts, `json_each`,
+//! `RETURNING`, the pragmas), so that a PostgreSQL backend is a second set of those statements.
 
 mod migrations;
 mod outbox;
 mod ranges;
 mod stats;
 mod tasks;
-mod threads;
+mod types;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use crate::config::Durability;
-use crate::domain::TaskStatus;
-use threads::{Readers, WriteSavepoint, Writer};
+use writer::Writer;
 
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
-pub use ranges::BlockCommit;
-pub use tasks::{NewTask, Task, TaskEnding, TaskSpec};
+pub use ranges::{BlockCommit, BlockOutcome};
+pub use tasks::{NewTask, StatusChange, Task, TaskEnding, TaskSpec};
 
 /// Errors of this layer: the database failed, holds something this version cannot read, or the
 /// store is closed. `trouble` tells the failures of the database itself apart.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlx(sqlx::Error),
     /// The transaction a write ran in could not begin, keep the write, or commit.
     #[error("the write was not committed: {0}")]
     Transaction(TransactionFailure),
@@ -57,15 +62,36 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => StoreError::Closed,
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Unreadable(e.to_string()),
+            e => StoreError::Sqlx(e),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            e => StoreError::Unreadable(e.to_string()),
+        }
+    }
+}
+
 impl StoreError {
     /// What failed when the database itself did (its disk, its lock, its file), rather than a
     /// query, the data, or this process.
     pub fn trouble(&self) -> Option<Trouble> {
         match self {
-            StoreError::Sqlite(e) => Trouble::of_sqlite(e),
+            StoreError::Sqlx(sqlx::Error::Database(e)) => {
+                e.code().and_then(|code| code.parse().ok()).and_then(Trouble::of_code)
+            }
+            StoreError::Sqlx(sqlx::Error::Io(e)) | StoreError::Io(e) => Trouble::of_io(e),
             StoreError::Transaction(failure) => failure.trouble,
-            StoreError::Io(e) => Trouble::of_io(e),
-            StoreError::Unreadable(_) | StoreError::BadUrl(_) | StoreError::Closed => None,
+            StoreError::Sqlx(_) | StoreError::Unreadable(_) | StoreError::BadUrl(_) | StoreError::Closed => None,
         }
     }
 }
@@ -85,11 +111,18 @@ pub enum Trouble {
 }
 
 impl Trouble {
-    fn of_sqlite(e: &rusqlite::Error) -> Option<Self> {
-        match e.sqlite_error_code()? {
-            ErrorCode::DiskFull => Some(Trouble::Full),
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(Trouble::Busy),
-            ErrorCode::SystemIoFailure | ErrorCode::ReadOnly | ErrorCode::CannotOpen => Some(Trouble::Unwritable),
+    /// From SQLite's (extended) result code: its low byte is the primary code.
+    fn of_code(code: i32) -> Option<Self> {
+        const BUSY: i32 = 5;
+        const LOCKED: i32 = 6;
+        const READONLY: i32 = 8;
+        const IOERR: i32 = 10;
+        const FULL: i32 = 13;
+        const CANTOPEN: i32 = 14;
+        match code & 0xff {
+            FULL => Some(Trouble::Full),
+            BUSY | LOCKED => Some(Trouble::Busy),
+            IOERR | READONLY | CANTOPEN => Some(Trouble::Unwritable),
             _ => None,
         }
     }
@@ -123,12 +156,6 @@ impl From<&StoreError> for TransactionFailure {
     }
 }
 
-impl From<rusqlite::Error> for TransactionFailure {
-    fn from(e: rusqlite::Error) -> Self {
-        TransactionFailure { trouble: Trouble::of_sqlite(&e), why: e.to_string() }
-    }
-}
-
 /// Database writes have been failing, since `since`, the last one with `error`.
 #[derive(Debug, Clone)]
 pub struct WritesFailing {
@@ -153,9 +180,6 @@ const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 /// calls `checkpoint` (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 
-/// Prepared statements kept per connection: more than the store has.
-const CACHED_STATEMENTS: usize = 64;
-
 /// The store. Cheap to clone; every clone shares the same connections.
 #[derive(Clone)]
 pub struct Store {
@@ -164,8 +188,8 @@ pub struct Store {
 
 struct Connections {
     writer: Writer,
-    readers: Readers,
-    checkpointer: Readers,
+    readers: SqlitePool,
+    checkpointer: tokio::sync::Mutex<Option<SqliteConnection>>,
     wal: Wal,
     writes: WriteOutcomes,
 }
@@ -195,7 +219,7 @@ impl WriteOutcomes {
                 None => return,
             },
         };
-        let mut failing = threads::lock(&self.failing);
+        let mut failing = lock(&self.failing);
         match (trouble, failing.take()) {
             (None, Some(was)) => tracing::info!(failed = %was.trouble, "database writes work again"),
             (None, None) => {}
@@ -208,6 +232,11 @@ impl WriteOutcomes {
             }
         }
     }
+}
+
+/// A lock that a panic elsewhere does not poison for good: what it guards stays consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct ProbeInFlight(Arc<AtomicBool>);
@@ -230,7 +259,7 @@ pub struct WalCheckpoint {
 
 impl Store {
     /// Opens (creating if missing) the database at `url` (`sqlite://<path>`) and applies the
-    /// migrations.
+    /// migrations. `readers` read-only connections serve the reads.
     pub async fn open(url: &str, durability: Durability, readers: u32) -> Result<Self, StoreError> {
         Self::open_with_wal_limit(url, durability, readers, WAL_SIZE_LIMIT).await
     }
@@ -243,10 +272,40 @@ impl Store {
         wal_limit: u64,
     ) -> Result<Self, StoreError> {
         let path = database_path(url)?;
-        let inner =
-            tokio::task::spawn_blocking(move || Connections::open(&path, durability, readers.max(1), wal_limit))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let options = connect_options(&path, durability, wal_limit);
+        let mut writer = options
+            .clone()
+            .create_if_missing(true)
+            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
+            .connect()
+            .await?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut writer).await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unreadable(format!("the database cannot use a WAL (journal_mode is {mode})")));
+        }
+        migrations::apply(&mut writer).await?;
+        let checkpointer = options.clone().busy_timeout(TRUNCATE_WAIT).connect().await?;
+        let readers = SqlitePoolOptions::new()
+            .min_connections(readers.max(1))
+            .max_connections(readers.max(1))
+            // A connection is only ever handed out whole: no check before each use.
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.read_only(true))
+            .await?;
+        let mut wal_path = path.into_os_string();
+        wal_path.push("-wal");
+        let inner = Connections {
+            writer: Writer::start(writer),
+            readers,
+            checkpointer: tokio::sync::Mutex::new(Some(checkpointer)),
+            wal: Wal { path: wal_path.into(), limit: wal_limit },
+            writes: WriteOutcomes::default(),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -254,38 +313,42 @@ impl Store {
     /// without waiting for (or holding up) the writer. When all of it is copied and the WAL file
     /// is over its limit, empties the file too: this waits for the writer, but only then.
     pub async fn checkpoint(&self) -> Result<WalCheckpoint, StoreError> {
-        let wal = self.inner.wal.clone();
-        self.inner
-            .checkpointer
-            .read(move |conn| {
-                let (frames, copied) = run_checkpoint(conn, "PASSIVE")?;
-                let mut wal_bytes = wal.file_size()?;
-                if frames == copied && wal_bytes > wal.limit {
-                    // A reader that still needed the frames has left: without this the file
-                    // keeps its size until the server stops.
-                    run_checkpoint(conn, "TRUNCATE")?;
-                    wal_bytes = wal.file_size()?;
-                }
-                Ok(WalCheckpoint { frames, copied, wal_bytes })
-            })
-            .await
+        let mut checkpointer = self.inner.checkpointer.lock().await;
+        let conn = checkpointer.as_mut().ok_or(StoreError::Closed)?;
+        let wal = &self.inner.wal;
+        let (frames, copied) = run_checkpoint(conn, "PASSIVE").await?;
+        let mut wal_bytes = wal.file_size().await?;
+        if frames == copied && wal_bytes > wal.limit {
+            // A reader that still needed the frames has left: without this the file keeps its
+            // size until the server stops.
+            run_checkpoint(conn, "TRUNCATE").await?;
+            wal_bytes = wal.file_size().await?;
+        }
+        Ok(WalCheckpoint { frames, copied, wal_bytes })
     }
 
-    /// Runs `write` in the writer's next transaction (see `threads`), and keeps track of whether
+    /// Runs `write` in the writer's next transaction (see `writer`), and keeps track of whether
     /// writes fail for the database's sake.
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut WriteSavepoint) -> Result<T, StoreError> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
         let outcome = self.inner.writer.write(write).await;
         self.inner.writes.record(&outcome);
         outcome
     }
 
+    /// The reader connections: each read runs in autocommit (no read transaction outlives it), so
+    /// it sees every commit that returned before it began. A block's plan relies on that
+    /// (docs/RELIABILITY.md, section 9).
+    fn readers(&self) -> &SqlitePool {
+        &self.inner.readers
+    }
+
     /// Since when, and how, writes fail; `None` once a write has committed since.
     pub fn writes_failing(&self) -> Option<WritesFailing> {
-        threads::lock(&self.inner.writes.failing).clone()
+        lock(&self.inner.writes.failing).clone()
     }
 
     /// A small write, to learn whether writes work again when nothing else writes. `None` while
@@ -297,33 +360,31 @@ impl Store {
         }
         let in_flight = ProbeInFlight(probing.clone());
         Some(self.write(move |conn| {
-            let _in_flight = in_flight;
-            conn.prepare_cached("UPDATE write_probe SET probed_at = ?1 WHERE id = 1")?.execute([now()])?;
-            Ok(())
+            Box::pin(async move {
+                let _in_flight = in_flight;
+                let now = now();
+                sqlx::query!("UPDATE write_probe SET probed_at = ?1 WHERE id = 1", now).execute(conn).await?;
+                Ok(())
+            })
         }))
     }
 
-    /// Runs `read` on one of the reader connections.
-    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.inner.readers.read(read).await
-    }
-
-    /// Lets the work already handed in finish, then closes every connection.
+    /// Lets the writes already handed in finish, then closes every connection.
     pub async fn close(&self) {
-        self.inner.readers.stop().await;
-        self.inner.checkpointer.stop().await;
         self.inner.writer.stop().await;
+        self.inner.readers.close().await;
+        if let Some(checkpointer) = self.inner.checkpointer.lock().await.take() {
+            if let Err(e) = checkpointer.close().await {
+                tracing::warn!(error = %e, "the checkpoint connection did not close cleanly");
+            }
+        }
     }
 }
 
 impl Wal {
     /// 0 when there is no WAL file (yet, or after a clean close).
-    fn file_size(&self) -> Result<u64, StoreError> {
-        match std::fs::metadata(&self.path) {
+    async fn file_size(&self) -> Result<u64, StoreError> {
+        match tokio::fs::metadata(&self.path).await {
             Ok(metadata) => Ok(metadata.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e.into()),
@@ -332,61 +393,28 @@ impl Wal {
 }
 
 /// `PRAGMA wal_checkpoint(mode)`: the frames in the WAL and how many are in the database file.
-fn run_checkpoint(conn: &Connection, mode: &str) -> Result<(i64, i64), StoreError> {
+async fn run_checkpoint(conn: &mut SqliteConnection, mode: &str) -> Result<(i64, i64), StoreError> {
+    // Dialect: SQLite's WAL.
     let sql = format!("PRAGMA wal_checkpoint({mode})");
-    let (_busy, frames, copied): (i64, i64, i64) =
-        conn.query_row(&sql, [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    let (_busy, frames, copied): (i64, i64, i64) = sqlx::query_as(&sql).fetch_one(conn).await?;
     Ok((frames, copied))
 }
 
-impl Connections {
-    fn open(path: &Path, durability: Durability, readers: u32, wal_limit: u64) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let synchronous = match durability {
-            // In WAL mode NORMAL commits survive a process crash; FULL also fsyncs each commit.
-            Durability::Process => "NORMAL",
-            Durability::Power => "FULL",
-        };
-        let mut writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE, synchronous)?;
-        writer.pragma_update(None, "foreign_keys", true)?;
-        writer.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
-        let limit = i64::try_from(wal_limit).unwrap_or(i64::MAX);
-        writer.pragma_update(None, "journal_size_limit", limit)?;
-        migrations::apply(&mut writer)?;
-        let checkpointer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE, synchronous)?;
-        checkpointer.pragma_update(None, "journal_size_limit", limit)?;
-        checkpointer.busy_timeout(TRUNCATE_WAIT)?;
-        let readers = (0..readers)
-            .map(|_| connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY, synchronous))
-            .collect::<Result<_, _>>()?;
-        let mut wal_path = path.as_os_str().to_owned();
-        wal_path.push("-wal");
-        Ok(Self {
-            writer: Writer::start_writer(writer)?,
-            readers: Readers::start_readers("sqlite-reader", readers)?,
-            checkpointer: Readers::start_readers("sqlite-checkpoint", vec![checkpointer])?,
-            wal: Wal { path: wal_path.into(), limit: wal_limit },
-            writes: WriteOutcomes::default(),
-        })
-    }
-}
-
-/// A connection to the database in WAL mode (which lets readers read while the writer writes).
-fn connect(path: &Path, flags: OpenFlags, synchronous: &str) -> Result<Connection, StoreError> {
-    // Each connection is used by one thread at a time: SQLite's own mutexes are not needed.
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
-    if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unreadable(format!("the database cannot use a WAL (journal_mode is {mode})")));
-        }
-    }
-    conn.pragma_update(None, "synchronous", synchronous)?;
-    Ok(conn)
+/// How every connection opens the database: WAL (which lets readers read while the writer
+/// writes), `synchronous` by `durability`, foreign keys on, and the WAL's size limit.
+fn connect_options(path: &Path, durability: Durability, wal_limit: u64) -> SqliteConnectOptions {
+    let synchronous = match durability {
+        // In WAL mode NORMAL commits survive a process crash; FULL also fsyncs each commit.
+        Durability::Process => SqliteSynchronous::Normal,
+        Durability::Power => SqliteSynchronous::Full,
+    };
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .pragma("journal_size_limit", i64::try_from(wal_limit).unwrap_or(i64::MAX).to_string())
 }
 
 /// The database file `url` names: `sqlite://<path>` (or `sqlite:<path>`), the path relative to
@@ -408,22 +436,11 @@ fn now() -> String {
     timestamp(SystemTime::now())
 }
 
-impl FromSql for TaskStatus {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value.as_str()?.parse::<TaskStatus>().map_err(|e| FromSqlError::Other(e.into()))
-    }
-}
-
-impl rusqlite::ToSql for TaskStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::test_support::temp_store;
     use super::*;
+    use crate::domain::TaskStatus;
     use crate::store::tasks::tests::new_task;
 
     #[tokio::test]
@@ -436,13 +453,46 @@ mod tests {
         assert!(wal.wal_bytes > 0, "under its limit the WAL file stays, to be written again");
         let (pages, limit): (i64, i64) = store
             .write(|conn| {
-                let pages = conn.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))?;
-                Ok((pages, conn.query_row("PRAGMA journal_size_limit", [], |row| row.get(0))?))
+                Box::pin(async move {
+                    let pages = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&mut *conn).await?;
+                    Ok((pages, sqlx::query_scalar("PRAGMA journal_size_limit").fetch_one(&mut *conn).await?))
+                })
             })
             .await
             .unwrap();
         assert_eq!(pages, i64::from(WRITER_CHECKPOINT_PAGES));
         assert_eq!(limit, WAL_SIZE_LIMIT as i64, "the writer truncates the WAL to the limit when it starts it over");
+    }
+
+    #[tokio::test]
+    async fn every_connection_has_the_pragmas_durability_asks_for() {
+        for (durability, synchronous) in [(Durability::Process, 1), (Durability::Power, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("test.db").display());
+            let store = Store::open(&url, durability, 2).await.unwrap();
+            let (writer_synchronous, foreign_keys, busy_ms): (i64, i64, i64) = store
+                .write(|conn| {
+                    Box::pin(async move {
+                        let synchronous = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await?;
+                        let foreign_keys = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut *conn).await?;
+                        Ok((
+                            synchronous,
+                            foreign_keys,
+                            sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await?,
+                        ))
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!((writer_synchronous, foreign_keys), (synchronous, 1), "{durability:?}");
+            assert_eq!(busy_ms, BUSY_TIMEOUT.as_millis() as i64);
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(store.readers()).await.unwrap();
+            assert_eq!(mode, "wal");
+            let reader_synchronous: i64 =
+                sqlx::query_scalar("PRAGMA synchronous").fetch_one(store.readers()).await.unwrap();
+            assert_eq!(reader_synchronous, synchronous);
+            store.close().await;
+        }
     }
 
     #[tokio::test]
@@ -454,7 +504,7 @@ mod tests {
         let store = Store::open_with_wal_limit(&url, Durability::Process, 2, limit).await.unwrap();
         let wal_file = || std::fs::metadata(dir.path().join("test.db-wal")).map_or(0, |m| m.len());
         // An operator's sqlite3 in a read transaction: its snapshot keeps every frame after it.
-        let reader = Connection::open(&path).unwrap();
+        let reader = rusqlite::Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader.query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get(0)).unwrap();
         for size in 1..=200 {
@@ -478,23 +528,35 @@ mod tests {
         assert!(wal_file() > 0);
     }
 
-    #[test]
-    fn failures_of_the_database_itself_are_told_apart() {
-        let sqlite = |code| StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None));
+    #[tokio::test]
+    async fn failures_of_the_database_itself_are_told_apart() {
+        // SQLite's result codes, extended ones included (their low byte is the primary code).
         for (code, trouble) in [
-            (rusqlite::ffi::SQLITE_FULL, Some(Trouble::Full)),
-            (rusqlite::ffi::SQLITE_BUSY, Some(Trouble::Busy)),
-            (rusqlite::ffi::SQLITE_LOCKED, Some(Trouble::Busy)),
-            (rusqlite::ffi::SQLITE_IOERR_WRITE, Some(Trouble::Unwritable)),
-            (rusqlite::ffi::SQLITE_READONLY, Some(Trouble::Unwritable)),
-            (rusqlite::ffi::SQLITE_CANTOPEN, Some(Trouble::Unwritable)),
-            (rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY, None),
+            (13, Some(Trouble::Full)),        // SQLITE_FULL
+            (5, Some(Trouble::Busy)),         // SQLITE_BUSY
+            (6, Some(Trouble::Busy)),         // SQLITE_LOCKED
+            (778, Some(Trouble::Unwritable)), // SQLITE_IOERR_WRITE
+            (8, Some(Trouble::Unwritable)),   // SQLITE_READONLY
+            (14, Some(Trouble::Unwritable)),  // SQLITE_CANTOPEN
+            (787, None),                      // SQLITE_CONSTRAINT_FOREIGNKEY
         ] {
-            assert_eq!(sqlite(code).trouble(), trouble, "code {code}");
-            // Through the writer's group commit, which hands every write a copy of the failure.
-            let failure = TransactionFailure::from(&sqlite(code));
-            assert_eq!(StoreError::Transaction(failure).trouble(), trouble, "code {code}");
+            assert_eq!(Trouble::of_code(code), trouble, "code {code}");
         }
+        // A real error of sqlx's, and the copy the writer's group commit hands every write.
+        let (store, _dir) = temp_store().await;
+        let violation = store
+            .write(|conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO received_ranges VALUES (4242, 0, 1)").execute(conn).await?;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(violation, StoreError::Sqlx(sqlx::Error::Database(_))), "{violation:?}");
+        assert_eq!(violation.trouble(), None);
+        let failure = TransactionFailure { trouble: Some(Trouble::Full), why: "full".into() };
+        assert_eq!(StoreError::Transaction(failure).trouble(), Some(Trouble::Full));
         for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::QuotaExceeded] {
             assert_eq!(StoreError::Io(kind.into()).trouble(), Some(Trouble::Full));
         }
@@ -505,7 +567,20 @@ mod tests {
     /// How many tasks `filter` (an SQL condition) selects.
     async fn count_tasks(store: &Store, filter: &'static str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM upload_tasks WHERE {filter}");
-        store.read(move |conn| Ok(conn.query_row(&sql, [], |row| row.get(0))?)).await.unwrap()
+        sqlx::query_scalar(&sql).fetch_one(store.readers()).await.unwrap()
+    }
+
+    /// A write of one statement that fails for its own sake: there is no such table.
+    async fn failing_write(store: &Store) -> Result<(), StoreError> {
+        store
+            .write(|conn| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE upload_tasks SET status = 'finish'").execute(&mut *conn).await?;
+                    sqlx::query("INSERT INTO no_such_table VALUES (1)").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     #[tokio::test]
@@ -513,7 +588,7 @@ mod tests {
         let (store, _dir) = temp_store().await;
         let (one, two) = (new_task(1), new_task(2));
         let release = test_support::hold_writer(&store).await;
-        let panicking = store.write(|_| -> Result<(), StoreError> { panic!("a bug in a write") });
+        let panicking = store.write(|_| -> BoxFuture<'_, Result<(), StoreError>> { panic!("a bug in a write") });
         let beside = store.create_or_resume_task(&one);
         // Released last: join! polls in order the first time, so both writes are queued by then.
         let released = async { release.send(()).unwrap() };
@@ -522,9 +597,6 @@ mod tests {
         assert!(matches!(beside, Err(StoreError::Transaction(_))), "{beside:?}");
         assert_eq!(count_tasks(&store, "TRUE").await, 0, "nothing of the group was committed");
         store.create_or_resume_task(&two).await.unwrap();
-        let panicking_read = store.read(|_| -> Result<(), StoreError> { panic!("a bug in a read") }).await;
-        assert!(matches!(panicking_read, Err(StoreError::Closed)), "{panicking_read:?}");
-        store.task(1).await.unwrap();
     }
 
     #[tokio::test]
@@ -559,8 +631,7 @@ mod tests {
         let failing = store.writes_failing().expect("writes are failing");
         assert_eq!(failing.trouble, Trouble::Full);
         // A write that fails for its own sake says nothing about the database.
-        let own = store.write(|conn| Ok(conn.execute("INSERT INTO no_such_table VALUES (1)", [])?)).await;
-        assert!(own.is_err());
+        assert!(failing_write(&store).await.is_err());
         assert_eq!(store.writes_failing().map(|f| f.since), Some(failing.since), "still failing since then");
         store.create_or_resume_task(&new_task(5)).await.unwrap();
         assert!(store.writes_failing().is_none(), "a committed write clears it");
@@ -573,10 +644,11 @@ mod tests {
         let release = test_support::hold_writer(&store).await;
         let before = store.create_or_resume_task(&one);
         // As SQLite does on some full disks: the statement's error rolls the transaction back.
-        let ending = store.write(|conn| -> Result<(), StoreError> {
-            conn.execute_batch("ROLLBACK")?;
-            let full = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
-            Err(rusqlite::Error::SqliteFailure(full, None).into())
+        let ending = store.write(|conn| -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                Err(StoreError::Io(std::io::ErrorKind::StorageFull.into()))
+            })
         });
         let after = store.create_or_resume_task(&two);
         // Released last: join! polls in order the first time, so the three writes are one group.
@@ -599,8 +671,8 @@ mod tests {
         let ((), first) = tokio::join!(released, first);
         first.unwrap();
         store.probe_write().expect("the first one is done").await.unwrap();
-        let probed: String = store
-            .read(|conn| Ok(conn.query_row("SELECT probed_at FROM write_probe WHERE id = 1", [], |row| row.get(0))?))
+        let probed: String = sqlx::query_scalar("SELECT probed_at FROM write_probe WHERE id = 1")
+            .fetch_one(store.readers())
             .await
             .unwrap();
         assert!(!probed.is_empty(), "the probe wrote its row");
@@ -620,23 +692,14 @@ mod tests {
     async fn a_failed_write_undoes_only_itself_among_the_writes_committed_with_it() {
         let (store, _dir) = temp_store().await;
         let (one, two) = (new_task(1), new_task(2));
-        // Queued together while the writer is held up by the first write.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let first = store.write(move |_| Ok(held.recv().is_ok()));
+        // Queued together while the writer is held up.
+        let release = test_support::hold_writer(&store).await;
         let good = store.create_or_resume_task(&one);
-        let failing = store.write(|conn| {
-            conn.execute("UPDATE upload_tasks SET status = 'finish'", [])?;
-            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
-            Ok(())
-        });
+        let failing = failing_write(&store);
         let also_good = store.create_or_resume_task(&two);
-        let released = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            release.send(()).unwrap();
-        };
-        let ((), first, good, failing, also_good) = tokio::join!(released, first, good, failing, also_good);
-        assert!(first.unwrap(), "the first write was held until the others were queued");
-        assert!(matches!(failing, Err(StoreError::Sqlite(_))), "{failing:?}");
+        let released = async { release.send(()).unwrap() };
+        let (good, failing, also_good, ()) = tokio::join!(good, failing, also_good, released);
+        assert!(matches!(failing, Err(StoreError::Sqlx(_))), "{failing:?}");
         let (good, also_good) = (good.unwrap().0, also_good.unwrap().0);
         assert_eq!(count_tasks(&store, "TRUE").await, 2);
         for task in [good, also_good] {
@@ -655,16 +718,18 @@ pub(crate) mod test_support {
 
     /// Keeps the writer busy until the returned sender sends (or is dropped): writes handed in
     /// meanwhile wait in its queue.
-    pub async fn hold_writer(store: &Store) -> std::sync::mpsc::Sender<()> {
-        let (release, held) = std::sync::mpsc::channel::<()>();
+    pub async fn hold_writer(store: &Store) -> tokio::sync::oneshot::Sender<()> {
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
         let (started, holding) = tokio::sync::oneshot::channel();
         let store = store.clone();
         tokio::spawn(async move {
             store
                 .write(move |_| {
-                    let _ = started.send(());
-                    let _ = held.recv();
-                    Ok(())
+                    Box::pin(async move {
+                        let _ = started.send(());
+                        let _ = held.await;
+                        Ok(())
+                    })
                 })
                 .await
         });
@@ -677,8 +742,25 @@ pub(crate) mod test_support {
     pub async fn limit_growth(store: &Store, pages: i64) {
         store
             .write(move |conn| {
-                let now: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
-                Ok(conn.pragma_update(None, "max_page_count", now + pages)?)
+                Box::pin(async move {
+                    let now: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *conn).await?;
+                    let limit = format!("PRAGMA max_page_count = {}", now + pages);
+                    sqlx::query(&limit).execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Runs `sql` on the writer's connection.
+    async fn on_the_writer(store: &Store, sql: &'static str) {
+        store
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql).execute(conn).await?;
+                    Ok(())
+                })
             })
             .await
             .unwrap()
@@ -689,11 +771,11 @@ pub(crate) mod test_support {
     pub async fn refuse_callbacks(store: &Store) {
         let sql = "CREATE TEMP TRIGGER refuse_callbacks BEFORE INSERT ON callback_outbox
                    BEGIN SELECT RAISE(ABORT, 'injected fault: the database cannot take the callback'); END";
-        store.write(move |conn| Ok(conn.execute_batch(sql)?)).await.unwrap()
+        on_the_writer(store, sql).await
     }
 
     pub async fn allow_callbacks(store: &Store) {
-        store.write(|conn| Ok(conn.execute_batch("DROP TRIGGER temp.refuse_callbacks")?)).await.unwrap()
+        on_the_writer(store, "DROP TRIGGER temp.refuse_callbacks").await
     }
 
     /// A store on a fresh database file in its own temp dir.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection};
+use sqlx::SqliteConnection;
 
 use super::{now, timestamp, Store, StoreError};
 
@@ -25,7 +25,7 @@ pub struct DueCallback {
     pub notify_url: String,
     pub body: String,
     pub signature: String,
-    pub attempts: i64,
+    pub attempts: u64,
 }
 
 /// What the outbox holds for its worker now.
@@ -36,14 +36,17 @@ pub struct DueCallbacks {
     pub next_due_in: Option<Duration>,
 }
 
-pub(super) fn insert(conn: &Connection, task_id: i64, callback: &NewCallback, now: &str) -> Result<(), StoreError> {
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    callback: &NewCallback,
+    now: &str,
+) -> Result<(), StoreError> {
     let status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
-    conn.prepare_cached(
+    sqlx::query!(
         "INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status, next_attempt_at,
              last_error, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)",
-    )?
-    .execute(params![
         task_id,
         callback.ret_code,
         callback.notify_url,
@@ -52,49 +55,42 @@ pub(super) fn insert(conn: &Connection, task_id: i64, callback: &NewCallback, no
         status,
         now,
         callback.undeliverable
-    ])?;
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 impl Store {
     /// Pending callbacks whose next attempt is due, oldest first (at most `limit`), and how long
-    /// until the next of the others is due (`None`: no other is pending). One read, as the
-    /// outbox worker asks this once per round.
+    /// until the next of the others is due (`None`: no other is pending). The outbox worker asks
+    /// this once per round.
     pub async fn due_callbacks(&self, limit: u32) -> Result<DueCallbacks, StoreError> {
-        self.read(move |conn| {
-            let now = now();
-            // The limit is part of the text: a bound LIMIT makes SQLite plan the query again at
-            // every run.
-            let mut query = conn.prepare_cached(&format!(
-                "SELECT callback_id, task_id, notify_url, body, signature, attempts FROM callback_outbox
-                 WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT {limit}"
-            ))?;
-            let due = query
-                .query_map([&now], |row| {
-                    Ok(DueCallback {
-                        callback_id: row.get(0)?,
-                        task_id: row.get(1)?,
-                        notify_url: row.get(2)?,
-                        body: row.get(3)?,
-                        signature: row.get(4)?,
-                        attempts: row.get(5)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            let next: Option<String> = conn
-                .prepare_cached(
-                    "SELECT MIN(next_attempt_at) FROM callback_outbox WHERE status = 'pending' AND next_attempt_at > ?1",
-                )?
-                .query_row([&now], |row| row.get(0))?;
-            let next_due_in = next.map(|at| {
-                humantime::parse_rfc3339(&at)
-                    .ok()
-                    .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(Duration::ZERO)
-            });
-            Ok(DueCallbacks { due, next_due_in })
-        })
-        .await
+        let now = now();
+        let due = sqlx::query_as!(
+            DueCallback,
+            r#"SELECT callback_id AS "callback_id!", task_id, notify_url, body, signature, attempts AS "attempts: u64"
+               FROM callback_outbox
+               WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2"#,
+            now,
+            limit
+        )
+        .fetch_all(self.readers())
+        .await?;
+        let next = sqlx::query_scalar!(
+            r#"SELECT MIN(next_attempt_at) AS "next: String" FROM callback_outbox
+               WHERE status = 'pending' AND next_attempt_at > ?1"#,
+            now
+        )
+        .fetch_one(self.readers())
+        .await?;
+        let next_due_in = next.map(|at| {
+            humantime::parse_rfc3339(&at)
+                .ok()
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::ZERO)
+        });
+        Ok(DueCallbacks { due, next_due_in })
     }
 
     /// Marks callbacks delivered, all in one statement.
@@ -104,13 +100,20 @@ impl Store {
         }
         let ids = serde_json::to_string(callback_ids).map_err(|e| StoreError::Unreadable(e.to_string()))?;
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE callback_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2,
-                     last_error = NULL
-                 WHERE callback_id IN (SELECT value FROM json_each(?1))",
-            )?
-            .execute(params![ids, now()])?;
-            Ok(())
+            Box::pin(async move {
+                let now = now();
+                // Dialect: json_each takes the ids as one JSON text.
+                sqlx::query!(
+                    "UPDATE callback_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2,
+                         last_error = NULL
+                     WHERE callback_id IN (SELECT value FROM json_each(?1))",
+                    ids,
+                    now
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
         })
         .await
     }
@@ -127,14 +130,21 @@ impl Store {
             Some(delay) => ("pending", SystemTime::now() + delay),
             None => ("failed", SystemTime::now()),
         };
-        let error = error.to_owned();
+        let (error, next) = (error.to_owned(), timestamp(next));
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE callback_outbox SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4
-                 WHERE callback_id = ?1",
-            )?
-            .execute(params![callback_id, status, timestamp(next), error])?;
-            Ok(())
+            Box::pin(async move {
+                sqlx::query!(
+                    "UPDATE callback_outbox SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4
+                     WHERE callback_id = ?1",
+                    callback_id,
+                    status,
+                    next,
+                    error
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
         })
         .await
     }
@@ -149,7 +159,7 @@ pub(crate) mod tests {
     use crate::store::TaskEnding;
 
     /// Creates a task of `file_size` bytes and ends it with a callback; returns its id.
-    pub(crate) async fn ended_with_callback(store: &Store, file_size: i64) -> i64 {
+    pub(crate) async fn ended_with_callback(store: &Store, file_size: u64) -> i64 {
         let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
         let ending = TaskEnding { status: TaskStatus::Finish, final_path: None, error: None, idle_for: None };
         let callback = NewCallback {
@@ -159,7 +169,8 @@ pub(crate) mod tests {
             signature: "s".into(),
             undeliverable: None,
         };
-        store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap().unwrap();
+        let ended = store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap();
+        assert_eq!(ended, crate::store::StatusChange::Made);
         task.task_id
     }
 

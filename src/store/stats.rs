@@ -7,35 +7,26 @@ use crate::domain::TaskStatus;
 impl Store {
     /// Reads a page of the database file through a reader connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT 1 FROM upload_tasks LIMIT 1")?.query([])?.next()?;
-            Ok(())
-        })
-        .await
+        sqlx::query!("SELECT 1 AS one FROM upload_tasks LIMIT 1").fetch_optional(self.readers()).await?;
+        Ok(())
     }
 
     /// How many tasks are in `upload`, `pause` and `verify` (statuses without tasks are left out).
     pub async fn open_task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
-        self.read(|conn| {
-            let mut query = conn.prepare_cached(
-                "SELECT status, COUNT(*) FROM upload_tasks WHERE status IN ('upload', 'pause', 'verify') GROUP BY status",
-            )?;
-            let counts = query
-                .query_map([], |row| Ok((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0))))?
-                .collect::<Result<_, _>>()?;
-            Ok(counts)
-        })
-        .await
+        let rows = sqlx::query!(
+            r#"SELECT status AS "status: TaskStatus", COUNT(*) AS "tasks: u64" FROM upload_tasks
+               WHERE status IN ('upload', 'pause', 'verify') GROUP BY status"#
+        )
+        .fetch_all(self.readers())
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.status, row.tasks)).collect())
     }
 
     /// Callbacks still to be delivered.
     pub async fn pending_callbacks(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            let sql = "SELECT COUNT(*) FROM callback_outbox WHERE status = 'pending'";
-            let n: i64 = conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
+        Ok(sqlx::query_scalar!(r#"SELECT COUNT(*) AS "pending: u64" FROM callback_outbox WHERE status = 'pending'"#)
+            .fetch_one(self.readers())
+            .await?)
     }
 }
 
@@ -53,7 +44,7 @@ mod tests {
         let (first, _) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         store.create_or_resume_task(&new_task(11)).await.unwrap();
         store.create_or_resume_task(&new_task(12)).await.unwrap();
-        store.change_status(first.task_id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap().unwrap();
+        store.change_status(first.task_id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap();
         let mut counts = store.open_task_counts().await.unwrap();
         counts.sort_by_key(|(status, _)| status.as_str());
         assert_eq!(counts, vec![(TaskStatus::Pause, 1), (TaskStatus::Upload, 2)]);

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use sqlx::{Executor, Sqlite, SqliteConnection};
 
 use super::{now, outbox, timestamp, Store, StoreError};
-use crate::domain::TaskStatus;
+use crate::domain::{FileName, FileSize, Md5Hex, TaskStatus};
 
 /// What a task is: fixed when it is created.
 #[derive(Debug, Clone)]
@@ -15,9 +15,9 @@ pub struct TaskSpec {
     pub business_server: String,
     pub token_sha256: String,
     pub user_id: String,
-    pub file_name: String,
-    pub file_size: i64,
-    pub file_md5: String,
+    pub file_name: FileName,
+    pub file_size: FileSize,
+    pub file_md5: Md5Hex,
     pub store_path: String,
     /// The resolved absolute directory the file goes to.
     pub store_dir: String,
@@ -30,7 +30,7 @@ pub struct Task {
     pub spec: TaskSpec,
     pub tmp_dir: String,
     /// Bytes received so far (the sum of its received ranges).
-    pub received_bytes: i64,
+    pub received_bytes: u64,
     pub status: TaskStatus,
     pub final_path: Option<String>,
     /// Why it failed; while it is open or in `verify`, the last problem it met (a lost temp file,
@@ -39,7 +39,7 @@ pub struct Task {
     /// Moves on each time the temp file is made anew after it was lost.
     pub temp_generation: i64,
     /// Finish attempts that failed for a passing reason.
-    pub finish_attempts: i64,
+    pub finish_attempts: u64,
 }
 
 /// A task to create; the rest is filled in by the store.
@@ -62,48 +62,101 @@ pub struct TaskEnding {
     pub idle_for: Option<Duration>,
 }
 
-/// The columns `Task::from_row` reads, in its order.
-pub(super) const TASK_COLUMNS: &str =
-    "task_id, upload_key, business_server, token_sha256, user_id, file_name, file_size, \
-     file_md5, store_path, store_dir, feedback_parameter, tmp_dir, received_bytes, status, final_path, error, \
-     temp_generation, finish_attempts";
+/// What came of a status change guarded by the status the task must be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Made,
+    /// The task was in this status instead, and nothing was written.
+    Refused(TaskStatus),
+    NoSuchTask,
+}
+
+impl StatusChange {
+    /// `Refused` or `NoSuchTask` for a task whose status is `current` (`None`: it does not exist).
+    pub(super) fn refused(current: Option<TaskStatus>) -> Self {
+        current.map_or(StatusChange::NoSuchTask, StatusChange::Refused)
+    }
+}
+
+/// A row of `upload_tasks` as `task_row` reads it.
+struct TaskRow {
+    task_id: i64,
+    upload_key: String,
+    business_server: String,
+    token_sha256: String,
+    user_id: String,
+    file_name: FileName,
+    file_size: FileSize,
+    file_md5: Md5Hex,
+    store_path: String,
+    store_dir: String,
+    feedback_parameter: String,
+    tmp_dir: String,
+    received_bytes: u64,
+    status: TaskStatus,
+    final_path: Option<String>,
+    error: Option<String>,
+    temp_generation: i64,
+    finish_attempts: u64,
+}
+
+impl From<TaskRow> for Task {
+    fn from(row: TaskRow) -> Self {
+        Task {
+            task_id: row.task_id,
+            spec: TaskSpec {
+                upload_key: row.upload_key,
+                business_server: row.business_server,
+                token_sha256: row.token_sha256,
+                user_id: row.user_id,
+                file_name: row.file_name,
+                file_size: row.file_size,
+                file_md5: row.file_md5,
+                store_path: row.store_path,
+                store_dir: row.store_dir,
+                feedback_parameter: row.feedback_parameter,
+            },
+            tmp_dir: row.tmp_dir,
+            received_bytes: row.received_bytes,
+            status: row.status,
+            final_path: row.final_path,
+            error: row.error,
+            temp_generation: row.temp_generation,
+            finish_attempts: row.finish_attempts,
+        }
+    }
+}
 
 impl Task {
-    /// The file's size in bytes (stored as SQLite's signed integer; FileSize keeps it within
-    /// 63 bits).
+    /// The file's size in bytes.
     pub fn file_bytes(&self) -> u64 {
-        u64::try_from(self.spec.file_size).unwrap_or(0)
+        self.spec.file_size.bytes()
     }
 
     /// The temp file the task's blocks are written into.
     pub fn tmp_path(&self) -> PathBuf {
         Path::new(&self.tmp_dir).join(format!("task-{}.part", self.task_id))
     }
+}
 
-    pub(super) fn from_row(row: &Row) -> rusqlite::Result<Self> {
-        Ok(Self {
-            task_id: row.get(0)?,
-            spec: TaskSpec {
-                upload_key: row.get(1)?,
-                business_server: row.get(2)?,
-                token_sha256: row.get(3)?,
-                user_id: row.get(4)?,
-                file_name: row.get(5)?,
-                file_size: row.get(6)?,
-                file_md5: row.get(7)?,
-                store_path: row.get(8)?,
-                store_dir: row.get(9)?,
-                feedback_parameter: row.get(10)?,
-            },
-            tmp_dir: row.get(11)?,
-            received_bytes: row.get(12)?,
-            status: row.get(13)?,
-            final_path: row.get(14)?,
-            error: row.get(15)?,
-            temp_generation: row.get(16)?,
-            finish_attempts: row.get(17)?,
-        })
-    }
+/// The task `task_id`, read through `db` (the readers, or the writer inside a write).
+pub(super) async fn task_row<'e>(
+    db: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<Option<Task>, StoreError> {
+    let row = sqlx::query_as!(
+        TaskRow,
+        r#"SELECT task_id AS "task_id!", upload_key, business_server, token_sha256, user_id,
+               file_name AS "file_name: FileName", file_size AS "file_size: FileSize",
+               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter, tmp_dir,
+               received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
+               temp_generation, finish_attempts AS "finish_attempts: u64"
+           FROM upload_tasks WHERE task_id = ?1"#,
+        task_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Task::from))
 }
 
 impl Store {
@@ -113,98 +166,91 @@ impl Store {
     pub async fn create_or_resume_task(&self, new: &NewTask) -> Result<(Task, bool), StoreError> {
         let new = new.clone();
         self.write(move |conn| {
-            if let Some(created) = insert_task(conn, &new)? {
-                return Ok((created, true));
-            }
-            // The write is the only one running: the task the insert ran into is still there.
-            let spec = &new.spec;
-            let existing = conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM upload_tasks
-                     WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
-                       AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"
-                ))?
-                .query_row(
-                    params![
-                        spec.token_sha256,
-                        spec.user_id,
-                        spec.file_md5,
-                        spec.file_size,
-                        spec.file_name,
-                        spec.store_dir
-                    ],
-                    Task::from_row,
-                )?;
-            Ok((existing, false))
+            Box::pin(async move {
+                let (task_id, created) = match insert_task(conn, &new).await? {
+                    Some(created) => (created, true),
+                    // The write is the only one running: the task the insert ran into is still there.
+                    None => (unfinished_task_like(conn, &new.spec).await?, false),
+                };
+                let task = task_row(&mut *conn, task_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Unreadable(format!("task {task_id} is gone in its own write")))?;
+                Ok((task, created))
+            })
         })
         .await
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
-        self.read(move |conn| {
-            let sql = format!("SELECT {TASK_COLUMNS} FROM upload_tasks WHERE task_id = ?1");
-            Ok(conn.prepare_cached(&sql)?.query_row([task_id], Task::from_row).optional()?)
-        })
-        .await
+        task_row(self.readers(), task_id).await
     }
 
-    /// Moves the task from `from` to `to`. `Err(current)` when the task was not in `from`
-    /// (`None` if it does not exist); the change and the check are one write, so racing
+    /// Moves the task from `from` to `to`. The change and the check are one write, so racing
     /// requests cannot both make it.
     pub async fn change_status(
         &self,
         task_id: i64,
         from: TaskStatus,
         to: TaskStatus,
-    ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
+    ) -> Result<StatusChange, StoreError> {
         self.write(move |conn| {
-            let changed = conn
-                .prepare_cached(
+            Box::pin(async move {
+                let now = now();
+                let changed = sqlx::query!(
                     "UPDATE upload_tasks SET status = ?3, updated_at = ?4 WHERE task_id = ?1 AND status = ?2",
-                )?
-                .execute(params![task_id, from, to, now()])?;
-            match changed {
-                1 => Ok(Ok(())),
-                _ => Ok(Err(status_of(conn, task_id)?)),
-            }
+                    task_id,
+                    from,
+                    to,
+                    now
+                )
+                .execute(&mut *conn)
+                .await?;
+                match changed.rows_affected() {
+                    1 => Ok(StatusChange::Made),
+                    _ => Ok(StatusChange::refused(status_of(conn, task_id).await?)),
+                }
+            })
         })
         .await
     }
 
     /// Ends a task that is in one of `from` (and, with `idle_for`, idle that long), and queues its
-    /// callback, in one write. `Err(current)` when it was not, and nothing is written.
+    /// callback, in one write. Nothing is written unless the change is `Made`.
     pub async fn end_task(
         &self,
         task_id: i64,
         from: &[TaskStatus],
         ending: &TaskEnding,
         callback: &outbox::NewCallback,
-    ) -> Result<Result<(), Option<TaskStatus>>, StoreError> {
+    ) -> Result<StatusChange, StoreError> {
         let from_json = serde_json::to_string(&from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unreadable(e.to_string()))?;
         let (ending, callback) = (ending.clone(), callback.clone());
         self.write(move |conn| {
-            let now = now();
-            let ended = conn
-                .prepare_cached(
+            Box::pin(async move {
+                let now = now();
+                let idle_since = ending.idle_for.map(cutoff);
+                // Dialect: json_each takes the list of statuses as one JSON text.
+                let ended = sqlx::query!(
                     "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
                      WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
                        AND (?7 IS NULL OR updated_at < ?7)",
-                )?
-                .execute(params![
                     task_id,
                     ending.status,
                     ending.final_path,
                     ending.error,
                     now,
                     from_json,
-                    ending.idle_for.map(cutoff)
-                ])?;
-            if ended == 0 {
-                return Ok(Err(status_of(conn, task_id)?));
-            }
-            outbox::insert(conn, task_id, &callback, &now)?;
-            Ok(Ok(()))
+                    idle_since
+                )
+                .execute(&mut *conn)
+                .await?;
+                if ended.rows_affected() == 0 {
+                    return Ok(StatusChange::refused(status_of(conn, task_id).await?));
+                }
+                outbox::insert(conn, task_id, &callback, &now).await?;
+                Ok(StatusChange::Made)
+            })
         })
         .await
     }
@@ -214,12 +260,17 @@ impl Store {
     pub async fn record_finish_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE upload_tasks SET finish_attempts = finish_attempts + 1, error = ?2
-                 WHERE task_id = ?1 AND status = 'verify'",
-            )?
-            .execute(params![task_id, error])?;
-            Ok(())
+            Box::pin(async move {
+                sqlx::query!(
+                    "UPDATE upload_tasks SET finish_attempts = finish_attempts + 1, error = ?2
+                     WHERE task_id = ?1 AND status = 'verify'",
+                    task_id,
+                    error
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
         })
         .await
     }
@@ -229,11 +280,18 @@ impl Store {
     pub async fn record_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE upload_tasks SET status = 'fail', error = ?2, updated_at = ?3, ended_at = ?3 WHERE task_id = ?1",
-            )?
-            .execute(params![task_id, error, now()])?;
-            Ok(())
+            Box::pin(async move {
+                let now = now();
+                sqlx::query!(
+                    "UPDATE upload_tasks SET status = 'fail', error = ?2, updated_at = ?3, ended_at = ?3 WHERE task_id = ?1",
+                    task_id,
+                    error,
+                    now
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
         })
         .await
     }
@@ -245,81 +303,95 @@ impl Store {
     /// callback) is left as it is.
     pub async fn delete_refused_task(&self, task_id: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "DELETE FROM upload_tasks WHERE task_id = ?1 AND received_bytes = 0
-                   AND status IN ('upload', 'verify')
-                   AND NOT EXISTS (SELECT 1 FROM callback_outbox WHERE task_id = ?1)",
-            )?
-            .execute([task_id])?;
-            Ok(())
+            Box::pin(async move {
+                sqlx::query!(
+                    "DELETE FROM upload_tasks WHERE task_id = ?1 AND received_bytes = 0
+                       AND status IN ('upload', 'verify')
+                       AND NOT EXISTS (SELECT 1 FROM callback_outbox WHERE task_id = ?1)",
+                    task_id
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
         })
         .await
     }
 
     /// Tasks in `upload` or `pause` with no activity for `idle`.
     pub async fn idle_tasks(&self, idle: Duration) -> Result<Vec<i64>, StoreError> {
-        self.read(move |conn| {
-            let mut query = conn.prepare_cached(
-                "SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause') AND updated_at < ?1 ORDER BY task_id",
-            )?;
-            let ids = query.query_map([cutoff(idle)], |row| row.get(0))?.collect::<Result<_, _>>()?;
-            Ok(ids)
-        })
-        .await
+        let idle_since = cutoff(idle);
+        Ok(sqlx::query_scalar!(
+            r#"SELECT task_id AS "task_id!" FROM upload_tasks
+               WHERE status IN ('upload', 'pause') AND updated_at < ?1 ORDER BY task_id"#,
+            idle_since
+        )
+        .fetch_all(self.readers())
+        .await?)
     }
 
     pub async fn tasks_in_status(&self, status: TaskStatus) -> Result<Vec<i64>, StoreError> {
-        self.read(move |conn| {
-            let mut query =
-                conn.prepare_cached("SELECT task_id FROM upload_tasks WHERE status = ?1 ORDER BY task_id")?;
-            let ids = query.query_map([status], |row| row.get(0))?.collect::<Result<_, _>>()?;
-            Ok(ids)
-        })
-        .await
+        Ok(sqlx::query_scalar!(
+            r#"SELECT task_id AS "task_id!" FROM upload_tasks WHERE status = ?1 ORDER BY task_id"#,
+            status
+        )
+        .fetch_all(self.readers())
+        .await?)
     }
 }
 
 /// Inserts the task unless an unfinished one with the same identity exists (`None`).
-fn insert_task(conn: &Connection, new: &NewTask) -> Result<Option<Task>, StoreError> {
-    let spec = &new.spec;
-    let sql = format!(
-        "INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
-             file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
-         ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
-             WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
-         RETURNING {TASK_COLUMNS}"
-    );
-    let created = conn
-        .prepare_cached(&sql)?
-        .query_row(
-            params![
-                spec.upload_key,
-                spec.business_server,
-                spec.token_sha256,
-                spec.user_id,
-                spec.file_name,
-                spec.file_size,
-                spec.file_md5,
-                spec.store_path,
-                spec.store_dir,
-                spec.feedback_parameter,
-                new.tmp_dir,
-                new.status,
-                now()
-            ],
-            Task::from_row,
-        )
-        .optional()?;
+async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Option<i64>, StoreError> {
+    let (spec, now) = (&new.spec, now());
+    // Dialect: the upsert names the partial unique index's columns and condition.
+    let created = sqlx::query_scalar!(
+        r#"INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
+               file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+           ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
+               WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
+           RETURNING task_id AS "task_id!""#,
+        spec.upload_key,
+        spec.business_server,
+        spec.token_sha256,
+        spec.user_id,
+        spec.file_name,
+        spec.file_size,
+        spec.file_md5,
+        spec.store_path,
+        spec.store_dir,
+        spec.feedback_parameter,
+        new.tmp_dir,
+        new.status,
+        now
+    )
+    .fetch_optional(conn)
+    .await?;
     Ok(created)
 }
 
+/// The unfinished task with the identity of `spec`.
+async fn unfinished_task_like(conn: &mut SqliteConnection, spec: &TaskSpec) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT task_id AS "task_id!" FROM upload_tasks
+           WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
+             AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"#,
+        spec.token_sha256,
+        spec.user_id,
+        spec.file_md5,
+        spec.file_size,
+        spec.file_name,
+        spec.store_dir
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
 /// The task's status, read by the writer so that it sees the latest write.
-pub(super) fn status_of(conn: &Connection, task_id: i64) -> Result<Option<TaskStatus>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT status FROM upload_tasks WHERE task_id = ?1")?
-        .query_row([task_id], |row| row.get(0))
-        .optional()?)
+pub(super) async fn status_of(conn: &mut SqliteConnection, task_id: i64) -> Result<Option<TaskStatus>, StoreError> {
+    Ok(sqlx::query_scalar!(r#"SELECT status AS "status: TaskStatus" FROM upload_tasks WHERE task_id = ?1"#, task_id)
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// The timestamp `idle` ago.
@@ -332,16 +404,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
 
-    pub(crate) fn new_task(file_size: i64) -> NewTask {
+    pub(crate) fn new_task(file_size: u64) -> NewTask {
         NewTask {
             spec: TaskSpec {
                 upload_key: "k".repeat(32),
                 business_server: "cp1".into(),
                 token_sha256: "t".into(),
                 user_id: "123".into(),
-                file_name: "hello.mp4".into(),
-                file_size,
-                file_md5: "0".repeat(32),
+                file_name: FileName::parse("hello.mp4").unwrap(),
+                file_size: FileSize::new(file_size).unwrap(),
+                file_md5: Md5Hex::parse("fileMd5", &"0".repeat(32)).unwrap(),
                 store_path: "hello/".into(),
                 store_dir: "/store/hello".into(),
                 feedback_parameter: "{\"a\": 1}".into(),
@@ -385,7 +457,8 @@ pub(crate) mod tests {
         assert!(store.task(fresh.task_id).await.unwrap().is_none());
         let (received, _) = store.create_or_resume_task(&new_task(11)).await.unwrap();
         let first_bytes = crate::domain::ByteRange::new(0, 4).unwrap();
-        store.commit_block(received.task_id, 0, &[first_bytes]).await.unwrap().unwrap();
+        let committed = store.commit_block(received.task_id, 0, &[first_bytes]).await.unwrap();
+        assert!(matches!(committed, crate::store::BlockOutcome::Committed(_)), "{committed:?}");
         let ended = crate::store::outbox::tests::ended_with_callback(&store, 12).await;
         for kept in [received.task_id, ended] {
             store.delete_refused_task(kept).await.unwrap();
@@ -398,12 +471,15 @@ pub(crate) mod tests {
         let (store, _dir) = temp_store().await;
         let (task, _) = store.create_or_resume_task(&new_task(10)).await.unwrap();
         let id = task.task_id;
-        assert_eq!(store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap(), Ok(()));
+        assert_eq!(store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap(), StatusChange::Made);
         assert_eq!(
             store.change_status(id, TaskStatus::Upload, TaskStatus::Pause).await.unwrap(),
-            Err(Some(TaskStatus::Pause))
+            StatusChange::Refused(TaskStatus::Pause)
         );
-        assert_eq!(store.change_status(999, TaskStatus::Upload, TaskStatus::Pause).await.unwrap(), Err(None));
+        assert_eq!(
+            store.change_status(999, TaskStatus::Upload, TaskStatus::Pause).await.unwrap(),
+            StatusChange::NoSuchTask
+        );
         assert_eq!(store.task(id).await.unwrap().unwrap().status, TaskStatus::Pause);
     }
 }

@@ -1,0 +1,47 @@
+//! The domain's values as SQLite columns: a value read back is parsed again, so a row this
+//! version cannot read is an error, never a default.
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Sqlite, Type};
+
+use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus};
+
+/// Implements `Type`, `Encode` and `Decode` for a value stored as the SQL type of `$stored`,
+/// written by `$encode` and read back by `$decode`.
+macro_rules! stored_as {
+    ($value:ty, $stored:ty, $encode:expr, $decode:expr) => {
+        impl Type<Sqlite> for $value {
+            fn type_info() -> SqliteTypeInfo {
+                <$stored as Type<Sqlite>>::type_info()
+            }
+
+            fn compatible(ty: &SqliteTypeInfo) -> bool {
+                <$stored as Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl<'q> Encode<'q, Sqlite> for $value {
+            fn encode_by_ref(&self, args: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
+                let stored: $stored = $encode(self);
+                <$stored as Encode<'q, Sqlite>>::encode(stored, args)
+            }
+        }
+
+        impl<'r> Decode<'r, Sqlite> for $value {
+            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+                let stored = <$stored as Decode<'r, Sqlite>>::decode(value)?;
+                Ok($decode(stored)?)
+            }
+        }
+    };
+}
+
+stored_as!(TaskStatus, String, |s: &TaskStatus| s.as_str().to_owned(), |text: String| text.parse::<TaskStatus>());
+stored_as!(Md5Hex, String, |m: &Md5Hex| m.as_str().to_owned(), |text: String| Md5Hex::parse("file_md5", &text));
+stored_as!(FileName, String, |n: &FileName| n.as_str().to_owned(), |text: String| FileName::parse(&text));
+// FileSize keeps within 63 bits, so SQLite's signed INTEGER holds every one.
+stored_as!(FileSize, i64, |s: &FileSize| i64::try_from(s.bytes()).unwrap_or(i64::MAX), |n: i64| {
+    u64::try_from(n).map_err(|_| FieldError::new(FileSize::FIELD, "must not be negative")).and_then(FileSize::new)
+});
