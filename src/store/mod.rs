@@ -22,6 +22,7 @@
 mod migrations;
 mod outbox;
 mod ranges;
+mod readers;
 mod stats;
 mod tasks;
 mod types;
@@ -33,10 +34,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use crate::config::Durability;
+use readers::{Reader, Readers};
 use writer::Writer;
 
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
@@ -188,7 +190,7 @@ pub struct Store {
 
 struct Connections {
     writer: Writer,
-    readers: SqlitePool,
+    readers: Readers,
     checkpointer: tokio::sync::Mutex<Option<SqliteConnection>>,
     wal: Wal,
     writes: WriteOutcomes,
@@ -288,20 +290,15 @@ impl Store {
         }
         migrations::apply(&mut writer).await?;
         let checkpointer = options.clone().busy_timeout(TRUNCATE_WAIT).connect().await?;
-        let readers = SqlitePoolOptions::new()
-            .min_connections(readers.max(1))
-            .max_connections(readers.max(1))
-            // A connection is only ever handed out whole: no check before each use.
-            .test_before_acquire(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.read_only(true))
-            .await?;
+        let mut reader_connections = Vec::new();
+        for _ in 0..readers.max(1) {
+            reader_connections.push(options.clone().read_only(true).connect().await?);
+        }
         let mut wal_path = path.into_os_string();
         wal_path.push("-wal");
         let inner = Connections {
             writer: Writer::start(writer),
-            readers,
+            readers: Readers::new(reader_connections),
             checkpointer: tokio::sync::Mutex::new(Some(checkpointer)),
             wal: Wal { path: wal_path.into(), limit: wal_limit },
             writes: WriteOutcomes::default(),
@@ -339,11 +336,11 @@ impl Store {
         outcome
     }
 
-    /// The reader connections: each read runs in autocommit (no read transaction outlives it), so
+    /// A reader connection: each read runs in autocommit (no read transaction outlives it), so
     /// it sees every commit that returned before it began. A block's plan relies on that
     /// (docs/RELIABILITY.md, section 9).
-    fn readers(&self) -> &SqlitePool {
-        &self.inner.readers
+    async fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        self.inner.readers.acquire().await
     }
 
     /// Since when, and how, writes fail; `None` once a write has committed since.
@@ -486,10 +483,11 @@ mod tests {
                 .unwrap();
             assert_eq!((writer_synchronous, foreign_keys), (synchronous, 1), "{durability:?}");
             assert_eq!(busy_ms, BUSY_TIMEOUT.as_millis() as i64);
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(store.readers()).await.unwrap();
+            let mode: String =
+                sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *store.reader().await.unwrap()).await.unwrap();
             assert_eq!(mode, "wal");
             let reader_synchronous: i64 =
-                sqlx::query_scalar("PRAGMA synchronous").fetch_one(store.readers()).await.unwrap();
+                sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *store.reader().await.unwrap()).await.unwrap();
             assert_eq!(reader_synchronous, synchronous);
             store.close().await;
         }
@@ -567,7 +565,7 @@ mod tests {
     /// How many tasks `filter` (an SQL condition) selects.
     async fn count_tasks(store: &Store, filter: &'static str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM upload_tasks WHERE {filter}");
-        sqlx::query_scalar(&sql).fetch_one(store.readers()).await.unwrap()
+        sqlx::query_scalar(&sql).fetch_one(&mut *store.reader().await.unwrap()).await.unwrap()
     }
 
     /// A write of one statement that fails for its own sake: there is no such table.
@@ -672,7 +670,7 @@ mod tests {
         first.unwrap();
         store.probe_write().expect("the first one is done").await.unwrap();
         let probed: String = sqlx::query_scalar("SELECT probed_at FROM write_probe WHERE id = 1")
-            .fetch_one(store.readers())
+            .fetch_one(&mut *store.reader().await.unwrap())
             .await
             .unwrap();
         assert!(!probed.is_empty(), "the probe wrote its row");

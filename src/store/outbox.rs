@@ -75,14 +75,14 @@ impl Store {
             now,
             limit
         )
-        .fetch_all(self.readers())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         let next = sqlx::query_scalar!(
             r#"SELECT MIN(next_attempt_at) AS "next: String" FROM callback_outbox
                WHERE status = 'pending' AND next_attempt_at > ?1"#,
             now
         )
-        .fetch_one(self.readers())
+        .fetch_one(&mut *self.reader().await?)
         .await?;
         let next_due_in = next.map(|at| {
             humantime::parse_rfc3339(&at)

@@ -175,14 +175,14 @@ impl Store {
     /// with a window function.
     async fn received_ranges(&self, task_id: i64) -> Result<Vec<ByteRange>, StoreError> {
         let rows = sqlx::query!("SELECT start_byte, end_byte FROM received_ranges WHERE task_id = ?1", task_id)
-            .fetch_all(self.readers())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.into_iter().map(|row| from_sql(row.start_byte, row.end_byte)).collect()
     }
 
     /// The stored ranges that overlap `within`.
     pub async fn received_within(&self, task_id: i64, within: ByteRange) -> Result<Vec<ByteRange>, StoreError> {
-        ranges_overlapping(self.readers(), task_id, within.start(), within.end()).await
+        ranges_overlapping(&mut *self.reader().await?, task_id, within.start(), within.end()).await
     }
 
     /// The length of the gap-free received run from byte 0.
@@ -191,7 +191,7 @@ impl Store {
             r#"SELECT end_byte + 1 AS "received_prefix!: u64" FROM received_ranges WHERE task_id = ?1 AND start_byte = 0"#,
             task_id
         )
-        .fetch_optional(self.readers())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         Ok(prefix.unwrap_or(0))
     }

@@ -7,7 +7,7 @@ use crate::domain::TaskStatus;
 impl Store {
     /// Reads a page of the database file through a reader connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query!("SELECT 1 AS one FROM upload_tasks LIMIT 1").fetch_optional(self.readers()).await?;
+        sqlx::query!("SELECT 1 AS one FROM upload_tasks LIMIT 1").fetch_optional(&mut *self.reader().await?).await?;
         Ok(())
     }
 
@@ -17,7 +17,7 @@ impl Store {
             r#"SELECT status AS "status: TaskStatus", COUNT(*) AS "tasks: u64" FROM upload_tasks
                WHERE status IN ('upload', 'pause', 'verify') GROUP BY status"#
         )
-        .fetch_all(self.readers())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(rows.into_iter().map(|row| (row.status, row.tasks)).collect())
     }
@@ -25,7 +25,7 @@ impl Store {
     /// Callbacks still to be delivered.
     pub async fn pending_callbacks(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query_scalar!(r#"SELECT COUNT(*) AS "pending: u64" FROM callback_outbox WHERE status = 'pending'"#)
-            .fetch_one(self.readers())
+            .fetch_one(&mut *self.reader().await?)
             .await?)
     }
 }

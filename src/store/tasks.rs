@@ -182,7 +182,7 @@ impl Store {
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
-        task_row(self.readers(), task_id).await
+        task_row(&mut *self.reader().await?, task_id).await
     }
 
     /// Moves the task from `from` to `to`. The change and the check are one write, so racing
@@ -326,7 +326,7 @@ impl Store {
                WHERE status IN ('upload', 'pause') AND updated_at < ?1 ORDER BY task_id"#,
             idle_since
         )
-        .fetch_all(self.readers())
+        .fetch_all(&mut *self.reader().await?)
         .await?)
     }
 
@@ -335,7 +335,7 @@ impl Store {
             r#"SELECT task_id AS "task_id!" FROM upload_tasks WHERE status = ?1 ORDER BY task_id"#,
             status
         )
-        .fetch_all(self.readers())
+        .fetch_all(&mut *self.reader().await?)
         .await?)
     }
 }

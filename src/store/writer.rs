@@ -124,7 +124,12 @@ async fn serve_writes(mut conn: SqliteConnection, mut jobs: mpsc::UnboundedRecei
 /// Runs `writes` in one transaction, each in a savepoint of its own, and replies to each once the
 /// transaction is committed or failed. A write that fails has only its savepoint rolled back; when
 /// the savepoints themselves fail, or a write panics, nothing of the group is committed.
-async fn commit_together(conn: &mut SqliteConnection, writes: Vec<WriteJob>) {
+async fn commit_together(conn: &mut SqliteConnection, mut writes: Vec<WriteJob>) {
+    if writes.len() == 1 {
+        if let Some(write) = writes.pop() {
+            return commit_alone(conn, write).await;
+        }
+    }
     let mut replies = Vec::with_capacity(writes.len());
     // Dialect: SQLite takes the write lock at BEGIN IMMEDIATE.
     let committed = match run(conn, "BEGIN IMMEDIATE").await {
@@ -167,6 +172,23 @@ async fn commit_together(conn: &mut SqliteConnection, writes: Vec<WriteJob>) {
     };
     for reply in replies {
         reply(committed.clone());
+    }
+}
+
+/// Runs `write` in a savepoint that is its transaction: it begins one when none is open, and
+/// releasing it commits. Two statements around a write alone instead of four.
+async fn commit_alone(conn: &mut SqliteConnection, write: WriteJob) {
+    let committed = match run_in_savepoint(conn, write).await {
+        Ok(reply) => return reply(Ok(())),
+        Err((reply, why)) => {
+            if let Err(e) = run(conn, "ROLLBACK").await {
+                tracing::debug!(error = %e, "no transaction left to roll back");
+            }
+            (reply, why)
+        }
+    };
+    if let (Some(reply), why) = committed {
+        reply(Err(why));
     }
 }
 
