@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::checksum::{self, Md5};
 use crate::domain::{ByteRange, Md5Hex};
+use crate::hash::Md5;
 
 /// Bytes handed to one `write` call at most: larger writes into freshly freed memory are slow
 /// on some VMs, and this bounds the buffer per block in flight.
@@ -231,23 +231,62 @@ impl Iterator for Queue {
 }
 
 /// Writes the chunks as `stream_into` says; returns the body's md5 and the whole file's.
+///
+/// A body that starts the file needs one md5 state: the file's md5 over it is the body's own. Any
+/// other body that continues the file's md5 feeds a second state, on a scoped thread of its own,
+/// the same chunks in memory: md-5 hashes one state at a time, so two states on this thread would
+/// halve its speed (one upload's blocks go one after the other: W1 waits on this thread). With a
+/// core free the two run side by side; on busy cores they cost the same CPU as on one thread (see
+/// docs/PERFORMANCE.md).
 fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> Result<(Md5, Option<Md5>), StreamError> {
     let BlockFile { path, range, writes, file_len, fsync, file_md5 } = target;
     let file = match writes.is_empty() {
         true => None,
         false => Some(open_whole(&path, file_len)?),
     };
-    let mut pieces = file.as_ref().map(PieceWriter::new);
-    let (mut md5, mut file_md5) = (Md5::new(), file_md5);
+    let write =
+        |on_chunk: &mut dyn FnMut(&Bytes)| write_and_hash(file.as_ref(), range, &writes, fsync, chunks, on_chunk);
+    match file_md5 {
+        None => Ok((write(&mut |_| {})?, None)),
+        Some(file_md5) if file_md5.bytes_hashed() == 0 => {
+            let md5 = write(&mut |_| {})?;
+            Ok((md5.clone(), Some(md5)))
+        }
+        Some(mut file_md5) => std::thread::scope(|scope| {
+            let (to_hasher, queue) = std::sync::mpsc::sync_channel::<Bytes>(QUEUED_CHUNKS);
+            let hasher = std::thread::Builder::new().name("file-md5".into()).spawn_scoped(scope, move || {
+                queue.iter().for_each(|chunk| file_md5.update(&chunk));
+                file_md5
+            })?;
+            // The hasher ends when `feed` (the only sender) is dropped, after the last chunk or an error.
+            let mut feed = move |chunk: &Bytes| drop(to_hasher.send(chunk.clone()));
+            let md5 = write(&mut feed);
+            drop(feed);
+            let file_md5 = hasher.join().map_err(|_| io::Error::other("the whole file's md5 thread panicked"))?;
+            Ok((md5?, Some(file_md5)))
+        }),
+    }
+}
+
+/// Writes the parts of the chunks inside `writes`, handing each chunk to `on_chunk` as well;
+/// returns the md5 of all of them.
+fn write_and_hash(
+    file: Option<&File>,
+    range: ByteRange,
+    writes: &[ByteRange],
+    fsync: bool,
+    chunks: impl IntoIterator<Item = Bytes>,
+    on_chunk: &mut dyn FnMut(&Bytes),
+) -> Result<Md5, StreamError> {
+    let mut pieces = file.map(PieceWriter::new);
+    let mut md5 = Md5::new();
     let mut offset = range.start();
     for chunk in chunks {
         if chunk.is_empty() {
             continue;
         }
-        match file_md5.as_mut() {
-            Some(file_md5) => checksum::update_both(&mut md5, file_md5, &chunk),
-            None => md5.update(&chunk),
-        }
+        on_chunk(&chunk);
+        md5.update(&chunk);
         let chunk_range = ByteRange::new(offset, offset + chunk.len() as u64 - 1);
         if let (Some(pieces), Some(chunk_range)) = (pieces.as_mut(), chunk_range) {
             for target in writes.iter().filter_map(|w| w.intersection(&chunk_range)) {
@@ -260,10 +299,10 @@ fn write_chunks(target: BlockFile, chunks: impl IntoIterator<Item = Bytes>) -> R
     if let Some(mut pieces) = pieces {
         pieces.flush()?;
     }
-    if let (Some(file), true) = (&file, fsync) {
+    if let (Some(file), true) = (file, fsync) {
         file.sync_data()?;
     }
-    Ok((md5, file_md5))
+    Ok(md5)
 }
 
 /// Opens the file at `path` for writing if it still has its length `len`.

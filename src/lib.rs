@@ -2,10 +2,10 @@
 
 pub mod blob;
 pub mod callback;
-pub mod checksum;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod prefix_hash;

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::checksum::Md5;
 use crate::domain::Md5Hex;
+use crate::hash::Md5;
 
 /// Bytes read per `read` call.
 const READ_PIECE: usize = 256 * 1024;

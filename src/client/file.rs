@@ -12,8 +12,8 @@ use futures_util::Stream;
 
 use super::error::ClientError;
 use super::progress::Progress;
-use crate::checksum::Md5;
 use crate::domain::{ByteRange, Md5Hex};
+use crate::hash::Md5;
 
 /// Bytes read and hashed at once while computing an md5.
 const HASH_PIECE: usize = 1 << 20;

@@ -8,9 +8,9 @@ use futures_util::Stream;
 use super::claims::Claim;
 use super::{RangeProblem, TaskRef, UploadError, Uploads};
 use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
-use crate::checksum::Md5;
 use crate::config::Durability;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
+use crate::hash::Md5;
 
 /// A task found uploading, with the right key, before its block's body was read. Its status may
 /// change while the body arrives (a pause, a cancel): the commit checks it again, and bytes written

@@ -52,7 +52,7 @@ impl Upload {
 }
 
 pub fn hex_md5(data: &[u8]) -> String {
-    fupload::checksum::Md5::digest(data).as_str().to_owned()
+    fupload::hash::Md5::digest(data).as_str().to_owned()
 }
 
 /// What one upload came to: the server's id for it, and whether it is complete (fupload:

@@ -257,7 +257,7 @@ fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64
     let blank = if with_rustus { " | |" } else { "" };
     println!("| machine: md5 of the same bytes, one core | {md5:.0} MB/s | 1.00 | |{blank}");
     println!(
-        "| machine: md5 of the same bytes into two states at once, one core | {twice:.0} MB/s | {:.2} | |{blank}",
+        "| machine: md5 of the same bytes into two states, a thread each | {twice:.0} MB/s | {:.2} | |{blank}",
         twice / md5
     );
     println!("| machine: write+fsync in 256 KiB pieces | {write:.0} MB/s | | 1.00 |{blank}");
