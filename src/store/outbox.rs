@@ -2,8 +2,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use sqlx::SqliteConnection;
-
 use super::{now, timestamp, Store, StoreError};
 
 /// A callback to queue with the task's ending.
@@ -34,31 +32,6 @@ pub struct DueCallbacks {
     pub due: Vec<DueCallback>,
     /// How long until the next callback that is not due yet is due; `None` when there is none.
     pub next_due_in: Option<Duration>,
-}
-
-pub(super) async fn insert(
-    conn: &mut SqliteConnection,
-    task_id: i64,
-    callback: &NewCallback,
-    now: &str,
-) -> Result<(), StoreError> {
-    let status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
-    sqlx::query!(
-        "INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status, next_attempt_at,
-             last_error, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)",
-        task_id,
-        callback.ret_code,
-        callback.notify_url,
-        callback.body,
-        callback.signature,
-        status,
-        now,
-        callback.undeliverable
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 impl Store {

@@ -57,34 +57,15 @@ impl Store {
         let written = written.to_vec();
         self.write(move |conn| {
             Box::pin(async move {
-                let mut new_bytes = 0;
-                for &range in &written {
-                    match insert_coalesced(conn, task_id, range).await {
-                        Ok(added) => new_bytes += added,
-                        // Ranges of a task that does not exist.
-                        Err(StoreError::Sqlx(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
-                            writer::undo(conn).await?;
-                            return Ok(BlockOutcome::NoSuchTask);
-                        }
-                        Err(e) => return Err(e),
+                let updated = match record_ranges(conn, task_id, temp_generation, &written).await {
+                    Ok(updated) => updated,
+                    // Ranges of a task that does not exist.
+                    Err(StoreError::Sqlx(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
+                        writer::undo(conn).await?;
+                        return Ok(BlockOutcome::NoSuchTask);
                     }
-                }
-                let (now, new_bytes_sql) = (now(), to_sql(new_bytes));
-                // Dialect: RETURNING.
-                let updated = sqlx::query!(
-                    r#"UPDATE upload_tasks SET updated_at = ?2, received_bytes = received_bytes + ?3,
-                           status = CASE WHEN received_bytes + ?3 >= file_size THEN 'verify' ELSE status END
-                       WHERE task_id = ?1 AND status = 'upload' AND temp_generation = ?4
-                       RETURNING received_bytes AS "received_bytes: u64", status AS "status: TaskStatus",
-                           (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)
-                               AS "received_prefix: u64""#,
-                    task_id,
-                    now,
-                    new_bytes_sql,
-                    temp_generation
-                )
-                .fetch_optional(&mut *conn)
-                .await?;
+                    Err(e) => return Err(e),
+                };
                 let Some(updated) = updated else {
                     writer::undo(conn).await?;
                     return Ok(match status_of(conn, task_id).await? {
@@ -94,12 +75,7 @@ impl Store {
                         None => BlockOutcome::NoSuchTask,
                     });
                 };
-                Ok(BlockOutcome::Committed(BlockCommit {
-                    new_bytes,
-                    received_size: updated.received_bytes,
-                    received_prefix: updated.received_prefix.unwrap_or(0),
-                    status: updated.status,
-                }))
+                Ok(BlockOutcome::Committed(updated))
             })
         })
         .await
@@ -222,35 +198,105 @@ async fn ranges_overlapping<'e>(
     rows.into_iter().map(|row| from_sql(row.start_byte, row.end_byte)).collect()
 }
 
-/// Merges `range` with the stored ranges it overlaps or touches; returns how many bytes it added.
-async fn insert_coalesced(conn: &mut SqliteConnection, task_id: i64, range: ByteRange) -> Result<u64, StoreError> {
-    let touching =
-        ranges_overlapping(&mut *conn, task_id, range.start().saturating_sub(1), range.end().saturating_add(1)).await?;
-    let merge = BlockMerge::of(range, &touching);
-    if merge.new_bytes == 0 {
-        return Ok(0);
+/// Merges each of `written` with the stored ranges it overlaps or touches, and moves the task's
+/// byte count, status and idle clock on, if it is in `upload` at `temp_generation` (`None`
+/// otherwise, with its changes to undo). Each range takes two round trips, the read of what it
+/// touches and the merge, and the last range's merge carries the task's update.
+async fn record_ranges(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    temp_generation: i64,
+    written: &[ByteRange],
+) -> Result<Option<BlockCommit>, StoreError> {
+    let mut new_bytes = 0;
+    let mut last = None;
+    for (i, &range) in written.iter().enumerate() {
+        let touching =
+            ranges_overlapping(&mut *conn, task_id, range.start().saturating_sub(1), range.end().saturating_add(1))
+                .await?;
+        let merge = BlockMerge::of(range, &touching);
+        new_bytes += merge.new_bytes;
+        if i + 1 == written.len() {
+            last = Some(merge.merged);
+        } else if merge.new_bytes > 0 {
+            // Every touching range starts inside the merged one, and no other range does.
+            let (start, end) = (to_sql(merge.merged.start()), to_sql(merge.merged.end()));
+            sqlx::query!(
+                "DELETE FROM received_ranges WHERE task_id = ? AND start_byte BETWEEN ? AND ?;
+                 INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?, ?, ?)",
+                task_id,
+                start,
+                end,
+                task_id,
+                start,
+                end
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
     }
-    // Every touching range starts inside the merged one, and no other range does.
-    let (start, end) = (to_sql(merge.merged.start()), to_sql(merge.merged.end()));
-    if !touching.is_empty() {
-        sqlx::query!(
-            "DELETE FROM received_ranges WHERE task_id = ?1 AND start_byte BETWEEN ?2 AND ?3",
-            task_id,
-            start,
-            end
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    sqlx::query!(
-        "INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?1, ?2, ?3)",
-        task_id,
-        start,
-        end
-    )
-    .execute(conn)
-    .await?;
-    Ok(merge.new_bytes)
+    let (now, new_bytes_sql) = (now(), to_sql(new_bytes));
+    // Dialect: RETURNING.
+    let updated = match last {
+        // The merged range replaces the ones it touches (itself, when it adds nothing). One round
+        // trip, three statements: sqlx binds the values in order, one per `?`.
+        Some(merged) => {
+            let (start, end) = (to_sql(merged.start()), to_sql(merged.end()));
+            sqlx::query_as!(
+                TaskProgress,
+                r#"DELETE FROM received_ranges WHERE task_id = ? AND start_byte BETWEEN ? AND ?;
+                   INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?, ?, ?);
+                   UPDATE upload_tasks SET updated_at = ?, received_bytes = received_bytes + ?,
+                       status = CASE WHEN received_bytes + ? >= file_size THEN 'verify' ELSE status END
+                   WHERE task_id = ? AND status = 'upload' AND temp_generation = ?
+                   RETURNING received_bytes AS "received_bytes: u64", status AS "status: TaskStatus",
+                       (SELECT end_byte + 1 FROM received_ranges WHERE task_id = upload_tasks.task_id AND start_byte = 0)
+                           AS "received_prefix: u64""#,
+                task_id,
+                start,
+                end,
+                task_id,
+                start,
+                end,
+                now,
+                new_bytes_sql,
+                new_bytes_sql,
+                task_id,
+                temp_generation
+            )
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        // Every byte of the block went to blocks in flight beside it: the task's clock moves on.
+        None => {
+            sqlx::query_as!(
+                TaskProgress,
+                r#"UPDATE upload_tasks SET updated_at = ?2
+                   WHERE task_id = ?1 AND status = 'upload' AND temp_generation = ?3
+                   RETURNING received_bytes AS "received_bytes: u64", status AS "status: TaskStatus",
+                       (SELECT end_byte + 1 FROM received_ranges WHERE task_id = ?1 AND start_byte = 0)
+                           AS "received_prefix: u64""#,
+                task_id,
+                now,
+                temp_generation
+            )
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    Ok(updated.map(|task| BlockCommit {
+        new_bytes,
+        received_size: task.received_bytes,
+        received_prefix: task.received_prefix.unwrap_or(0),
+        status: task.status,
+    }))
+}
+
+/// What `record_ranges` reads back of the task it updated.
+struct TaskProgress {
+    received_bytes: u64,
+    status: TaskStatus,
+    received_prefix: Option<u64>,
 }
 
 #[cfg(test)]

@@ -167,15 +167,15 @@ impl Store {
         let new = new.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                let (task_id, created) = match insert_task(conn, &new).await? {
-                    Some(created) => (created, true),
-                    // The write is the only one running: the task the insert ran into is still there.
-                    None => (unfinished_task_like(conn, &new.spec).await?, false),
-                };
+                if let Some(created) = insert_task(conn, &new).await? {
+                    return Ok((created, true));
+                }
+                // The write is the only one running: the task the insert ran into is still there.
+                let task_id = unfinished_task_like(conn, &new.spec).await?;
                 let task = task_row(&mut *conn, task_id)
                     .await?
                     .ok_or_else(|| StoreError::Unreadable(format!("task {task_id} is gone in its own write")))?;
-                Ok((task, created))
+                Ok((task, false))
             })
         })
         .await
@@ -230,26 +230,43 @@ impl Store {
             Box::pin(async move {
                 let now = now();
                 let idle_since = ending.idle_for.map(cutoff);
-                // Dialect: json_each takes the list of statuses as one JSON text.
-                let ended = sqlx::query!(
-                    "UPDATE upload_tasks SET status = ?2, final_path = ?3, error = ?4, updated_at = ?5, ended_at = ?5
-                     WHERE task_id = ?1 AND status IN (SELECT value FROM json_each(?6))
-                       AND (?7 IS NULL OR updated_at < ?7)",
-                    task_id,
+                let callback_status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
+                // One round trip, two statements: the callback is queued only if the task ended
+                // (`changes()`). sqlx binds the values of such a query in order, one per `?`.
+                // Dialect: json_each takes the list of statuses as one JSON text; changes().
+                let queued = sqlx::query_scalar!(
+                    r#"UPDATE upload_tasks SET status = ?, final_path = ?, error = ?, updated_at = ?, ended_at = ?
+                       WHERE task_id = ? AND status IN (SELECT value FROM json_each(?))
+                         AND (? IS NULL OR updated_at < ?);
+                       INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status,
+                           next_attempt_at, last_error, created_at)
+                       SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1
+                       RETURNING callback_id AS "callback_id!""#,
                     ending.status,
                     ending.final_path,
                     ending.error,
                     now,
+                    now,
+                    task_id,
                     from_json,
-                    idle_since
+                    idle_since,
+                    idle_since,
+                    task_id,
+                    callback.ret_code,
+                    callback.notify_url,
+                    callback.body,
+                    callback.signature,
+                    callback_status,
+                    now,
+                    callback.undeliverable,
+                    now
                 )
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await?;
-                if ended.rows_affected() == 0 {
-                    return Ok(StatusChange::refused(status_of(conn, task_id).await?));
+                match queued {
+                    Some(_) => Ok(StatusChange::Made),
+                    None => Ok(StatusChange::refused(status_of(conn, task_id).await?)),
                 }
-                outbox::insert(conn, task_id, &callback, &now).await?;
-                Ok(StatusChange::Made)
             })
         })
         .await
@@ -341,16 +358,21 @@ impl Store {
 }
 
 /// Inserts the task unless an unfinished one with the same identity exists (`None`).
-async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Option<i64>, StoreError> {
+async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Option<Task>, StoreError> {
     let (spec, now) = (&new.spec, now());
-    // Dialect: the upsert names the partial unique index's columns and condition.
-    let created = sqlx::query_scalar!(
+    // Dialect: the upsert names the partial unique index's columns and condition; RETURNING.
+    let created = sqlx::query_as!(
+        TaskRow,
         r#"INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
                file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
            ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
                WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
-           RETURNING task_id AS "task_id!""#,
+           RETURNING task_id AS "task_id!", upload_key, business_server, token_sha256, user_id,
+               file_name AS "file_name: FileName", file_size AS "file_size: FileSize",
+               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter, tmp_dir,
+               received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
+               temp_generation, finish_attempts AS "finish_attempts: u64""#,
         spec.upload_key,
         spec.business_server,
         spec.token_sha256,
@@ -367,7 +389,7 @@ async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Optio
     )
     .fetch_optional(conn)
     .await?;
-    Ok(created)
+    Ok(created.map(Task::from))
 }
 
 /// The unfinished task with the identity of `spec`.

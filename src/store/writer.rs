@@ -123,99 +123,69 @@ async fn serve_writes(mut conn: SqliteConnection, mut jobs: mpsc::UnboundedRecei
 
 /// Runs `writes` in one transaction, each in a savepoint of its own, and replies to each once the
 /// transaction is committed or failed. A write that fails has only its savepoint rolled back; when
-/// the savepoints themselves fail, or a write panics, nothing of the group is committed.
-async fn commit_together(conn: &mut SqliteConnection, mut writes: Vec<WriteJob>) {
-    if writes.len() == 1 {
-        if let Some(write) = writes.pop() {
-            return commit_alone(conn, write).await;
-        }
-    }
+/// the statements around the writes fail, or a write panics, nothing of the group is committed.
+///
+/// The statements between two writes (the one's RELEASE, the next one's SAVEPOINT) and those
+/// that begin and end the transaction go to the connection together, one round trip to its thread
+/// where there were up to three. A write alone runs in a savepoint that is its transaction:
+/// SAVEPOINT begins one, and its RELEASE commits it.
+async fn commit_together(conn: &mut SqliteConnection, writes: Vec<WriteJob>) {
+    let alone = writes.len() == 1;
     let mut replies = Vec::with_capacity(writes.len());
     // Dialect: SQLite takes the write lock at BEGIN IMMEDIATE.
-    let committed = match run(conn, "BEGIN IMMEDIATE").await {
-        Ok(()) => {
-            let mut writes = writes.into_iter();
-            let mut failed = None;
-            for write in writes.by_ref() {
-                match run_in_savepoint(conn, write).await {
-                    Ok(reply) => replies.push(reply),
-                    Err((reply, why)) => {
-                        replies.extend(reply);
-                        failed = Some(why);
-                        break;
-                    }
-                }
-            }
-            // The writes after a failure are not run.
-            for write in writes {
-                replies.push(write(None).await.1);
-            }
-            let ended = match failed {
-                Some(why) => Err(why),
-                None => run(conn, "COMMIT").await.map_err(|e| TransactionFailure::from(&StoreError::from(e))),
-            };
-            if ended.is_err() {
-                // Some errors have rolled the transaction back already; then there is nothing
-                // left to roll back.
-                if let Err(e) = run(conn, "ROLLBACK").await {
-                    tracing::debug!(error = %e, "no transaction left to roll back");
-                }
-            }
-            ended
+    let mut glue = String::from(if alone { "" } else { "BEGIN IMMEDIATE; " });
+    // The failure of the last write run, which is also why the group fails when the statements
+    // after it fail: some errors (a full disk, say) roll the whole transaction back.
+    let mut failed_write: Option<TransactionFailure> = None;
+    let mut failed = None;
+    let mut writes = writes.into_iter();
+    for write in writes.by_ref() {
+        glue.push_str("SAVEPOINT write");
+        if let Err(e) = run_together(conn, &glue).await {
+            replies.push(write(None).await.1);
+            failed = Some(failed_write.take().unwrap_or_else(|| failure_of(e)));
+            break;
         }
-        Err(e) => {
-            for write in writes {
-                replies.push(write(None).await.1);
+        let Ok((kept, reply)) = AssertUnwindSafe(write(Some(&mut *conn))).catch_unwind().await else {
+            // Its reply went with it.
+            failed = Some(TransactionFailure::new("a write panicked"));
+            break;
+        };
+        replies.push(reply);
+        failed_write = kept.err();
+        glue =
+            String::from(if failed_write.is_some() { "ROLLBACK TO write; RELEASE write; " } else { "RELEASE write; " });
+    }
+    // The writes after a failure are not run.
+    for write in writes {
+        replies.push(write(None).await.1);
+    }
+    let committed = match failed {
+        Some(why) => Err(why),
+        None => {
+            if !alone {
+                glue.push_str("COMMIT");
             }
-            Err(TransactionFailure::from(&StoreError::from(e)))
+            run_together(conn, &glue).await.map_err(|e| failed_write.take().unwrap_or_else(|| failure_of(e)))
         }
     };
+    if committed.is_err() {
+        // Some errors have rolled the transaction back already; then there is nothing left to roll
+        // back.
+        if let Err(e) = run(conn, "ROLLBACK").await {
+            tracing::debug!(error = %e, "no transaction left to roll back");
+        }
+    }
     for reply in replies {
         reply(committed.clone());
     }
 }
 
-/// Runs `write` in a savepoint that is its transaction: it begins one when none is open, and
-/// releasing it commits. Two statements around a write alone instead of four.
-async fn commit_alone(conn: &mut SqliteConnection, write: WriteJob) {
-    let committed = match run_in_savepoint(conn, write).await {
-        Ok(reply) => return reply(Ok(())),
-        Err((reply, why)) => {
-            if let Err(e) = run(conn, "ROLLBACK").await {
-                tracing::debug!(error = %e, "no transaction left to roll back");
-            }
-            (reply, why)
-        }
-    };
-    if let (Some(reply), why) = committed {
-        reply(Err(why));
-    }
+/// Runs statements that return no rows, in one round trip.
+async fn run_together(conn: &mut SqliteConnection, statements: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(statements).execute(conn).await.map(drop)
 }
 
-/// Runs `write` in a savepoint of the open transaction, then keeps or rolls back what it wrote.
-/// `Err` when the transaction can no longer be trusted: the savepoint could not begin or end, or
-/// the write panicked (its reply went with it).
-async fn run_in_savepoint(
-    conn: &mut SqliteConnection,
-    write: WriteJob,
-) -> Result<WriteReply, (Option<WriteReply>, TransactionFailure)> {
-    if let Err(e) = run(conn, "SAVEPOINT write").await {
-        return Err((Some(write(None).await.1), TransactionFailure::from(&StoreError::from(e))));
-    }
-    let Ok((kept, reply)) = AssertUnwindSafe(write(Some(&mut *conn))).catch_unwind().await else {
-        return Err((None, TransactionFailure::new("a write panicked")));
-    };
-    let ended = match kept {
-        Ok(()) => run(conn, "RELEASE write").await.map_err(|e| TransactionFailure::from(&StoreError::from(e))),
-        // Some errors (a full disk, say) make SQLite roll the whole transaction back, and the
-        // savepoint with it: then the group fails, for this write's reason.
-        Err(failure) => match run(conn, "ROLLBACK TO write").await {
-            Ok(()) => run(conn, "RELEASE write").await.map_err(|e| TransactionFailure::from(&StoreError::from(e))),
-            Err(_) => Err(failure),
-        },
-    };
-    match ended {
-        Ok(()) => Ok(reply),
-        Err(failure) => Err((Some(reply), failure)),
-    }
+fn failure_of(e: sqlx::Error) -> TransactionFailure {
+    TransactionFailure::from(&StoreError::from(e))
 }
