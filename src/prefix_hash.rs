@@ -8,7 +8,7 @@
 //!
 //! The background hashing runs on its own threads, one per core, at a lower priority: it is never
 //! what a request waits for (the finish hashes whatever is left itself), so when the cores are
-//! busy the requests and the block writers go first. See docs/PERFORMANCE.md.
+//! busy the requests and the block writers go first.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,8 +26,7 @@ const READ_PIECE: usize = 256 * 1024;
 /// Bytes one background run hashes before it lets other tasks' hashers have the thread.
 const RUN_SLICE: u64 = 64 << 20;
 /// The background threads' nice value. At 5 a thread gets about a quarter of a core that normal
-/// threads also want: it keeps up with an in-order upload while giving way to the writers
-/// (W1 +5%, see docs/PERFORMANCE.md).
+/// threads also want: it keeps up with an in-order upload while giving way to the writers.
 const BACKGROUND_NICENESS: i32 = 5;
 
 /// The prefix hashers of all tasks in progress.

@@ -31,8 +31,8 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
         settings.server.port = listener.local_addr()?.port();
-        // One reader thread per core: reads are short, and with twice as many W3 spent 2.5% more
-        // CPU per upload on waking them (docs/PERFORMANCE.md).
+        // One reader connection per core: reads are short, and more of them only means more
+        // threads to wake.
         let readers = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         let store = Store::open(&settings.database.url, settings.durability, readers)
             .await

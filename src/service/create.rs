@@ -161,8 +161,8 @@ impl Uploads {
 
     /// Checks that the task's directory stays inside `storeDir` once symlinks are followed, and
     /// makes the temp file of a task just created, in one blocking call: that is why the task is
-    /// recorded before the check (docs/PERFORMANCE.md). A task just created whose directory fails
-    /// the check is deleted again before the refusal goes out.
+    /// recorded before the check (one hand-off to the blocking pool per upload, not two). A task
+    /// just created whose directory fails the check is deleted again before the refusal goes out.
     async fn check_dir_and_make_temp(&self, task: &Task, created: bool) -> Result<(), UploadError> {
         let root = self.settings.store_root().map(Path::to_path_buf);
         if root.is_none() && !created {

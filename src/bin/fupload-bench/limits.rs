@@ -82,9 +82,9 @@ fn walk(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// Writes everything back and empties the whole machine's page cache (root only). On the VM of
-/// docs/PERFORMANCE.md, memory the guest has not used for a while is slow to fill: with 9 GiB of
-/// old build files cached, W1 cost the server 5.8 CPU seconds instead of 4.5.
+/// Writes everything back and empties the whole machine's page cache (root only). On a VM,
+/// memory the guest has not used for a while can be slow to fill, so what ran before would
+/// change the figures (docs/PERFORMANCE.md, "The machine").
 pub fn drop_caches() -> anyhow::Result<()> {
     nix::unistd::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("--drop-caches needs root")
