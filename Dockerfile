@@ -18,6 +18,8 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# What sqlx's query! macros check the queries against (no database at build time).
+COPY .sqlx ./.sqlx
 COPY examples ./examples
 # A workspace member (the tests' support crate): cargo reads its manifest for any build.
 COPY testkit ./testkit
