@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use awc::body::SizedStream;
 use awc::error::SendRequestError;
-use awc::http::header::CONTENT_TYPE;
+use awc::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use awc::SendClientRequest;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -57,6 +57,9 @@ pub struct StateChanged {
 pub(super) enum BlockOutcome {
     /// Accepted (retCode "0", or "1" when the server had all its bytes already).
     Accepted,
+    /// Accepted, but some of its bytes are being written by another block in flight (a stalled
+    /// one, say): send it again after this delay (the reply's `Retry-After`).
+    SendAgainAfter(Duration),
     /// The task takes no more blocks (retCode "11"): `blocksUrl` tells why.
     TaskEnded,
 }
@@ -77,6 +80,8 @@ struct Reply {
     ret_code: String,
     status: String,
     data: Value,
+    /// The `Retry-After` header, in seconds.
+    retry_after: Option<Duration>,
 }
 
 impl Reply {
@@ -160,8 +165,15 @@ impl Client {
                     .send_body(SizedStream::new(length, body))
             })
             .await?;
+        match (reply.ret_code.as_str(), reply.retry_after) {
+            ("0" | "1", Some(delay)) => {
+                self.progress.waiting(&what, delay, &reply.status);
+                return Ok(BlockOutcome::SendAgainAfter(delay));
+            }
+            ("0" | "1", None) => return Ok(BlockOutcome::Accepted),
+            _ => {}
+        }
         match reply.ret_code.as_str() {
-            "0" | "1" => Ok(BlockOutcome::Accepted),
             "4" => Err(ClientError::Paused { task_id: task.task_id, state_url: task.state_url.clone() }),
             "11" => Ok(BlockOutcome::TaskEnded),
             _ => Err(reply.refused(&what)),
@@ -218,10 +230,16 @@ impl Client {
                 Err(e) => e.to_string(),
                 Ok(mut response) => {
                     let http = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
                     match response.body().limit(MAX_REPLY).await {
                         Err(e) => format!("reading the reply: {e}"),
                         Ok(body) => match read_reply(http, &body) {
-                            Ok(reply) if !is_transient(http) => return Ok(reply),
+                            Ok(reply) if !is_transient(http) => return Ok(Reply { retry_after, ..reply }),
                             Err(problem) if !is_transient(http) => {
                                 return Err(ClientError::BadReply { what: what.to_owned(), problem })
                             }
@@ -256,7 +274,7 @@ fn read_reply(http: u16, body: &[u8]) -> Result<Reply, String> {
         Value::String(code) => code,
         other => other.to_string(),
     };
-    Ok(Reply { http, ret_code, status: envelope.status, data: envelope.data })
+    Ok(Reply { http, ret_code, status: envelope.status, data: envelope.data, retry_after: None })
 }
 
 fn bad_reply(what: &str, problem: impl std::fmt::Display) -> ClientError {

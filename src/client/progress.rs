@@ -22,6 +22,9 @@ pub trait Progress {
     fn unsent(&self, _bytes: u64) {}
     /// `what` failed for the `failed`th time with `cause`; the next try follows in `delay`.
     fn retrying(&self, _what: &str, _failed: u32, _delay: Duration, _cause: &str) {}
+    /// `what` was accepted, but the server asks for it again in `delay`, for `why` (another
+    /// block in flight holds some of its bytes).
+    fn waiting(&self, _what: &str, _delay: Duration, _why: &str) {}
     /// Every byte is in; the server is checking the md5 and storing the file.
     fn verifying(&self) {}
 }
@@ -159,6 +162,10 @@ impl Progress for Reporter {
 
     fn retrying(&self, what: &str, failed: u32, delay: Duration, cause: &str) {
         self.note(&format!("{what} failed ({cause}); try {} in {}", failed + 1, HumanDuration(delay)));
+    }
+
+    fn waiting(&self, what: &str, delay: Duration, why: &str) {
+        self.note(&format!("{what}: {why}; sending it again in {}", HumanDuration(delay)));
     }
 
     fn verifying(&self) {

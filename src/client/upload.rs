@@ -16,6 +16,11 @@ use crate::domain::{ByteRange, TaskStatus};
 /// How often `blocksUrl` is asked while the server verifies the file.
 const VERIFY_POLL: Duration = Duration::from_millis(250);
 
+/// How long one block is sent again and again while the server says another block in flight
+/// holds its bytes. A stalled block is given up after the server's `clientBodyTimeout` (60 s by
+/// default); only a server without that limit holds them longer.
+const MOST_IN_FLIGHT_WAIT: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Clone, Copy)]
 pub struct UploadOptions {
     /// Bytes per block (the server refuses blocks over its `maxBlockSize`, 64 MiB by default).
@@ -103,20 +108,34 @@ async fn send_blocks(
     blocks: Vec<ByteRange>,
     parallel: usize,
 ) -> Result<(), ClientError> {
-    let mut waiting = blocks.into_iter();
+    let mut waiting = blocks.into_iter().map(|block| (block, Duration::ZERO));
     let mut in_flight = FuturesUnordered::new();
+    // A block whose bytes another block in flight holds is sent again after the delay the server
+    // asked for, in its place among the blocks in flight.
+    let send = |block: ByteRange, delay: Duration, waited: Duration| async move {
+        if !delay.is_zero() {
+            actix_web::rt::time::sleep(delay).await;
+        }
+        (block, waited + delay, client.send_block(task, file, block).await)
+    };
     loop {
         while in_flight.len() < parallel {
             match waiting.next() {
-                Some(block) => in_flight.push(client.send_block(task, file, block)),
+                Some((block, waited)) => in_flight.push(send(block, Duration::ZERO, waited)),
                 None => break,
             }
         }
         match in_flight.next().await {
-            None | Some(Ok(BlockOutcome::TaskEnded)) => return Ok(()),
-            Some(Ok(BlockOutcome::Accepted)) => {}
-            Some(Err(error @ ClientError::GaveUp { .. })) => return Err(explain(client, task, error).await),
-            Some(Err(error)) => return Err(error),
+            None | Some((_, _, Ok(BlockOutcome::TaskEnded))) => return Ok(()),
+            Some((_, _, Ok(BlockOutcome::Accepted))) => {}
+            Some((block, waited, Ok(BlockOutcome::SendAgainAfter(delay)))) => {
+                if waited >= MOST_IN_FLIGHT_WAIT {
+                    return Err(ClientError::NoProgress { task_id: task.task_id });
+                }
+                in_flight.push(send(block, delay.max(Duration::from_millis(100)), waited));
+            }
+            Some((_, _, Err(error @ ClientError::GaveUp { .. }))) => return Err(explain(client, task, error).await),
+            Some((_, _, Err(error))) => return Err(error),
         }
     }
 }

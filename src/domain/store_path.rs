@@ -9,8 +9,8 @@ use super::FieldError;
 pub enum StorePathError {
     /// The text itself is unusable (control characters, backslashes).
     Invalid(FieldError),
-    /// The path leaves `storeDir`.
-    Escapes,
+    /// The path leaves `storeDir`: it resolves to this path, or (`None`) its `..` climb above the root.
+    Escapes(Option<PathBuf>),
 }
 
 /// Resolves `requested` into an absolute, `..`-free directory inside `store_dir`.
@@ -27,10 +27,10 @@ pub fn resolve(store_dir: Option<&Path>, cwd: &Path, requested: &str) -> Result<
     let requested = Path::new(requested);
     let base = store_dir.unwrap_or(cwd);
     let joined = if requested.is_absolute() { requested.to_path_buf() } else { base.join(requested) };
-    let resolved = normalize(&joined).ok_or(StorePathError::Escapes)?;
+    let resolved = normalize(&joined).ok_or(StorePathError::Escapes(None))?;
     match store_dir {
-        Some(root) if !resolved.starts_with(normalize(root).ok_or(StorePathError::Escapes)?) => {
-            Err(StorePathError::Escapes)
+        Some(root) if !resolved.starts_with(normalize(root).ok_or(StorePathError::Escapes(None))?) => {
+            Err(StorePathError::Escapes(Some(resolved)))
         }
         _ => Ok(resolved),
     }
@@ -74,8 +74,10 @@ mod tests {
         assert_eq!(in_store("/srv/store/videos/2026/").unwrap(), Path::new("/srv/store/videos/2026"));
         assert_eq!(in_store("/srv/store").unwrap(), Path::new("/srv/store"));
         for escape in ["/etc", "/srv/storex/a", "/srv/store/../x", "../x", "a/../../x", "/../../etc", "a/../.."] {
-            assert_eq!(in_store(escape), Err(StorePathError::Escapes), "{escape}");
+            assert!(matches!(in_store(escape), Err(StorePathError::Escapes(_))), "{escape}");
         }
+        assert_eq!(in_store("/etc/x/"), Err(StorePathError::Escapes(Some(PathBuf::from("/etc/x")))));
+        assert_eq!(in_store("../../../.."), Err(StorePathError::Escapes(None)));
     }
 
     #[test]
@@ -90,6 +92,6 @@ mod tests {
         let open = |p| resolve(None, Path::new("/cwd"), p);
         assert_eq!(open("/var/data/x").unwrap(), Path::new("/var/data/x"));
         assert_eq!(open("rel").unwrap(), Path::new("/cwd/rel"));
-        assert_eq!(open("/.."), Err(StorePathError::Escapes));
+        assert_eq!(open("/.."), Err(StorePathError::Escapes(None)));
     }
 }

@@ -40,6 +40,19 @@ impl TaskStatus {
         }
     }
 
+    /// The state as a word for a sentence: "the task is paused".
+    pub fn word(self) -> &'static str {
+        match self {
+            TaskStatus::Upload => "uploading",
+            TaskStatus::Pause => "paused",
+            TaskStatus::Verify => "being verified",
+            TaskStatus::Finish => "finished",
+            TaskStatus::Fail => "failed",
+            TaskStatus::Cancel => "cancelled",
+            TaskStatus::Expire => "expired",
+        }
+    }
+
     /// A task that has left `upload`/`pause` takes no more blocks or state changes.
     pub fn has_ended(self) -> bool {
         !matches!(self, TaskStatus::Upload | TaskStatus::Pause)

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -76,7 +77,7 @@ pub async fn upload_block(
         },
         _ => fields.await?,
     };
-    Ok(reply(block.finish().await?))
+    Ok(reply(block.finish().await?, uploads.settings().server.client_body_timeout))
 }
 
 /// Reads the fields and hands each to the block as it comes (the `file` part as a stream).
@@ -102,10 +103,33 @@ async fn read_fields(block: &mut IncomingBlock<'_>, meter: &Meter, mut multipart
     Ok(())
 }
 
-fn reply(accepted: BlockAccepted) -> HttpResponse {
-    let (ret_code, status) = match accepted.new_bytes {
-        0 => ("1", "accepted, but the block held no new bytes"),
-        _ => ("0", "ok"),
+/// Seconds a client is asked to wait before it sends again the bytes another block in flight holds.
+///
+/// That block either ends soon (its bytes are then recorded) or stalls; a stalled body is given up
+/// `server.clientBodyTimeout` after its last byte, which frees the bytes. A client asked to wait
+/// that long at most, and no more than 5 s, sends them again soon after either.
+fn in_flight_retry_after(client_body_timeout: f64) -> u32 {
+    const MOST: u32 = 5;
+    match client_body_timeout {
+        seconds if seconds > 0.0 => (seconds.ceil() as u32).clamp(1, MOST),
+        _ => MOST,
+    }
+}
+
+fn reply(accepted: BlockAccepted, client_body_timeout: f64) -> HttpResponse {
+    let retry_after = (!accepted.in_flight.is_empty()).then(|| in_flight_retry_after(client_body_timeout));
+    let (ret_code, status) = match (accepted.new_bytes, retry_after) {
+        (0, None) => ("1", "accepted, but the block held no new bytes: the server had all of them already".into()),
+        (_, None) => ("0", "ok".to_owned()),
+        (new_bytes, Some(seconds)) => (
+            if new_bytes == 0 { "1" } else { "0" },
+            format!(
+                "accepted, but bytes {} of this block are being written by another block still in flight, so they \
+                 are not recorded: send them again in {seconds} s (Retry-After), when that block has been recorded \
+                 or given up",
+                accepted.in_flight.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        ),
     };
     let data = BlockJson {
         start_byte: accepted.range.start(),
@@ -114,7 +138,10 @@ fn reply(accepted: BlockAccepted) -> HttpResponse {
         task_status: accepted.task_status.as_str(),
         expect_blocks: accepted.expect_blocks.as_deref().map(ranges_json),
     };
-    let mut response = envelope(StatusCode::OK, ret_code, status.into(), data);
+    let mut response = envelope(StatusCode::OK, ret_code, status, data);
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response.extensions_mut().insert(AcceptedBytes(accepted.range.size()));
     response
 }

@@ -42,7 +42,12 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
     let body = match body.to_bytes_limited(MAX_CREATE_BODY).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => return Err(ApiError::field("body", format!("cannot be read: {e}"))),
-        Err(_) => return Err(UploadError::TooLarge(format!("body is larger than {MAX_CREATE_BODY} bytes")).into()),
+        Err(_) => {
+            return Err(UploadError::TooLarge(format!(
+                "the create body is larger than {MAX_CREATE_BODY} bytes: send a smaller feedBackParameter"
+            ))
+            .into())
+        }
     };
     let created = uploads.create_task(CreateTaskJson::parse(&body)?).await?;
     if created.created {

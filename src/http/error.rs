@@ -8,8 +8,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use super::envelope;
-use crate::domain::FieldError;
-use crate::service::{RangeProblem, UploadError};
+use crate::domain::{FieldError, TaskStatus};
+use crate::service::{RangeProblem, StorePathRefusal, UploadError};
 
 /// Seconds a client is asked to wait before it retries a request the database was too busy for.
 /// The request has already waited the store's busy timeout for the lock; a lock an operator or
@@ -34,7 +34,7 @@ impl ApiError {
     fn ret_code(&self) -> &'static str {
         match &self.0 {
             UploadError::Unauthorized => "1",
-            UploadError::TaskNotFound => "2",
+            UploadError::TaskNotFound(_) => "2",
             UploadError::Disk(_)
             | UploadError::StoreDir(_)
             | UploadError::TempFileLost
@@ -42,9 +42,9 @@ impl ApiError {
             UploadError::Paused => "4",
             UploadError::SameState(_) => "5",
             UploadError::InvalidField(_) => "6",
-            UploadError::PartMd5Mismatch => "7",
+            UploadError::PartMd5Mismatch { .. } => "7",
             UploadError::BadRange(_) => "8",
-            UploadError::StorePathNotAllowed => "9",
+            UploadError::StorePathNotAllowed(_) => "9",
             UploadError::TooLarge(_) => "10",
             UploadError::TaskEnded(_) => "11",
             UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
@@ -53,15 +53,28 @@ impl ApiError {
 
     fn status_text(&self) -> String {
         match &self.0 {
+            UploadError::Unauthorized => "token is missing or is not the token of a business server in the fupload \
+                config (bServer): send the token your business server was given"
+                .into(),
+            // One text, byte for byte, for any unknown task and any wrong key (not even the taskId
+            // differs): it tells nothing about which it was.
+            UploadError::TaskNotFound(_) => "cannot find a task with this taskId and key: use the task URL exactly \
+                as the create returned it, with its key parameter (a server set to requireUploadKey: false also \
+                takes the original's bare ?taskId= URLs)"
+                .into(),
             // The cause stays in the log: it may name paths and internals.
             UploadError::Disk(e) if is_full(e) => {
                 "disk full: tmpDir has no room for the temp file; free space there, then send this again".into()
             }
-            UploadError::Disk(_) => "cannot create or write the temp file in tmpDir (disk error)".into(),
+            UploadError::Disk(_) => "cannot create or write the temp file in tmpDir (disk error, the cause is in the \
+                server's log): ask the operator to check tmpDir, then send this again"
+                .into(),
             UploadError::StoreDir(e) if is_full(e) => {
                 "disk full: storeDir has no room for the file; free space there, then send this again".into()
             }
-            UploadError::StoreDir(_) => "cannot make or read storeDir (disk error)".into(),
+            UploadError::StoreDir(_) => "cannot make or read storeDir (disk error, the cause is in the server's \
+                log): ask the operator to check storeDir, then send this again"
+                .into(),
             UploadError::TempFileLost => "the task's temp file was lost on the server (was tmpDir cleaned?); the \
                 bytes that were not on disk are expected again: send this block again, and ask blocksUrl what else \
                 is expected"
@@ -73,7 +86,55 @@ impl ApiError {
                                              shell in a write transaction), so this request was not recorded; \
                                              retry it in a few seconds"
                 .into(),
-            other => other.to_string(),
+            UploadError::Paused => "the task is paused and takes no blocks: set its status back to upload at its \
+                stateUrl ({\"status\":\"upload\"}), then send this block again"
+                .into(),
+            UploadError::SameState(status) => format!(
+                "status: the task is already {}, so nothing changed{}",
+                status.word(),
+                match status {
+                    TaskStatus::Pause => " (send {\"status\":\"upload\"} to resume it)",
+                    _ => " (send its blocks, or {\"status\":\"pause\"} to pause it)",
+                }
+            ),
+            // "field: problem", the problem saying what the field must be.
+            UploadError::InvalidField(e) => e.to_string(),
+            UploadError::PartMd5Mismatch { range, sent, computed } => format!(
+                "part md5 mismatch for bytes {range}: partMd5 sent {sent}, the server computed {computed} over the \
+                 bytes it received; the block was changed on the way or partMd5 was computed over other bytes: \
+                 send the block again with the md5 of exactly these bytes"
+            ),
+            UploadError::BadRange(RangeProblem::StartAfterEnd { start, end }) => format!(
+                "part index error: startByte {start} is after endByte {end}; endByte is the block's last byte, \
+                 inclusive (bytes 0 to 999 are startByte 0, endByte 999)"
+            ),
+            UploadError::BadRange(RangeProblem::OutsideFile { start, end, size }) => format!(
+                "part index error: bytes {start}-{end} are outside the file of {size} bytes; endByte must be at \
+                 most {} (fileSize - 1)",
+                size.saturating_sub(1)
+            ),
+            UploadError::BadRange(RangeProblem::BodyLength(problem)) => format!(
+                "part index error: {problem}; the file part must hold exactly endByte - startByte + 1 bytes: send \
+                 the block again"
+            ),
+            UploadError::StorePathNotAllowed(refusal) => store_path_text(refusal),
+            UploadError::TooLarge(problem) => problem.clone(),
+            UploadError::TaskEnded(status) => format!(
+                "the task is {} and takes no more blocks or state changes: {}",
+                status.word(),
+                match status {
+                    TaskStatus::Finish => "its file is stored, nothing is left to do",
+                    TaskStatus::Verify => "all its bytes are in; ask blocksUrl until it says finish or fail",
+                    TaskStatus::Fail => {
+                        "the file's md5 differed from fileMd5 or the file could not be stored; create a new task to \
+                         upload it again"
+                    }
+                    _ => "create a new task to upload the file again",
+                }
+            ),
+            UploadError::Internal(_) => "unknown system error (the cause is in the server's log): try again later, \
+                and tell the operator if it goes on"
+                .into(),
         }
     }
 
@@ -97,7 +158,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match &self.0 {
             UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
-            UploadError::TaskNotFound => StatusCode::NOT_FOUND,
+            UploadError::TaskNotFound(_) => StatusCode::NOT_FOUND,
             UploadError::Disk(e) | UploadError::StoreDir(e) if is_full(e) => StatusCode::INSUFFICIENT_STORAGE,
             // A lost temp file is a disk error to PROTOCOL.md ("3": 500/507); `Retry-After` says it passes.
             UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost | UploadError::Internal(_) => {
@@ -106,10 +167,10 @@ impl ResponseError for ApiError {
             UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
-            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch => StatusCode::BAD_REQUEST,
+            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch { .. } => StatusCode::BAD_REQUEST,
             UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
             UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
-            UploadError::StorePathNotAllowed => StatusCode::FORBIDDEN,
+            UploadError::StorePathNotAllowed(_) => StatusCode::FORBIDDEN,
             UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -128,6 +189,28 @@ impl ResponseError for ApiError {
         }
         response
     }
+}
+
+/// Names storeDir and where the storePath leads: the business server that sent it holds a token,
+/// and cannot fix its storePath without knowing either.
+fn store_path_text(refusal: &StorePathRefusal) -> String {
+    let StorePathRefusal { requested, resolved, store_dir, through_symlink } = refusal;
+    let store_dir = store_dir.display();
+    let leads = match (resolved, through_symlink) {
+        (Some(path), false) => format!("resolves to {}, which is outside storeDir {store_dir}", path.display()),
+        (Some(path), true) => {
+            format!("resolves to {}, where a symlink leads outside storeDir {store_dir}", path.display())
+        }
+        (None, _) => format!("climbs above the root with \"..\", out of storeDir {store_dir}"),
+    };
+    let example = resolved
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .map_or_else(|| "\"videos/\"".to_owned(), |name| format!("\"{}/\"", name.to_string_lossy()));
+    format!(
+        "storePath {requested:?} {leads}: files may only be stored inside storeDir; send a path relative to \
+         storeDir (such as {example}) or an absolute path inside {store_dir}"
+    )
 }
 
 fn is_full(e: &io::Error) -> bool {
@@ -169,5 +252,82 @@ mod tests {
         assert_eq!((status, code), (500, "3"));
         assert!(text.contains("send this block again"), "{text}");
         assert_eq!(ApiError(UploadError::TempFileLost).retry_after(), Some(1));
+    }
+
+    #[test]
+    fn every_ret_code_has_a_sentence() {
+        use std::path::PathBuf;
+
+        use crate::domain::{ByteRange, Md5Hex};
+        // The codes that are hard to provoke over HTTP ("3", "20") and the variants of all others;
+        // tests/api/texts.rs checks the rest through real requests.
+        let md5 = |s: &str| Md5Hex::parse("partMd5", s).unwrap();
+        let refusal = |resolved: Option<&str>, through_symlink| StorePathRefusal {
+            requested: "/tmp/business/".into(),
+            resolved: resolved.map(PathBuf::from),
+            store_dir: PathBuf::from("/srv/store"),
+            through_symlink,
+        };
+        let cases: Vec<(UploadError, u16, &str, &[&str])> = vec![
+            (UploadError::Unauthorized, 401, "1", &["token", "bServer"]),
+            (UploadError::TaskNotFound(7), 404, "2", &["taskId and key", "with its key", "requireUploadKey: false"]),
+            (UploadError::Disk(io::Error::other("x")), 500, "3", &["tmpDir", "send this again"]),
+            (UploadError::StoreDir(io::Error::other("x")), 500, "3", &["storeDir", "send this again"]),
+            (UploadError::TempFileLost, 500, "3", &["send this block again"]),
+            (UploadError::Paused, 409, "4", &["paused", "stateUrl"]),
+            (UploadError::SameState(TaskStatus::Pause), 409, "5", &["already paused"]),
+            (UploadError::SameState(TaskStatus::Upload), 409, "5", &["already uploading"]),
+            (
+                UploadError::InvalidField(FieldError::new("fileMd5", "must be 32 hex digits")),
+                400,
+                "6",
+                &["fileMd5: must"],
+            ),
+            (
+                UploadError::PartMd5Mismatch {
+                    range: ByteRange::new(0, 9).unwrap(),
+                    sent: md5("00000000000000000000000000000000"),
+                    computed: md5("ffffffffffffffffffffffffffffffff"),
+                },
+                400,
+                "7",
+                &["bytes 0-9", "sent 00000000000000000000000000000000", "computed ffffffffffffffffffffffffffffffff"],
+            ),
+            (UploadError::BadRange(RangeProblem::StartAfterEnd { start: 3, end: 2 }), 400, "8", &["startByte 3"]),
+            (
+                UploadError::BadRange(RangeProblem::OutsideFile { start: 0, end: 10, size: 10 }),
+                416,
+                "8",
+                &["at most 9"],
+            ),
+            (UploadError::BadRange(RangeProblem::BodyLength("short".into())), 400, "8", &["short", "exactly"]),
+            (
+                UploadError::StorePathNotAllowed(refusal(Some("/tmp/business"), false)),
+                403,
+                "9",
+                &["\"/tmp/business/\" resolves to /tmp/business", "outside storeDir /srv/store", "\"business/\""],
+            ),
+            (UploadError::StorePathNotAllowed(refusal(None, false)), 403, "9", &["climbs above", "/srv/store"]),
+            (UploadError::StorePathNotAllowed(refusal(Some("/srv/store/l"), true)), 403, "9", &["a symlink"]),
+            (UploadError::TooLarge("fileSize 2 is larger".into()), 413, "10", &["fileSize 2"]),
+            (UploadError::TaskEnded(TaskStatus::Finish), 409, "11", &["is finished", "nothing is left to do"]),
+            (UploadError::TaskEnded(TaskStatus::Fail), 409, "11", &["is failed", "create a new task"]),
+            (UploadError::TaskEnded(TaskStatus::Cancel), 409, "11", &["is cancelled"]),
+            (UploadError::TaskEnded(TaskStatus::Expire), 409, "11", &["is expired"]),
+            (UploadError::TaskEnded(TaskStatus::Verify), 409, "11", &["being verified", "blocksUrl"]),
+            (UploadError::Internal(anyhow::anyhow!("secret cause")), 500, "20", &["server's log", "try again"]),
+        ];
+        for (error, http, code, words) in cases {
+            let what = format!("{error:?}");
+            let (status, ret_code, text) = super::tests::refusal(error);
+            assert_eq!((status, ret_code), (http, code), "{what}");
+            for word in words {
+                assert!(text.contains(word), "{what}: {word:?} is not in {text:?}");
+            }
+            assert!(!text.contains("secret"), "{text}");
+            for bare in ["is pause ", "is finish ", "already pause ", "already pause,", "already upload "] {
+                assert!(!text.contains(bare), "states are words: {text}");
+            }
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct BlockAccepted {
     /// What is still missing, when the block brought nothing new or part of its range is not
     /// recorded (another block in flight had claimed it).
     pub expect_blocks: Option<Vec<ByteRange>>,
+    /// Parts of this block's range that another block still in flight had claimed and that are
+    /// not recorded: the client is asked to send them again after a delay (`Retry-After`).
+    pub in_flight: Vec<ByteRange>,
 }
 
 impl Uploads {
@@ -69,14 +72,17 @@ impl Uploads {
     ) -> Result<BlockPlan, UploadError> {
         let task = target.task.clone();
         let file_size = task.file_bytes();
-        let range = ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd))?;
+        let range =
+            ByteRange::new(start, end).ok_or(UploadError::BadRange(RangeProblem::StartAfterEnd { start, end }))?;
         if end >= file_size {
             return Err(UploadError::BadRange(RangeProblem::OutsideFile { start, end, size: file_size }));
         }
         if range.size() > self.settings.max_block_size {
             return Err(UploadError::TooLarge(format!(
-                "block of {} bytes is larger than maxBlockSize {}",
+                "the block of bytes {range} holds {} bytes, more than the server's maxBlockSize of {} bytes: send \
+                 blocks of at most {} bytes",
                 range.size(),
+                self.settings.max_block_size,
                 self.settings.max_block_size
             )));
         }
@@ -120,7 +126,7 @@ impl Uploads {
             // A task that ended meanwhile (cancel, expiry) had its temp file removed: that is the
             // answer, not a disk error.
             Err(e @ (StreamError::Disk(_) | StreamError::TempFileLost { .. })) => {
-                let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound)?;
+                let task = self.store.task(task_id).await?.ok_or(UploadError::TaskNotFound(task_id))?;
                 match (task.status, e) {
                     (TaskStatus::Upload, StreamError::TempFileLost { on_disk }) => {
                         // What this block saw on disk is of the file it was planned for: if the
@@ -152,7 +158,9 @@ impl Uploads {
             ))));
         }
         match part_md5 {
-            Some(expected) if expected != streamed.digest() => return Err(UploadError::PartMd5Mismatch),
+            Some(sent) if sent != streamed.digest() => {
+                return Err(UploadError::PartMd5Mismatch { range: plan.range, sent, computed: streamed.digest() })
+            }
             None if self.settings.check_tmp_md5 => {
                 return Err(FieldError::new("partMd5", "is required (checkTmpMd5 is on)").into())
             }
@@ -171,7 +179,7 @@ impl Uploads {
             BlockOutcome::Committed(commit) => commit,
             BlockOutcome::TempFileReplaced => return Err(UploadError::TempFileLost),
             BlockOutcome::NotUploading(status) => return Err(UploadError::for_status(status)),
-            BlockOutcome::NoSuchTask => return Err(UploadError::TaskNotFound),
+            BlockOutcome::NoSuchTask => return Err(UploadError::TaskNotFound(task.task_id)),
         };
         // Parts of the range that other blocks in flight had claimed were not written by this one.
         let left_to_others = !range.minus(claim.ranges()).is_empty();
@@ -191,9 +199,11 @@ impl Uploads {
         }
         // The reply never acknowledges a byte that is not committed: if another block's part of
         // this range is not recorded (yet, or ever: that block may fail), it lists what is missing.
-        let unrecorded = left_to_others
-            && commit.status == TaskStatus::Upload
-            && !range.minus(&self.store.received_within(task_id, range).await?).is_empty();
+        let in_flight = match left_to_others && commit.status == TaskStatus::Upload {
+            true => range.minus(&self.store.received_within(task_id, range).await?),
+            false => Vec::new(),
+        };
+        let unrecorded = !in_flight.is_empty();
         let expect_blocks = match commit.new_bytes == 0 || unrecorded {
             true => Some(self.store.expected_blocks(task_id, file_size).await?),
             false => None,
@@ -204,6 +214,7 @@ impl Uploads {
             received_size: commit.received_size,
             task_status,
             expect_blocks,
+            in_flight,
         })
     }
 }
@@ -255,7 +266,7 @@ mod tests {
         assert!(t.uploads.whole_file_md5_before(&plan).is_some(), "the block continues the received prefix");
         let corrupted: Vec<u8> = data[half..].iter().map(|b| !b).collect();
         let refused = t.stream_and_commit(plan, &corrupted, &data[half..]).await;
-        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");
+        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch { .. })), "{refused:?}");
         let last = t.send(&task, &data, half, data.len() - 1).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish, "the whole-file md5 matched");
         assert_eq!(t.uploads.hashers.bytes_read(), 0);
@@ -296,7 +307,7 @@ mod tests {
         assert_eq!(plan.writes, [ByteRange::new(100_000, 199_999).unwrap()]);
         let corrupted: Vec<u8> = data.iter().map(|b| !b).collect();
         let refused = t.stream_and_commit(plan, &corrupted, &data).await;
-        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch)), "{refused:?}");
+        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch { .. })), "{refused:?}");
         let last = t.send(&task, &data, 100_000, 199_999).await.unwrap();
         assert_eq!(last.task_status, TaskStatus::Finish);
         let placed = t.uploads.store().task(task.task_id).await.unwrap().unwrap().final_path.unwrap();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
 
-use super::{blocking, UploadError, Uploads};
+use super::{blocking, StorePathRefusal, UploadError, Uploads};
 use crate::blob;
 use crate::domain::store_path::{self, StorePathError};
 use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
@@ -110,7 +110,8 @@ impl Uploads {
         let request = json.into_request()?;
         if request.file_size.bytes() > self.settings.max_file_size {
             return Err(UploadError::TooLarge(format!(
-                "fileSize {} is larger than maxFileSize {}",
+                "fileSize {} is larger than the server's maxFileSize of {} bytes: this server takes no file that \
+                 large (its operator sets maxFileSize)",
                 request.file_size.bytes(),
                 self.settings.max_file_size
             )));
@@ -155,7 +156,12 @@ impl Uploads {
         let cwd = std::env::current_dir().map_err(|e| UploadError::disk("no working directory", e))?;
         store_path::resolve(self.settings.store_root(), &cwd, requested).map_err(|e| match e {
             StorePathError::Invalid(field) => UploadError::InvalidField(field),
-            StorePathError::Escapes => UploadError::StorePathNotAllowed,
+            StorePathError::Escapes(resolved) => UploadError::StorePathNotAllowed(StorePathRefusal {
+                requested: requested.to_owned(),
+                resolved,
+                store_dir: self.settings.store_root().map(Path::to_path_buf).unwrap_or_default(),
+                through_symlink: false,
+            }),
         })
     }
 
@@ -191,7 +197,12 @@ impl Uploads {
                 metrics::task_ended(TaskStatus::Fail);
                 return Err(UploadError::disk("cannot create temp file", e));
             }
-            DirAndTemp::LeavesStoreDir => UploadError::StorePathNotAllowed,
+            DirAndTemp::LeavesStoreDir => UploadError::StorePathNotAllowed(StorePathRefusal {
+                requested: task.spec.store_path.clone(),
+                resolved: Some(PathBuf::from(&task.spec.store_dir)),
+                store_dir: self.settings.store_root().map(Path::to_path_buf).unwrap_or_default(),
+                through_symlink: true,
+            }),
             DirAndTemp::Unreadable(e) => UploadError::StoreDir(e),
         };
         if created {
@@ -291,7 +302,7 @@ mod tests {
         for escape in ["../", "/etc/", "a/../../x"] {
             let attempt = small.replace("hello/", escape);
             assert!(
-                matches!(t.uploads.create_task(json(&attempt)).await, Err(UploadError::StorePathNotAllowed)),
+                matches!(t.uploads.create_task(json(&attempt)).await, Err(UploadError::StorePathNotAllowed(_))),
                 "{escape}"
             );
         }

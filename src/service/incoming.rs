@@ -105,9 +105,10 @@ impl Spool {
         blocking(move || blob::create_temp(&path, 0)).await?.map_err(UploadError::Disk)?;
         match blob::stream_into(blob::BlockFile::whole(spool.path.clone(), whole), body, ()).await {
             Ok(_) => Ok(spool),
-            Err(StreamError::TooLong(limit)) => {
-                Err(UploadError::TooLarge(format!("block is larger than maxBlockSize {limit}")))
-            }
+            Err(StreamError::TooLong(limit)) => Err(UploadError::TooLarge(format!(
+                "the block is larger than the server's maxBlockSize of {limit} bytes: send blocks of at most \
+                     {limit} bytes"
+            ))),
             Err(StreamError::Body(e)) => Err(FieldError::new("file", format!("cannot be read: {e}")).into()),
             Err(StreamError::Disk(e)) => Err(UploadError::Disk(e)),
             Err(lost @ StreamError::TempFileLost { .. }) => {

@@ -14,12 +14,13 @@ mod state;
 mod temp_file;
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 use crate::config::Settings;
-use crate::domain::{FieldError, TaskStatus, UploadKey};
+use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
 use crate::store::{StatusChange, Store, StoreError, Task, Trouble};
 
@@ -35,8 +36,9 @@ pub use state::RequestedState;
 pub enum UploadError {
     #[error("not authorized")]
     Unauthorized,
-    #[error("cannot find task")]
-    TaskNotFound,
+    /// No such task, or a wrong or missing key: the two are told apart nowhere.
+    #[error("cannot find task {0}")]
+    TaskNotFound(i64),
     #[error("disk error")]
     Disk(#[source] io::Error),
     /// The task's temp file was lost or cut short under the server (tmpDir cleaned, say): its
@@ -49,15 +51,15 @@ pub enum UploadError {
     SameState(TaskStatus),
     #[error("{0}")]
     InvalidField(FieldError),
-    #[error("part md5 mismatch")]
-    PartMd5Mismatch,
+    #[error("part md5 mismatch for bytes {range}: sent {sent}, computed {computed}")]
+    PartMd5Mismatch { range: ByteRange, sent: Md5Hex, computed: Md5Hex },
     #[error("{0}")]
     BadRange(RangeProblem),
     /// storeDir could not be made, read or written.
     #[error("storeDir error")]
     StoreDir(#[source] io::Error),
-    #[error("storePath not allowed")]
-    StorePathNotAllowed,
+    #[error("storePath {:?} not allowed", .0.requested)]
+    StorePathNotAllowed(StorePathRefusal),
     #[error("{0}")]
     TooLarge(String),
     #[error("task is {0} and no longer accepts this")]
@@ -72,10 +74,22 @@ pub enum UploadError {
     Internal(#[from] anyhow::Error),
 }
 
+/// A `storePath` that leaves `storeDir`, with what the reply tells about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePathRefusal {
+    /// `storePath` as the create sent it.
+    pub requested: String,
+    /// Where it leads: `None` when its `..` climb above the root.
+    pub resolved: Option<PathBuf>,
+    pub store_dir: PathBuf,
+    /// It lies inside `storeDir` as spelt, but a symlink on the way leads out.
+    pub through_symlink: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RangeProblem {
-    #[error("part index error: startByte > endByte")]
-    StartAfterEnd,
+    #[error("part index error: startByte {start} > endByte {end}")]
+    StartAfterEnd { start: u64, end: u64 },
     #[error("part index error: range {start}-{end} is outside the file of {size} bytes")]
     OutsideFile { start: u64, end: u64, size: u64 },
     #[error("part index error: {0}")]
@@ -109,11 +123,11 @@ impl UploadError {
     }
 
     /// The refusal for a guarded change the store did not make: `None` when it was made.
-    fn for_change(change: StatusChange) -> Option<Self> {
+    fn for_change(task_id: i64, change: StatusChange) -> Option<Self> {
         match change {
             StatusChange::Made => None,
             StatusChange::Refused(status) => Some(UploadError::for_status(status)),
-            StatusChange::NoSuchTask => Some(UploadError::TaskNotFound),
+            StatusChange::NoSuchTask => Some(UploadError::TaskNotFound(task_id)),
         }
     }
 
@@ -174,7 +188,8 @@ impl Uploads {
     /// The task, if it exists and the request carries its key. A wrong or missing key is
     /// answered exactly like an unknown task.
     async fn authorized_task(&self, task_ref: &TaskRef) -> Result<Task, UploadError> {
-        let task = self.store.task(task_ref.task_id).await?.ok_or(UploadError::TaskNotFound)?;
+        let not_found = UploadError::TaskNotFound(task_ref.task_id);
+        let task = self.store.task(task_ref.task_id).await?.ok_or(not_found)?;
         let key = UploadKey::from_stored(task.spec.upload_key.clone());
         let key_ok = match &task_ref.key {
             Some(candidate) => key.matches(candidate),
@@ -183,7 +198,7 @@ impl Uploads {
         if key_ok {
             Ok(task)
         } else {
-            Err(UploadError::TaskNotFound)
+            Err(UploadError::TaskNotFound(task_ref.task_id))
         }
     }
 }

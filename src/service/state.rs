@@ -39,7 +39,7 @@ impl Uploads {
                 match self.end_task(&task, &open, CallbackCode::Cancelled, None, None, None).await? {
                     StatusChange::Made => {}
                     StatusChange::Refused(now) => return Err(UploadError::TaskEnded(now)),
-                    StatusChange::NoSuchTask => return Err(UploadError::TaskNotFound),
+                    StatusChange::NoSuchTask => return Err(UploadError::TaskNotFound(task.task_id)),
                 }
                 tracing::info!(task_id = task.task_id, status = %TaskStatus::Cancel, "task ended");
                 self.remove_temp(&task).await;
@@ -49,7 +49,7 @@ impl Uploads {
         // Another request may have changed the state since it was read: report what it is now.
         match self.store.change_status(task.task_id, from, to).await? {
             StatusChange::Refused(status) if status == to => Err(UploadError::SameState(status)),
-            change => UploadError::for_change(change).map_or(Ok(to), Err),
+            change => UploadError::for_change(task.task_id, change).map_or(Ok(to), Err),
         }
     }
 }

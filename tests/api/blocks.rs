@@ -187,3 +187,33 @@ async fn a_block_after_tmp_dir_was_cleaned_is_refused_with_retry_after_and_the_l
     app.send_missing(&task, &data).await;
     assert_eq!(TestApp::stored_file(&app.callbacks.wait_for(1).await[0]), data);
 }
+
+#[actix_web::test]
+async fn a_block_whose_bytes_a_stalled_block_holds_is_asked_again_with_retry_after() {
+    use fupload_testkit::raw_http::send_partly;
+    let app = spawn_app_with(|s| s.server.client_body_timeout = 1.0).await;
+    let data = content(100_000, 12);
+    let task = app.new_task("stall.bin", &data).await;
+    let (content_type, body) = multipart(&[
+        ("startByte", b"0"),
+        ("endByte", b"99999"),
+        ("partMd5", md5_hex(&data).as_bytes()),
+        ("file", &data),
+    ]);
+    // Headers and half the body, then nothing: the bytes stay claimed until the body times out.
+    let stalled = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let second = app.send_block(&task, &data, 0, 99_999).await;
+    second.expect(200, "1");
+    assert_eq!(second.retry_after.as_deref(), Some("1"), "{}", second.json);
+    let text = second.json["status"].as_str().unwrap();
+    assert!(text.contains("another block still in flight") && text.contains("0-99999"), "{text}");
+    assert!(text.contains("send them again in 1 s (Retry-After)"), "{text}");
+    assert_eq!(second.json["data"]["expectBlocks"], json!([{"startByte": 0, "endByte": 99_999}]));
+    // Once the stalled body is given up, the block sent again is recorded.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let third = app.send_block(&task, &data, 0, 99_999).await;
+    third.expect(200, "0");
+    assert_eq!((third.retry_after, third.json["data"]["taskStatus"].as_str()), (None, Some("finish")));
+    drop(stalled);
+}

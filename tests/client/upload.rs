@@ -140,3 +140,39 @@ async fn a_whole_file_md5_mismatch_says_so() {
     assert!(error.to_string().contains("md5 of the whole file differs"), "{error}");
     assert_eq!(s.app.callbacks.wait_for(1).await[0].json["retCode"], "-2");
 }
+
+#[actix_web::test]
+async fn a_block_held_by_a_stalled_body_is_sent_again_once_the_stall_is_given_up() {
+    // Another client's block for the same bytes sent its head and half its body, then stopped.
+    // The server answers "held by a block in flight, send again in 1 s"; the client waits and
+    // sends it again until the stalled body has been given up (clientBodyTimeout 1 s).
+    use fupload::client::TaskCreator;
+    use fupload_testkit::helpers::{multipart, spawn_app_with, TOKEN};
+    use fupload_testkit::raw_http::send_partly;
+
+    let app = spawn_app_with(|s| s.server.client_body_timeout = 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::support::write_file(dir.path(), "stall.bin", 3 * BLOCK as usize);
+    let file = open(&path).await;
+    let creator = TaskCreator::Fupload {
+        server: app.base.clone(),
+        token: TOKEN.into(),
+        user_id: crate::support::USER.into(),
+        store_path: "up/".into(),
+    };
+    let c = client();
+    let task = c.create_task(&creator, &file).await.unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let first = &bytes[..BLOCK as usize];
+    let end = (BLOCK - 1).to_string();
+    let md5 = crate::helpers::md5_hex(first);
+    let (content_type, body) =
+        multipart(&[("startByte", b"0"), ("endByte", end.as_bytes()), ("partMd5", md5.as_bytes()), ("file", first)]);
+    let stalled = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let options = UploadOptions { block_size: BLOCK, parallel: 2 };
+    let uploaded = upload(&c, &task, &file, &options).await.expect("the upload completes after the stall");
+    assert!(uploaded.sent_bytes > file.size, "the held block was sent again: {}", uploaded.sent_bytes);
+    assert_stored(&app, &path).await;
+    drop(stalled);
+}
