@@ -10,3 +10,4 @@ mod database;
 mod lifecycle;
 mod ops;
 mod state;
+mod tls;
