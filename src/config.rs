@@ -67,6 +67,24 @@ pub struct ServerSettings {
     pub keep_alive: f64,
     /// Seconds a request body may pause before the request is given up (0: no limit).
     pub client_body_timeout: f64,
+    /// Serve https with this certificate and key (both PEM files) instead of http.
+    pub tls: TlsFiles,
+}
+
+/// `server.tls`: both files set, or neither (plain http).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The certificate and key files, if https is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        (!self.cert.as_os_str().is_empty()).then_some((self.cert.as_path(), self.key.as_path()))
+    }
 }
 
 impl Default for ServerSettings {
@@ -80,6 +98,7 @@ impl Default for ServerSettings {
             client_request_timeout: 5.0,
             keep_alive: 5.0,
             client_body_timeout: 60.0,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -127,11 +146,21 @@ pub struct CallbackSettings {
     /// Seconds before the first retry; doubles with each attempt up to `maxBackoff`.
     pub initial_backoff: f64,
     pub max_backoff: f64,
+    /// A PEM file of CA certificates trusted for https notifyUrls besides the built-in and the
+    /// system's roots (a private CA); `""`: none.
+    pub ca_file: PathBuf,
 }
 
 impl Default for CallbackSettings {
     fn default() -> Self {
-        Self { timeout: 10, max_attempts: 12, initial_backoff: 1.0, max_backoff: 600.0 }
+        Self { timeout: 10, max_attempts: 12, initial_backoff: 1.0, max_backoff: 600.0, ca_file: PathBuf::new() }
+    }
+}
+
+impl CallbackSettings {
+    /// `caFile`, if set.
+    pub fn ca_file(&self) -> Option<&Path> {
+        (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
     }
 }
 
@@ -257,6 +286,10 @@ impl Settings {
         );
         anyhow::ensure!(!self.tmp_dir.as_os_str().is_empty(), "tmpDir must be set");
         anyhow::ensure!(self.server.max_connections > 0, "server.maxConnections must be positive");
+        anyhow::ensure!(
+            self.server.tls.cert.as_os_str().is_empty() == self.server.tls.key.as_os_str().is_empty(),
+            "server.tls needs both cert and key (PEM files), or neither for plain http"
+        );
         // actix reads its clock for the head and keep-alive deadlines from a cache renewed every
         // 0.5 s, so shorter timeouts would not be kept.
         for (key, seconds, least) in [
@@ -477,6 +510,9 @@ bServer:
         }
         assert!(SETTING_KEYS.iter().any(|key| key.path == "server.proxyAddr" && !key.list));
         assert!(SETTING_KEYS.iter().any(|key| key.path == "cors.allowedOrigins" && key.list));
+        for tls_key in ["server.tls.cert", "server.tls.key", "callback.caFile"] {
+            assert!(SETTING_KEYS.iter().any(|key| key.path == tls_key && !key.list), "{tls_key}");
+        }
     }
 
     #[test]
@@ -487,5 +523,6 @@ bServer:
         assert!(Settings::from_yaml("server: {keepAlive: 0.5}\n", env(&[])).is_err());
         assert!(Settings::from_yaml("server: {clientRequestTimeout: -1}\n", env(&[])).is_err());
         assert!(Settings::from_yaml("server: {maxConnections: 0}\n", env(&[])).is_err());
+        assert!(Settings::from_yaml("server: {tls: {cert: a.pem}}\n", env(&[])).is_err());
     }
 }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fupload::config::Settings;
-use fupload::startup::{stop_on_signals, Application};
+use fupload::startup::{reload_on_sighup, stop_on_signals, Application};
 use fupload::{health, telemetry};
 
 /// fupload: resumable large-file upload server.
@@ -47,6 +47,9 @@ fn main() -> anyhow::Result<ExitCode> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     stop_on_signals(app.handle())?;
+    if let Some(cert) = app.server_cert() {
+        reload_on_sighup(cert)?;
+    }
     tracing::info!(port = app.port(), "fupload-server listening");
     app.run_until_stopped().await
 }

@@ -16,18 +16,28 @@ use crate::http;
 use crate::service::Uploads;
 use crate::store::Store;
 use crate::telemetry::metrics;
+use crate::tls::{self, ServerCert};
 
 pub struct Application {
     port: u16,
     server: Server,
     uploads: Uploads,
     metrics: PrometheusHandle,
+    /// What callbacks trust (the built-in roots and `callback.caFile`).
+    callback_tls: Arc<rustls::ClientConfig>,
+    /// `server.tls`'s certificate, when fupload serves https.
+    server_cert: Option<Arc<ServerCert>>,
 }
 
 impl Application {
     /// Prepares everything and binds the listener (`server.port: 0` picks a free port).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         prepare_dirs(&mut settings)?;
+        let callback_tls = tls::client_config(settings.callback.ca_file()).context("callback.caFile")?;
+        let server_cert = match settings.server.tls.files() {
+            Some((cert, key)) => Some(ServerCert::load(cert, key).context("server.tls")?),
+            None => None,
+        };
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("binding {}:{}", settings.server.host, settings.server.port))?;
         settings.server.port = listener.local_addr()?.port();
@@ -45,7 +55,7 @@ impl Application {
         let cors = uploads.settings().cors.clone();
         let limits = &uploads.settings().server;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let server = HttpServer::new(move || {
+        let http_server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(http::body_guard::fail_idle_bodies))
                 .wrap(http::cors(&cors))
@@ -62,10 +72,19 @@ impl Application {
         // actix counts connections per worker thread.
         .max_connections(limits.max_connections.div_ceil(workers))
         .client_request_timeout(Duration::from_secs_f64(limits.client_request_timeout))
-        .keep_alive(Duration::from_secs_f64(limits.keep_alive))
-        .listen(listener)?
+        .keep_alive(Duration::from_secs_f64(limits.keep_alive));
+        let server = match &server_cert {
+            Some(cert) => http_server.listen_rustls_0_23(listener, cert.server_config()?)?,
+            None => http_server.listen(listener)?,
+        }
         .run();
-        Ok(Self { port: uploads.settings().server.port, server, uploads, metrics })
+        let port = uploads.settings().server.port;
+        Ok(Self { port, server, uploads, metrics, callback_tls, server_cert })
+    }
+
+    /// `server.tls`'s certificate, to reload (on SIGHUP: `reload_on_sighup`).
+    pub fn server_cert(&self) -> Option<Arc<ServerCert>> {
+        self.server_cert.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -88,6 +107,7 @@ impl Application {
         let outbox = actix_web::rt::spawn(callback::run_outbox(
             self.uploads.store().clone(),
             settings.callback.clone(),
+            self.callback_tls.clone(),
             self.uploads.outbox_wakeup(),
         ));
         let sweeper = actix_web::rt::spawn(sweep_expired(self.uploads.clone()));
@@ -124,6 +144,25 @@ pub fn stop_on_signals(server: ServerHandle) -> anyhow::Result<()> {
             // Not awaited: the server's own future reports when it has stopped.
             drop(server.stop(graceful));
             graceful = false;
+        }
+    });
+    Ok(())
+}
+
+/// Reads `server.tls`'s files again on each SIGHUP; new connections get the new certificate, and
+/// a pair that does not load leaves the old one in place (logged).
+pub fn reload_on_sighup(cert: Arc<ServerCert>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    actix_web::rt::spawn(async move {
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: server.tls reloaded"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: server.tls not reloaded, the old certificate stays"
+                ),
+            }
         }
     });
     Ok(())

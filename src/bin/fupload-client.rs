@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fupload::client::{
     upload, Client, ClientError, ClientOptions, DisplayMode, LocalFile, Reporter, RetryPolicy, Silent, TaskCreator,
-    TaskUrls, UploadOptions, WantedState,
+    TaskUrls, TlsRoots, UploadOptions, WantedState,
 };
 
 /// Uploads files to fupload, resumably and in parallel blocks.
@@ -101,12 +101,19 @@ struct NetworkArgs {
     /// Seconds one request may take, its block included.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     timeout: u64,
+    /// A PEM file of CA certificates to trust for https besides Mozilla's and the system's (a private CA).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
 }
 
 impl NetworkArgs {
-    fn options(&self) -> ClientOptions {
+    fn options(&self) -> Result<ClientOptions, ClientError> {
         let retry = RetryPolicy { attempts: self.retries.saturating_add(1), ..RetryPolicy::default() };
-        ClientOptions { retry, timeout: Duration::from_secs(self.timeout) }
+        let tls = match &self.ca_file {
+            Some(path) => TlsRoots::with_ca_file(path)?,
+            None => TlsRoots::default(),
+        };
+        Ok(ClientOptions { retry, timeout: Duration::from_secs(self.timeout), tls })
     }
 }
 
@@ -141,7 +148,10 @@ async fn upload_file(args: UploadArgs) -> ExitCode {
         (false, false) => DisplayMode::Lines,
     };
     let reporter = Rc::new(Reporter::new(display));
-    let client = Client::new(args.network.options(), reporter.clone());
+    let client = match args.network.options() {
+        Ok(options) => Client::new(options, reporter.clone()),
+        Err(error) => return failed(&error),
+    };
     let creator = match (args.create_url, args.server, args.token) {
         (Some(create_url), _, _) => TaskCreator::BusinessServer { create_url, user_id: args.user_id },
         (None, Some(server), Some(token)) => {
@@ -188,7 +198,10 @@ async fn upload_file(args: UploadArgs) -> ExitCode {
 }
 
 async fn status(args: TaskArgs) -> ExitCode {
-    let client = Client::new(args.network.options(), Rc::new(Silent));
+    let client = match args.network.options() {
+        Ok(options) => Client::new(options, Rc::new(Silent)),
+        Err(error) => return failed(&error),
+    };
     let info = match args.task() {
         Ok(task) => client.blocks_info(&task).await,
         Err(error) => Err(error),
@@ -207,7 +220,10 @@ async fn status(args: TaskArgs) -> ExitCode {
 }
 
 async fn change_state(args: TaskArgs, wanted: WantedState) -> ExitCode {
-    let client = Client::new(args.network.options(), Rc::new(Silent));
+    let client = match args.network.options() {
+        Ok(options) => Client::new(options, Rc::new(Silent)),
+        Err(error) => return failed(&error),
+    };
     let task = match args.task() {
         Ok(task) => task,
         Err(error) => return failed(&error),

@@ -28,9 +28,14 @@ pub fn backoff(settings: &CallbackSettings, attempts: u32) -> Duration {
 }
 
 /// Runs until the task is dropped. awc's client is not `Send`: this runs on the thread that
-/// spawned it, with its own client.
-pub async fn run_outbox(store: Store, settings: CallbackSettings, wakeup: Arc<Notify>) {
-    let client = awc::Client::builder().timeout(Duration::from_secs(settings.timeout)).disable_redirects().finish();
+/// spawned it, with its own client; https notifyUrls are verified against `tls`'s roots
+/// (`crate::tls::client_config`).
+pub async fn run_outbox(store: Store, settings: CallbackSettings, tls: Arc<rustls::ClientConfig>, wakeup: Arc<Notify>) {
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(tls))
+        .timeout(Duration::from_secs(settings.timeout))
+        .disable_redirects()
+        .finish();
     loop {
         let looked = tokio::time::Instant::now();
         let next_due_in = match store.due_callbacks(BATCH).await {
@@ -147,7 +152,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let settings = CallbackSettings { timeout: 1, max_attempts: 12, initial_backoff: 1.0, max_backoff: 10.0 };
+        let settings = CallbackSettings {
+            timeout: 1,
+            max_attempts: 12,
+            initial_backoff: 1.0,
+            max_backoff: 10.0,
+            ..Default::default()
+        };
         let delays: Vec<u64> = (1..=6).map(|a| backoff(&settings, a).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff(&settings, u32::MAX).as_secs(), 10);

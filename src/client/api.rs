@@ -1,7 +1,9 @@
 //! The four requests of the protocol over awc, each tried again on network errors and 5xx.
 
 use std::cell::Cell;
+use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use awc::body::SizedStream;
@@ -23,16 +25,44 @@ use crate::domain::{ByteRange, Md5Hex, TaskStatus};
 /// The largest reply read: an `expectBlocks` list of a badly fragmented file can be long.
 const MAX_REPLY: usize = 16 << 20;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// How long one request may take, sending its block included.
     pub timeout: Duration,
+    /// Whom https servers are checked against.
+    pub tls: TlsRoots,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { retry: RetryPolicy::default(), timeout: Duration::from_secs(120) }
+        Self { retry: RetryPolicy::default(), timeout: Duration::from_secs(120), tls: TlsRoots::default() }
+    }
+}
+
+/// The CAs an https server's certificate must chain to: Mozilla's roots (webpki-roots) and the
+/// system's store, plus, with [`TlsRoots::with_ca_file`], those of a PEM file (a private CA).
+/// Certificates are always verified.
+#[derive(Clone)]
+pub struct TlsRoots(Arc<rustls::ClientConfig>);
+
+impl TlsRoots {
+    /// The built-in roots and the CA certificates in the PEM file at `path`.
+    pub fn with_ca_file(path: &Path) -> Result<Self, ClientError> {
+        crate::tls::client_config(Some(path)).map(Self).map_err(|e| ClientError::Usage(format!("--ca-file: {e:#}")))
+    }
+}
+
+impl Default for TlsRoots {
+    fn default() -> Self {
+        // Without a file to read, building the config cannot fail.
+        Self(crate::tls::client_config(None).expect("the built-in TLS roots make a client config"))
+    }
+}
+
+impl std::fmt::Debug for TlsRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsRoots").finish_non_exhaustive()
     }
 }
 
@@ -92,7 +122,11 @@ impl Reply {
 
 impl Client {
     pub fn new(options: ClientOptions, progress: Rc<dyn Progress>) -> Self {
-        let http = awc::Client::builder().timeout(options.timeout).disable_redirects().finish();
+        let http = awc::Client::builder()
+            .connector(awc::Connector::new().rustls_0_23(options.tls.0))
+            .timeout(options.timeout)
+            .disable_redirects()
+            .finish();
         Self { http, retry: options.retry, progress, sent: Rc::new(Cell::new(0)) }
     }
 

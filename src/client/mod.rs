@@ -31,7 +31,7 @@ mod retry;
 mod task;
 mod upload;
 
-pub use api::{Client, ClientOptions, StateChanged};
+pub use api::{Client, ClientOptions, StateChanged, TlsRoots};
 pub use error::ClientError;
 pub use file::LocalFile;
 pub use plan::blocks;

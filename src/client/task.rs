@@ -55,12 +55,12 @@ impl TaskUrls {
     }
 }
 
-/// `server` without a trailing slash, if it is an http URL (the client has no TLS).
+/// `server` without a trailing slash, if it is an http:// or https:// URL.
 fn server_base(server: &str) -> Result<&str, ClientError> {
-    if server.starts_with("http://") {
+    if server.starts_with("http://") || server.starts_with("https://") {
         Ok(server.trim_end_matches('/'))
     } else {
-        Err(ClientError::Usage(format!("{server}: only http:// URLs are supported")))
+        Err(ClientError::Usage(format!("{server}: not an http:// or https:// URL")))
     }
 }
 
@@ -186,6 +186,8 @@ mod tests {
     fn urls_from_parts_with_and_without_a_key() {
         let urls = TaskUrls::from_parts("http://127.0.0.1:8080/", 3, Some("k")).unwrap();
         assert_eq!(urls.blocks_url, "http://127.0.0.1:8080/api/upload/files/blocks/info?taskId=3&key=k");
+        let secure = TaskUrls::from_parts("https://up.example.com", 3, Some("k")).unwrap();
+        assert_eq!(secure.upload_url, "https://up.example.com/api/upload/files/block?taskId=3&key=k");
         let bare = TaskUrls::from_parts("http://127.0.0.1:8080", 3, None).unwrap();
         assert_eq!(bare.state_url, "http://127.0.0.1:8080/api/upload/files/state?taskId=3");
     }
@@ -197,7 +199,7 @@ mod tests {
             "http://h/api/upload/other?taskId=1",
             "http://h/api/upload/files/state?key=k",
             "http://h/api/upload/files/state?taskId=x",
-            "https://h/api/upload/files/state?taskId=1",
+            "ftp://h/api/upload/files/state?taskId=1",
         ] {
             assert!(matches!(TaskUrls::from_url(url), Err(ClientError::Usage(_))), "{url}");
         }

@@ -72,11 +72,22 @@ async fn record_callback(req: HttpRequest, body: web::Bytes, receiver: web::Data
 
 impl CallbackReceiver {
     pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// A receiver that serves https with `server.tls`-like files: a certificate and its key.
+    pub async fn start_https(cert: &crate::tls::IssuedCert) -> Self {
+        let served = fupload::tls::ServerCert::load(&cert.cert_file, &cert.key_file).unwrap();
+        Self::start_on(Some(served.server_config().unwrap())).await
+    }
+
+    async fn start_on(tls: Option<rustls::ServerConfig>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let answers = Arc::new(Mutex::new(Vec::new()));
-        let url = format!("http://127.0.0.1:{port}/api/business/fupload/callback");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}/api/business/fupload/callback");
         let slot: Arc<Mutex<Option<CallbackReceiver>>> = Arc::new(Mutex::new(None));
         let slot_in_app = slot.clone();
         let server = HttpServer::new(move || {
@@ -86,8 +97,11 @@ impl CallbackReceiver {
                 .route("/api/business/fupload/callback", web::post().to(record_callback))
         })
         .workers(1)
-        .disable_signals()
-        .listen(listener)
+        .disable_signals();
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config),
+            None => server.listen(listener),
+        }
         .unwrap()
         .run();
         let receiver = CallbackReceiver { received, answers, url, _server: Arc::new(StopOnDrop(server.handle())) };
@@ -199,7 +213,8 @@ pub async fn restart_on(settings: Settings, dir: Arc<tempfile::TempDir>, callbac
 
 async fn start(settings: Settings, dir: Arc<tempfile::TempDir>, callbacks: CallbackReceiver) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("the app builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
+    let scheme = if settings.server.tls.files().is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let running = actix_web::rt::spawn(app.run_until_stopped());
     let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();

@@ -4,3 +4,4 @@
 pub mod acks;
 pub mod helpers;
 pub mod raw_http;
+pub mod tls;

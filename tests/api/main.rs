@@ -11,3 +11,4 @@ mod lifecycle;
 mod ops;
 mod state;
 mod texts;
+mod tls;

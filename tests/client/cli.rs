@@ -103,3 +103,43 @@ async fn a_paused_task_ends_the_upload_with_how_to_resume_it_and_the_task_comman
     assert_eq!(cancel.status.code(), Some(1));
     assert!(text(&cancel.stderr).contains("retCode 11"), "{}", text(&cancel.stderr));
 }
+
+#[actix_web::test]
+async fn fupload_client_uploads_over_https_with_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fupload_testkit::tls::TestCa::new(dir.path(), "private");
+    let issued = ca.issue(dir.path(), "fupload");
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.server.tls = fupload::config::TlsFiles { cert: issued.cert_file, key: issued.key_file };
+        s.server.addr = "https://127.0.0.1".into();
+    })
+    .await;
+    assert!(app.base.starts_with("https://"), "{}", app.base);
+    let path = write_file(dir.path(), "secure.bin", 3 * BLOCK as usize + 5);
+    let mut args = upload_args(&path, &app.base);
+    args.extend(["--block-size", "256KiB", "--quiet"]);
+
+    // The private CA is not among the built-in roots: refused, and the error says so.
+    let mut refused = args.clone();
+    refused.extend(["--retries", "0"]);
+    let first = run(fupload_client(&refused)).await;
+    let stderr = text(&first.stderr);
+    assert!(!first.status.success(), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    let ca_file = ca.cert_file.to_str().unwrap();
+    args.extend(["--ca-file", ca_file]);
+    let second = run(fupload_client(&args)).await;
+    assert!(second.status.success(), "{}{}", text(&second.stdout), text(&second.stderr));
+    assert_stored(&app, &path).await;
+
+    // The library with the same roots: a new task for the file, and its state, over https.
+    let tls = fupload::client::TlsRoots::with_ca_file(&ca.cert_file).unwrap();
+    let options = fupload::client::ClientOptions { tls, ..Default::default() };
+    let library = fupload::client::Client::new(options, std::rc::Rc::new(fupload::client::Silent));
+    let task = library.create_task(&creator(&app.base), &open(&path).await).await.unwrap();
+    assert!(task.upload_url.starts_with("https://127.0.0.1:"), "{}", task.upload_url);
+    assert_eq!(library.blocks_info(&task).await.unwrap().received_size, 0);
+    let error = fupload::client::TlsRoots::with_ca_file(&path).expect_err("a file without certificates");
+    assert!(error.to_string().contains("no CERTIFICATE"), "{error}");
+}

@@ -22,7 +22,7 @@ pub fn write_file(dir: &Path, name: &str, len: usize) -> PathBuf {
 pub fn client() -> Client {
     let retry =
         RetryPolicy { attempts: 4, first_delay: Duration::from_millis(10), max_delay: Duration::from_millis(40) };
-    Client::new(ClientOptions { retry, timeout: Duration::from_secs(30) }, Rc::new(Silent))
+    Client::new(ClientOptions { retry, timeout: Duration::from_secs(30), ..ClientOptions::default() }, Rc::new(Silent))
 }
 
 /// Creates tasks on fupload (behind `server`, the proxy) directly with the test token.
