@@ -37,11 +37,10 @@ fn to_sql(offset: u64) -> i64 {
 
 /// A range as `received_ranges` writes it: `start-end`.
 fn parse_range(text: &str) -> Result<ByteRange, StoreError> {
-    text.split_once('-')
-        .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
-        .map_or_else(|| Err(StoreError::Unreadable(format!("stored range {text:?} is not start-end"))), |(start, end)| {
-            from_sql(start, end)
-        })
+    text.split_once('-').and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?))).map_or_else(
+        || Err(StoreError::Unreadable(format!("stored range {text:?} is not start-end"))),
+        |(start, end)| from_sql(start, end),
+    )
 }
 
 fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
