@@ -24,6 +24,9 @@ pub trait Progress {
     fn retrying(&self, _what: &str, _failed: u32, _delay: Duration, _cause: &str) {}
     /// Every byte is in; the server is checking the md5 and storing the file.
     fn verifying(&self) {}
+    /// An instant upload: the server took the proof (`refused: None`) or refused it, and the
+    /// bytes are uploaded instead.
+    fn instant(&self, _task: &TaskUrls, _refused: Option<&str>) {}
 }
 
 /// Shows nothing.
@@ -159,6 +162,17 @@ impl Progress for Reporter {
 
     fn retrying(&self, what: &str, failed: u32, delay: Duration, cause: &str) {
         self.note(&format!("{what} failed ({cause}); try {} in {}", failed + 1, HumanDuration(delay)));
+    }
+
+    fn instant(&self, task: &TaskUrls, refused: Option<&str>) {
+        match refused {
+            None => {
+                self.note(&format!("task {}: the server holds this file already; finished by a proof", task.task_id))
+            }
+            Some(why) => {
+                self.note(&format!("task {}: instant upload refused ({why}); uploading the bytes", task.task_id))
+            }
+        }
     }
 
     fn verifying(&self) {

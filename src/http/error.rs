@@ -42,11 +42,12 @@ impl ApiError {
             UploadError::Paused => "4",
             UploadError::SameState(_) => "5",
             UploadError::InvalidField(_) => "6",
-            UploadError::PartMd5Mismatch => "7",
+            UploadError::PartMd5Mismatch | UploadError::ProofMismatch { .. } => "7",
             UploadError::BadRange(_) => "8",
             UploadError::StorePathNotAllowed => "9",
             UploadError::TooLarge(_) => "10",
             UploadError::TaskEnded(_) => "11",
+            UploadError::InstantRefused(_) => "12",
             UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
         }
     }
@@ -105,8 +106,13 @@ impl ResponseError for ApiError {
             }
             UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
-            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch => StatusCode::BAD_REQUEST,
+            UploadError::Paused
+            | UploadError::SameState(_)
+            | UploadError::TaskEnded(_)
+            | UploadError::InstantRefused(_) => StatusCode::CONFLICT,
+            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch | UploadError::ProofMismatch { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
             UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
             UploadError::StorePathNotAllowed => StatusCode::FORBIDDEN,
