@@ -136,6 +136,9 @@ struct NewTask {
     file_name: Value,
     file_size: Value,
     file_md5: Value,
+    /// Asks fupload for an instant upload; passed on as it is.
+    #[serde(default)]
+    instant: Value,
 }
 
 async fn new_task(
@@ -164,6 +167,7 @@ async fn new_task(
         "fileName": request.file_name,
         "fileSize": request.file_size,
         "fileMd5": request.file_md5,
+        "instant": request.instant,
         "feedBackParameter": {"userId": user_id, "via": "example business server"},
     });
     let url = format!("{}{NEW_TASK_PATH}", business.fupload_url);

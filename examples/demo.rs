@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
 struct Demo {
     interrupted_after: u64,
     resumed: Uploaded,
+    /// The same file uploaded once more, by another user: finished by a proof.
+    instant: Uploaded,
+    instant_callback: Value,
     callback: Value,
     stored: PathBuf,
     source_md5: String,
@@ -62,6 +65,14 @@ impl Demo {
             self.resumed.sent_bytes,
             size - self.resumed.already_received,
             self.resumed.task.task_id
+        );
+        println!(
+            "third run:  another user, the same file: task {} finished by an instant upload, sent {} bytes",
+            self.instant.task.task_id, self.instant.sent_bytes
+        );
+        println!(
+            "            its callback: \"instant\": {}, storePath {}",
+            self.instant_callback["instant"], self.instant_callback["storePath"]
         );
         println!();
         println!("callback received by the business server (signature checked):");
@@ -130,11 +141,32 @@ async fn run(dir: &Path, size: u64, options: UploadOptions, display: DisplayMode
         .await
         .context("no callback within 30 s")?;
     let stored = PathBuf::from(callback["storePath"].as_str().context("the callback has no storePath")?);
+
+    println!("\nthird run: the same file by another user, which the server holds already");
+    let other_user = TaskCreator::BusinessServer {
+        create_url: format!("http://{business_address}{NEW_TASK_ROUTE}"),
+        user_id: "demo2".into(),
+    };
+    let task = client.create_task(&other_user, &file).await?;
+    let instant = upload(&client, &task, &file, &options).await?;
+    reporter.clear();
+    let instant_callback = actix_web::rt::time::timeout(Duration::from_secs(30), business.callbacks.nth(1))
+        .await
+        .context("no second callback within 30 s")?;
     let stored_md5 = LocalFile::open(&stored, None, &Silent).await?.md5.to_string();
     business_handle.stop(true).await;
     fupload_handle.stop(true).await;
     fupload_running.await??;
-    Ok(Demo { interrupted_after, resumed, callback, stored, source_md5: file.md5.to_string(), stored_md5 })
+    Ok(Demo {
+        interrupted_after,
+        resumed,
+        instant,
+        instant_callback,
+        callback,
+        stored,
+        source_md5: file.md5.to_string(),
+        stored_md5,
+    })
 }
 
 /// fupload on a free loopback port, its database and files in `dir`, knowing one business server.
@@ -192,5 +224,11 @@ mod tests {
         assert!(resumed.already_received >= size / 4);
         assert!(resumed.already_received + resumed.sent_bytes >= size);
         assert!(resumed.sent_bytes < size, "the second run did not send the whole file again");
+        assert!(!resumed.instant);
+        assert!(demo.instant.instant, "the third run is an instant upload");
+        assert_eq!(demo.instant.sent_bytes, 0);
+        assert_eq!(demo.instant_callback["instant"], true);
+        let linked = demo.instant_callback["storePath"].as_str().unwrap();
+        assert!(linked.ends_with("store/users/demo2/demo.bin"), "{linked}");
     }
 }

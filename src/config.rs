@@ -36,6 +36,9 @@ pub struct Settings {
     pub durability: Durability,
     #[serde(default)]
     pub callback: CallbackSettings,
+    /// Instant upload: creates with `"instant": true` (docs/API.md, section 8).
+    #[serde(default)]
+    pub instant: InstantSettings,
     /// Business servers by token.
     #[serde(default, rename = "bServer")]
     pub business_servers: HashMap<String, BusinessServer>,
@@ -149,6 +152,25 @@ pub struct CallbackSettings {
     /// A PEM file of CA certificates trusted for https notifyUrls besides the built-in and the
     /// system's roots (a private CA); `""`: none.
     pub ca_file: PathBuf,
+}
+
+/// The challenge of an instant upload (docs/SECURITY.md, "Instant upload").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstantSettings {
+    /// Seconds a challenge may be answered in.
+    pub challenge_timeout: u64,
+    /// Answers a task may give, right or wrong, over all its creates.
+    pub max_answers: u64,
+    /// Byte ranges a challenge asks for, and the bytes in each (less for a smaller file).
+    pub ranges: u64,
+    pub range_bytes: u64,
+}
+
+impl Default for InstantSettings {
+    fn default() -> Self {
+        Self { challenge_timeout: 60, max_answers: 3, ranges: 4, range_bytes: 4096 }
+    }
 }
 
 impl Default for CallbackSettings {
@@ -285,6 +307,12 @@ impl Settings {
             "callback backoffs must satisfy 0 <= initialBackoff <= maxBackoff"
         );
         anyhow::ensure!(!self.tmp_dir.as_os_str().is_empty(), "tmpDir must be set");
+        let instant = &self.instant;
+        anyhow::ensure!(instant.challenge_timeout > 0, "instant.challengeTimeout must be positive");
+        anyhow::ensure!(
+            (1..=64).contains(&instant.ranges) && (1..=1 << 20).contains(&instant.range_bytes),
+            "instant.ranges must be 1..64 and instant.rangeBytes 1..1048576"
+        );
         anyhow::ensure!(self.server.max_connections > 0, "server.maxConnections must be positive");
         anyhow::ensure!(
             self.server.tls.cert.as_os_str().is_empty() == self.server.tls.key.as_os_str().is_empty(),

@@ -476,6 +476,8 @@ async fn a_release_0_1_database_opens_in_place_and_keeps_everything() {
         final_path: Some("/srv/fupload/store/bin/retry.bin".into()),
         error: None,
         idle_for: None,
+        placed: None,
+        instant_from: None,
     };
     let callback = NewCallback {
         ret_code: "0".into(),

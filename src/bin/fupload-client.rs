@@ -186,6 +186,13 @@ async fn upload_file(args: UploadArgs) -> ExitCode {
     };
     reporter.clear();
     match outcome {
+        Ok(uploaded) if uploaded.instant => {
+            println!(
+                "finished task {} ({} bytes) by an instant upload: the server holds the file, sent {} bytes of it",
+                uploaded.task.task_id, uploaded.file_size, uploaded.sent_bytes
+            );
+            ExitCode::SUCCESS
+        }
         Ok(uploaded) => {
             println!(
                 "finished task {} ({} bytes): sent {} bytes in this run, {} bytes were already on the server",

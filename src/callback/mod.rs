@@ -23,11 +23,15 @@ struct CallbackBody<'a> {
     file_size: u64,
     file_md5: &'a str,
     store_path: &'a str,
+    /// Only there when the task was finished by an instant upload.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    instant: bool,
 }
 
 /// The JSON POSTed to the business server when `task` ends with `code`. `store_path` is the
-/// final path of a finished file, else where the file would have gone.
-pub fn body(task: &Task, code: CallbackCode, store_path: &str) -> String {
+/// final path of a finished file, else where the file would have gone. `instant`: the task was
+/// finished by an instant upload (`"instant": true` in the body).
+pub fn body(task: &Task, code: CallbackCode, store_path: &str, instant: bool) -> String {
     let null = RawValue::NULL;
     let data = serde_json::from_str::<&RawValue>(&task.spec.feedback_parameter).unwrap_or(null);
     let body = CallbackBody {
@@ -40,6 +44,7 @@ pub fn body(task: &Task, code: CallbackCode, store_path: &str) -> String {
         file_size: task.spec.file_size.bytes(),
         file_md5: task.spec.file_md5.as_str(),
         store_path,
+        instant,
     };
     // Serialising strings, integers and already-valid JSON cannot fail.
     serde_json::to_string(&body).unwrap_or_default()

@@ -176,6 +176,40 @@ impl Client {
         }
     }
 
+    /// Answers the task's instant-upload challenge from `file`: whether the server took the proof
+    /// and finished the task. A refusal (a wrong or late proof, the file gone from the server) is
+    /// `false`: the task takes the bytes as usual.
+    pub(super) async fn answer_challenge(&self, task: &TaskUrls, file: &LocalFile) -> Result<bool, ClientError> {
+        let (Some(url), Some(challenge)) = (&task.instant_url, &task.challenge) else {
+            return Ok(false);
+        };
+        let mut ranges = Vec::new();
+        for range in &challenge.ranges {
+            let bad =
+                || bad_reply("reading the challenge", format!("bad range {}-{}", range.start_byte, range.end_byte));
+            let range = ByteRange::new(range.start_byte, range.end_byte).filter(|r| r.end() < file.size);
+            ranges.push(range.ok_or_else(bad)?);
+        }
+        let proof = file.proof(&challenge.nonce, &ranges).await?;
+        let what = format!("answering the instant-upload challenge of task {}", task.task_id);
+        let body = json!({"proof": proof.as_str()});
+        let reply = self.call(&what, || self.http.post(url).send_json(&body)).await?;
+        match reply.ret_code.as_str() {
+            "0" => {
+                self.progress.instant(task, None);
+                Ok(true)
+            }
+            // Wrong, late, used up, or the file changed on the server: upload the bytes.
+            "7" | "12" => {
+                self.progress.instant(task, Some(&reply.status));
+                Ok(false)
+            }
+            "4" => Err(ClientError::Paused { task_id: task.task_id, state_url: task.state_url.clone() }),
+            "11" => Ok(false), // ended meanwhile: blocksUrl tells how
+            _ => Err(reply.refused(&what)),
+        }
+    }
+
     /// Sends `range` of `file` as one block: its md5, then its bytes read from disk as they go.
     pub(super) async fn send_block(
         &self,

@@ -60,6 +60,19 @@ impl LocalFile {
         hash(&self.file, range.start(), range.size(), &mut |_| {}).await.map_err(|e| self.error(e))
     }
 
+    /// The proof of an instant upload's challenge: md5 of the nonce's ASCII text, then the bytes
+    /// of each range in order (docs/API.md, section 8).
+    pub(super) async fn proof(&self, nonce: &str, ranges: &[ByteRange]) -> Result<Md5Hex, ClientError> {
+        let mut md5 = Md5::new();
+        md5.update(nonce.as_bytes());
+        for range in ranges {
+            let len = usize::try_from(range.size()).map_err(|e| self.error(io::Error::other(e)))?;
+            let bytes = read_piece(self.file.clone(), range.start(), vec![0; len]).await.map_err(|e| self.error(e))?;
+            md5.update(&bytes);
+        }
+        Ok(md5.finish())
+    }
+
     /// The bytes of `range`, read as they are sent, in pieces of at most `SEND_PIECE`.
     pub(super) fn stream(&self, range: ByteRange) -> impl Stream<Item = io::Result<Bytes>> + 'static {
         let file = self.file.clone();

@@ -37,5 +37,5 @@ pub use file::LocalFile;
 pub use plan::blocks;
 pub use progress::{DisplayMode, Progress, Reporter, Silent};
 pub use retry::RetryPolicy;
-pub use task::{BlocksInfo, TaskCreator, TaskUrls, WantedState};
+pub use task::{BlocksInfo, Challenge, ChallengeRange, TaskCreator, TaskUrls, WantedState};
 pub use upload::{upload, UploadOptions, Uploaded};

@@ -27,6 +27,9 @@ pub trait Progress {
     fn waiting(&self, _what: &str, _delay: Duration, _why: &str) {}
     /// Every byte is in; the server is checking the md5 and storing the file.
     fn verifying(&self) {}
+    /// An instant upload: the server took the proof (`refused: None`) or refused it, and the
+    /// bytes are uploaded instead.
+    fn instant(&self, _task: &TaskUrls, _refused: Option<&str>) {}
 }
 
 /// Shows nothing.
@@ -166,6 +169,17 @@ impl Progress for Reporter {
 
     fn waiting(&self, what: &str, delay: Duration, why: &str) {
         self.note(&format!("{what}: {why}; sending it again in {}", HumanDuration(delay)));
+    }
+
+    fn instant(&self, task: &TaskUrls, refused: Option<&str>) {
+        match refused {
+            None => {
+                self.note(&format!("task {}: the server holds this file already; finished by a proof", task.task_id))
+            }
+            Some(why) => {
+                self.note(&format!("task {}: instant upload refused ({why}); uploading the bytes", task.task_id))
+            }
+        }
     }
 
     fn verifying(&self) {

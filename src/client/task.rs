@@ -18,6 +18,29 @@ pub struct TaskUrls {
     pub upload_url: String,
     pub blocks_url: String,
     pub state_url: String,
+    /// Where to answer `challenge`: offered only to a create that asked for an instant upload
+    /// of a file the server holds already.
+    #[serde(default)]
+    pub instant_url: Option<String>,
+    #[serde(default)]
+    pub challenge: Option<Challenge>,
+}
+
+/// An instant upload's challenge: answered with the md5 of `nonce` and the bytes of `ranges`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Challenge {
+    pub nonce: String,
+    pub ranges: Vec<ChallengeRange>,
+    pub expires_in: u64,
+    pub answers_left: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChallengeRange {
+    pub start_byte: u64,
+    pub end_byte: u64,
 }
 
 impl TaskUrls {
@@ -51,7 +74,14 @@ impl TaskUrls {
             None => format!("taskId={task_id}"),
         };
         let url = |path: &str| format!("{base}{path}?{query}");
-        Ok(Self { task_id, upload_url: url(BLOCK_PATH), blocks_url: url(BLOCKS_INFO_PATH), state_url: url(STATE_PATH) })
+        Ok(Self {
+            task_id,
+            upload_url: url(BLOCK_PATH),
+            blocks_url: url(BLOCKS_INFO_PATH),
+            state_url: url(STATE_PATH),
+            instant_url: None,
+            challenge: None,
+        })
     }
 }
 
@@ -85,12 +115,15 @@ impl TaskCreator {
 
     pub(super) fn body(&self, file: &LocalFile) -> Value {
         match self {
+            // `instant`: an instant upload if the server holds the file already (servers and
+            // business servers that do not know the field ignore it).
             TaskCreator::BusinessServer { user_id, .. } => json!({
                 "userId": user_id, "fileName": file.name, "fileSize": file.size, "fileMd5": file.md5.as_str(),
+                "instant": true,
             }),
             TaskCreator::Fupload { token, user_id, store_path, .. } => json!({
                 "token": token, "userId": user_id, "storePath": store_path,
-                "fileName": file.name, "fileSize": file.size, "fileMd5": file.md5.as_str(),
+                "fileName": file.name, "fileSize": file.size, "fileMd5": file.md5.as_str(), "instant": true,
             }),
         }
     }

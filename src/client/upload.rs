@@ -44,6 +44,8 @@ pub struct Uploaded {
     pub already_received: u64,
     /// Bytes of the file this upload sent, tries that failed and were repeated included.
     pub sent_bytes: u64,
+    /// Finished by an instant upload: the server held the file, and took a proof instead.
+    pub instant: bool,
 }
 
 /// Uploads what `task` is missing of `file` and waits until the task is `finish`.
@@ -60,6 +62,8 @@ pub async fn upload(
         return Err(ClientError::Usage("the block size and the parallel blocks must be at least 1".into()));
     }
     let sent_before = client.sent_bytes();
+    // The server offered an instant upload: a right proof finishes the task without the bytes.
+    let instant = task.challenge.is_some() && client.answer_challenge(task, file).await?;
     let mut already_received = None;
     let mut expected_before_round = None;
     loop {
@@ -89,6 +93,7 @@ pub async fn upload(
                     file_size: info.total_size,
                     already_received: already_received.unwrap_or(info.received_size),
                     sent_bytes: client.sent_bytes() - sent_before,
+                    instant,
                 })
             }
             TaskStatus::Pause => {

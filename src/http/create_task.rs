@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::openapi::{CreateTaskRequest, Refusal};
-use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, STATE_PATH};
+use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, INSTANT_PATH, STATE_PATH};
 use crate::service::{CreateTaskJson, UploadError, Uploads};
 use crate::telemetry::metrics;
 
@@ -20,6 +20,33 @@ pub struct TaskUrls {
     upload_url: String,
     blocks_url: String,
     state_url: String,
+    /// With a `challenge` only: where to answer it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instant_url: Option<String>,
+    /// Only for a create with `"instant": true` whose file is stored already (docs/API.md, section 8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<ChallengeJson>,
+}
+
+/// The challenge of an instant upload.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChallengeJson {
+    /// 32 hex digits; the proof hashes them as ASCII text first.
+    nonce: String,
+    /// The byte ranges (inclusive) whose bytes follow the nonce in the proof, in this order.
+    ranges: Vec<RangeJson>,
+    /// Seconds from now the answer may take.
+    expires_in: u64,
+    /// Answers this task may still give, right or wrong.
+    answers_left: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeJson {
+    start_byte: u64,
+    end_byte: u64,
 }
 
 /// Creates a task, or returns the unfinished task with the same fields again (resume).
@@ -60,5 +87,12 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
         upload_url: url(BLOCK_PATH),
         blocks_url: url(BLOCKS_INFO_PATH),
         state_url: url(STATE_PATH),
+        instant_url: created.challenge.as_ref().map(|_| url(INSTANT_PATH)),
+        challenge: created.challenge.map(|c| ChallengeJson {
+            nonce: c.nonce,
+            ranges: c.ranges.iter().map(|r| RangeJson { start_byte: r.start(), end_byte: r.end() }).collect(),
+            expires_in: c.expires_in,
+            answers_left: c.answers_left,
+        }),
     }))
 }

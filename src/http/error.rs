@@ -42,17 +42,25 @@ impl ApiError {
             UploadError::Paused => "4",
             UploadError::SameState(_) => "5",
             UploadError::InvalidField(_) => "6",
-            UploadError::PartMd5Mismatch { .. } => "7",
+            UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => "7",
             UploadError::BadRange(_) => "8",
             UploadError::StorePathNotAllowed(_) => "9",
             UploadError::TooLarge(_) => "10",
             UploadError::TaskEnded(_) => "11",
+            UploadError::InstantRefused(_) => "12",
             UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
         }
     }
 
     fn status_text(&self) -> String {
         match &self.0 {
+            UploadError::ProofMismatch { answers_left } => format!(
+                "proof is not the md5 of the nonce and the challenge's byte ranges: {answers_left} answers left; \
+                 answer again, or upload the bytes to uploadUrl as usual"
+            ),
+            UploadError::InstantRefused(why) => {
+                format!("instant upload refused: {why}; upload the bytes to uploadUrl as usual")
+            }
             UploadError::Unauthorized => "token is missing or is not the token of a business server in the fupload \
                 config (bServer): send the token your business server was given"
                 .into(),
@@ -166,8 +174,13 @@ impl ResponseError for ApiError {
             }
             UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            UploadError::Paused | UploadError::SameState(_) | UploadError::TaskEnded(_) => StatusCode::CONFLICT,
-            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch { .. } => StatusCode::BAD_REQUEST,
+            UploadError::Paused
+            | UploadError::SameState(_)
+            | UploadError::TaskEnded(_)
+            | UploadError::InstantRefused(_) => StatusCode::CONFLICT,
+            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
             UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
             UploadError::StorePathNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -293,6 +306,12 @@ mod tests {
                 "7",
                 &["bytes 0-9", "sent 00000000000000000000000000000000", "computed ffffffffffffffffffffffffffffffff"],
             ),
+            (
+                UploadError::ProofMismatch { answers_left: 2 },
+                400,
+                "7",
+                &["proof", "2 answers left", "upload the bytes"],
+            ),
             (UploadError::BadRange(RangeProblem::StartAfterEnd { start: 3, end: 2 }), 400, "8", &["startByte 3"]),
             (
                 UploadError::BadRange(RangeProblem::OutsideFile { start: 0, end: 10, size: 10 }),
@@ -315,6 +334,12 @@ mod tests {
             (UploadError::TaskEnded(TaskStatus::Cancel), 409, "11", &["is cancelled"]),
             (UploadError::TaskEnded(TaskStatus::Expire), 409, "11", &["is expired"]),
             (UploadError::TaskEnded(TaskStatus::Verify), 409, "11", &["being verified", "blocksUrl"]),
+            (
+                UploadError::InstantRefused("the challenge has expired".into()),
+                409,
+                "12",
+                &["expired", "upload the bytes"],
+            ),
             (UploadError::Internal(anyhow::anyhow!("secret cause")), 500, "20", &["server's log", "try again"]),
         ];
         for (error, http, code, words) in cases {

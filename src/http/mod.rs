@@ -6,6 +6,7 @@ mod cors;
 mod create_task;
 pub mod error;
 mod info;
+mod instant;
 pub mod observe;
 pub mod openapi;
 mod ops;
@@ -22,6 +23,7 @@ pub const NEW_TASK_PATH: &str = "/api/upload/new/task";
 pub const BLOCK_PATH: &str = "/api/upload/files/block";
 pub const BLOCKS_INFO_PATH: &str = "/api/upload/files/blocks/info";
 pub const STATE_PATH: &str = "/api/upload/files/state";
+pub const INSTANT_PATH: &str = "/api/upload/files/instant";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
 pub const METRICS_PATH: &str = "/metrics";
@@ -36,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(endpoint(BLOCK_PATH, web::post().to(block::upload_block)))
         .service(endpoint(BLOCKS_INFO_PATH, web::get().to(info::blocks_info)))
         .service(endpoint(STATE_PATH, web::post().to(state::change_state)))
+        .service(endpoint(INSTANT_PATH, web::post().to(instant::answer)))
         .service(endpoint(HEALTHZ_PATH, web::get().to(ops::healthz)))
         .service(endpoint(READYZ_PATH, web::get().to(ops::readyz)))
         .service(endpoint(METRICS_PATH, web::get().to(ops::metrics)))

@@ -8,7 +8,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{block, create_task, info, ops, state};
+use super::{block, create_task, info, instant, ops, state};
 use crate::domain::TaskStatus;
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use crate::domain::TaskStatus;
         block::upload_block,
         info::blocks_info,
         state::change_state,
+        instant::answer,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -94,6 +95,19 @@ pub struct CreateTaskRequest {
     /// Any JSON; sent back verbatim as the callback's `data` (alias: `feedbackParameter`).
     #[schema(value_type = Option<Object>)]
     pub feed_back_parameter: Option<serde_json::Value>,
+    /// Ask for an instant upload: when this business server holds the file already, the reply
+    /// carries a `challenge` and an `instantUrl` to answer it at.
+    pub instant: Option<bool>,
+}
+
+/// `POST instantUrl`.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct InstantAnswer {
+    /// md5 of the challenge's nonce (its 32 hex digits as ASCII) followed by the bytes of its
+    /// ranges in order, in hex.
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
+    pub proof: String,
 }
 
 /// `POST uploadUrl`: one block, `multipart/form-data`. Fields may come in any order; with the text
@@ -125,7 +139,7 @@ pub struct StateRequest {
 }
 
 /// The retCodes of refusals (PROTOCOL.md's table).
-const REFUSAL_CODES: [&str; 12] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "20"];
+const REFUSAL_CODES: [&str; 13] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "20"];
 
 fn refusal_code() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(REFUSAL_CODES))
@@ -171,6 +185,7 @@ mod tests {
             super::super::BLOCK_PATH,
             super::super::BLOCKS_INFO_PATH,
             super::super::STATE_PATH,
+            super::super::INSTANT_PATH,
             super::super::HEALTHZ_PATH,
             super::super::READYZ_PATH,
             super::super::METRICS_PATH,

@@ -27,6 +27,8 @@ struct CreateTask {
     file_size: FileSize,
     file_md5: Md5Hex,
     feedback_parameter: String,
+    /// `"instant": true`: offer a challenge if the file is stored already.
+    instant: bool,
 }
 
 /// What checking a task's directory, and making the temp file of a task just recorded, came to.
@@ -44,6 +46,8 @@ pub struct CreatedTask {
     pub status: TaskStatus,
     /// False when an unfinished task with the same fields was returned again.
     pub created: bool,
+    /// Asked for with `"instant": true`, and offered when the file is stored already.
+    pub challenge: Option<super::OfferedChallenge>,
 }
 
 impl CreateTaskJson {
@@ -99,7 +103,12 @@ impl CreateTaskJson {
             .iter()
             .find_map(|name| self.fields.get(*name))
             .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned());
-        Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter })
+        let instant = match self.fields.get("instant").map(|raw| raw.get()) {
+            None | Some("false") | Some("null") => false,
+            Some("true") => true,
+            Some(_) => return Err(FieldError::new("instant", "must be true or false")),
+        };
+        Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter, instant })
     }
 }
 
@@ -118,7 +127,7 @@ impl Uploads {
         }
         let store_dir = self.store_dir_of(&request.store_path)?;
         let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
-        let file_size = request.file_size;
+        let (file_size, instant) = (request.file_size, request.instant);
         let spec = TaskSpec {
             upload_key: upload_key.as_str().to_owned(),
             business_server: authorized.server.name.clone(),
@@ -147,7 +156,11 @@ impl Uploads {
                 self.hashers.track(task.task_id, &task.tmp_path());
             }
         }
-        Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created })
+        let challenge = match instant {
+            true => self.offer_challenge(&task).await?,
+            false => None,
+        };
+        Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created, challenge })
     }
 
     /// `storePath` as an absolute directory inside `storeDir`, as it is spelled; symlinks are

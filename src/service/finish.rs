@@ -276,6 +276,15 @@ impl Uploads {
                 blocking(move || placed.remove_if_ours()).await?;
             }
         }
+        // What identifies the placed file, for a later instant upload of it (none if it cannot
+        // be read: the task finishes all the same).
+        let identity = match &verified {
+            Verified::Placed(path) => {
+                let path = path.clone();
+                blocking(move || super::instant::identify(&path).ok()).await?
+            }
+            _ => None,
+        };
         let (code, final_path, error) = match verified {
             Verified::Placed(path) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
             Verified::Md5Mismatch(got) => {
@@ -285,7 +294,15 @@ impl Uploads {
                 (CallbackCode::StorageError, None, Some(format!("{} leaves storeDir", task.spec.store_dir)))
             }
         };
-        let ended = self.end_task(&task, &[TaskStatus::Verify], code, final_path, error, None).await?;
+        let ending = TaskEnding {
+            status: code.final_status(),
+            final_path,
+            error,
+            idle_for: None,
+            placed: identity,
+            instant_from: None,
+        };
+        let ended = self.end_task_as(&task, &[TaskStatus::Verify], code, ending).await?;
         Ok(match ended {
             StatusChange::Made => {
                 // From the last block's commit to here: what a client waits for after its last byte.
@@ -350,10 +367,24 @@ impl Uploads {
         error: Option<String>,
         idle_for: Option<Duration>,
     ) -> Result<StatusChange, UploadError> {
-        let reported_path = final_path.clone().unwrap_or_else(|| {
+        let ending =
+            TaskEnding { status: code.final_status(), final_path, error, idle_for, placed: None, instant_from: None };
+        self.end_task_as(task, from, code, ending).await
+    }
+
+    /// As `end_task`, with the whole `ending` given (a finish records its placed file; an instant
+    /// upload also the task it linked from, and its callback says `"instant": true`).
+    pub(super) async fn end_task_as(
+        &self,
+        task: &Task,
+        from: &[TaskStatus],
+        code: CallbackCode,
+        ending: TaskEnding,
+    ) -> Result<StatusChange, UploadError> {
+        let reported_path = ending.final_path.clone().unwrap_or_else(|| {
             Path::new(&task.spec.store_dir).join(task.spec.file_name.as_str()).to_string_lossy().into_owned()
         });
-        let body = callback::body(task, code, &reported_path);
+        let body = callback::body(task, code, &reported_path, ending.instant_from.is_some());
         let callback = match self.business_servers.by_token_sha256(&task.spec.token_sha256) {
             Some((token, server)) => NewCallback {
                 ret_code: code.ret_code().to_owned(),
@@ -373,7 +404,6 @@ impl Uploads {
                 )),
             },
         };
-        let ending = TaskEnding { status: code.final_status(), final_path, error, idle_for };
         let ended = self.store.end_task(task.task_id, from, &ending, &callback).await?;
         if ended == StatusChange::Made {
             self.hashers.forget(task.task_id);

@@ -9,6 +9,7 @@ mod create;
 mod expire;
 mod finish;
 mod incoming;
+mod instant;
 mod recover;
 mod state;
 mod temp_file;
@@ -29,6 +30,7 @@ pub use blocks_info::BlocksInfo;
 pub use business::BusinessServers;
 pub use create::{CreateTaskJson, CreatedTask};
 pub use incoming::IncomingBlock;
+pub use instant::{proof, OfferedChallenge};
 pub use state::RequestedState;
 
 /// Why a request was refused. `http::error` maps each to its (HTTP status, retCode, text).
@@ -53,6 +55,13 @@ pub enum UploadError {
     InvalidField(FieldError),
     #[error("part md5 mismatch for bytes {range}: sent {sent}, computed {computed}")]
     PartMd5Mismatch { range: ByteRange, sent: Md5Hex, computed: Md5Hex },
+    /// A wrong answer to an instant upload's challenge; the task takes blocks as before.
+    #[error("the proof is not the md5 of the nonce and the challenge's byte ranges: {answers_left} answers left, else upload the bytes")]
+    ProofMismatch { answers_left: u64 },
+    /// No challenge to answer, or not any more (expired, answers used up, the file changed):
+    /// the task takes blocks as before.
+    #[error("instant upload refused: {0}")]
+    InstantRefused(String),
     #[error("{0}")]
     BadRange(RangeProblem),
     /// storeDir could not be made, read or written.

@@ -19,6 +19,7 @@
 //! What is SQLite's own dialect is marked `Dialect:` where it appears (upserts, `json_each`,
 //! `RETURNING`, the pragmas), so that a PostgreSQL backend is a second set of those statements.
 
+mod instant;
 mod migrations;
 mod outbox;
 mod ranges;
@@ -41,6 +42,7 @@ use crate::config::Durability;
 use readers::{Reader, Readers};
 use writer::Writer;
 
+pub use instant::{Challenge, FinishedFile, NewChallenge, PlacedFile};
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
 pub use ranges::{BlockCommit, BlockOutcome};
 pub use tasks::{NewTask, StatusChange, Task, TaskEnding, TaskSpec};

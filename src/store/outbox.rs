@@ -134,7 +134,14 @@ pub(crate) mod tests {
     /// Creates a task of `file_size` bytes and ends it with a callback; returns its id.
     pub(crate) async fn ended_with_callback(store: &Store, file_size: u64) -> i64 {
         let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
-        let ending = TaskEnding { status: TaskStatus::Finish, final_path: None, error: None, idle_for: None };
+        let ending = TaskEnding {
+            status: TaskStatus::Finish,
+            final_path: None,
+            error: None,
+            idle_for: None,
+            placed: None,
+            instant_from: None,
+        };
         let callback = NewCallback {
             ret_code: "0".into(),
             notify_url: "http://127.0.0.1:9/".into(),

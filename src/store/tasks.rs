@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::{Executor, Sqlite, SqliteConnection};
 
+use super::instant::PlacedFile;
 use super::{now, outbox, timestamp, Store, StoreError};
 use crate::domain::{FileName, FileSize, Md5Hex, TaskStatus};
 
@@ -60,6 +61,10 @@ pub struct TaskEnding {
     pub error: Option<String>,
     /// Only end the task if it has also been idle this long (expiry: a block may just have come).
     pub idle_for: Option<Duration>,
+    /// What identifies the file a finish placed, for a later instant upload of the same file.
+    pub placed: Option<PlacedFile>,
+    /// The finished task whose file an instant upload linked.
+    pub instant_from: Option<i64>,
 }
 
 /// What came of a status change guarded by the status the task must be in.
@@ -231,11 +236,20 @@ impl Store {
                 let now = now();
                 let idle_since = ending.idle_for.map(cutoff);
                 let callback_status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
+                let placed = ending.placed;
+                // inode and device keep their 64 bits in SQLite's signed INTEGER.
+                let (placed_size, placed_mtime_ns, placed_inode, placed_device) = (
+                    placed.map(|p| i64::try_from(p.size).unwrap_or(i64::MAX)),
+                    placed.map(|p| p.mtime_ns),
+                    placed.map(|p| p.inode as i64),
+                    placed.map(|p| p.device as i64),
+                );
                 // One round trip, two statements: the callback is queued only if the task ended
                 // (`changes()`). sqlx binds the values of such a query in order, one per `?`.
                 // Dialect: json_each takes the list of statuses as one JSON text; changes().
                 let queued = sqlx::query_scalar!(
-                    r#"UPDATE upload_tasks SET status = ?, final_path = ?, error = ?, updated_at = ?, ended_at = ?
+                    r#"UPDATE upload_tasks SET status = ?, final_path = ?, error = ?, updated_at = ?, ended_at = ?,
+                           placed_size = ?, placed_mtime_ns = ?, placed_inode = ?, placed_device = ?, instant_from = ?
                        WHERE task_id = ? AND status IN (SELECT value FROM json_each(?))
                          AND (? IS NULL OR updated_at < ?);
                        INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status,
@@ -247,6 +261,11 @@ impl Store {
                     ending.error,
                     now,
                     now,
+                    placed_size,
+                    placed_mtime_ns,
+                    placed_inode,
+                    placed_device,
+                    ending.instant_from,
                     task_id,
                     from_json,
                     idle_since,

@@ -128,6 +128,7 @@ async fn the_openapi_document_describes_the_api() {
         BLOCK_PATH,
         "/api/upload/files/blocks/info",
         "/api/upload/files/state",
+        "/api/upload/files/instant",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -136,5 +137,5 @@ async fn the_openapi_document_describes_the_api() {
         assert!(paths.contains_key(path), "{path} is not described");
     }
     let refusal = &doc["components"]["schemas"]["Refusal"];
-    assert_eq!(refusal["properties"]["retCode"]["enum"].as_array().unwrap().len(), 12, "{refusal}");
+    assert_eq!(refusal["properties"]["retCode"]["enum"].as_array().unwrap().len(), 13, "{refusal}");
 }
