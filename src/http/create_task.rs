@@ -1,12 +1,16 @@
 //! `POST /api/upload/new/task`: the business server creates (or resumes) a task.
 
+use std::collections::HashMap;
+
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::openapi::{CreateTaskRequest, Refusal};
 use super::{ok, task_url, BLOCKS_INFO_PATH, BLOCK_PATH, INSTANT_PATH, STATE_PATH};
-use crate::service::{CreateTaskJson, UploadError, Uploads};
+use crate::domain::{FieldError, FileName, FileSize, Md5Hex};
+use crate::service::{CreateTask, CreatedTask, UploadError, Uploads};
 use crate::telemetry::metrics;
 
 /// Bodies larger than this are refused: a create request is a few hundred bytes plus the
@@ -76,7 +80,7 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
             .into())
         }
     };
-    let created = uploads.create_task(CreateTaskJson::parse(&body)?).await?;
+    let created = create_from_body(&uploads, &body).await?;
     if created.created {
         metrics::task_created();
     }
@@ -95,4 +99,80 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
             answers_left: c.answers_left,
         }),
     }))
+}
+
+/// Creates the task a create request's body asks for: the token first (nothing else is looked at
+/// without a known one), then the fields, each refusal naming its field.
+pub async fn create_from_body(uploads: &Uploads, body: &[u8]) -> Result<CreatedTask, UploadError> {
+    let body = CreateTaskBody::parse(body)?;
+    let authorized = uploads.authorize(body.token().as_deref())?;
+    uploads.create_task(authorized, body.into_command()?).await
+}
+
+/// The JSON body of a create request, each field still raw: the token is checked before any
+/// other field is looked at, and each field's error can name the field.
+pub struct CreateTaskBody {
+    fields: HashMap<String, Box<RawValue>>,
+}
+
+impl CreateTaskBody {
+    pub fn parse(body: &[u8]) -> Result<Self, FieldError> {
+        serde_json::from_slice(body)
+            .map(|fields| Self { fields })
+            .map_err(|e| FieldError::new("body", format!("must be a JSON object: {e}")))
+    }
+
+    fn token(&self) -> Option<String> {
+        self.string("token").ok()
+    }
+
+    fn raw(&self, field: &'static str) -> Result<&RawValue, FieldError> {
+        self.fields.get(field).map(|raw| &**raw).ok_or_else(|| FieldError::new(field, "is required"))
+    }
+
+    fn string(&self, field: &'static str) -> Result<String, FieldError> {
+        serde_json::from_str(self.raw(field)?.get()).map_err(|_| FieldError::new(field, "must be a string"))
+    }
+
+    /// A string, or an integer taken as its decimal text.
+    fn string_or_integer(&self, field: &'static str) -> Result<String, FieldError> {
+        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
+            Ok(serde_json::Value::String(text)) => Ok(text),
+            Ok(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            _ => Err(FieldError::new(field, "must be a string or an integer")),
+        }
+    }
+
+    fn file_size(&self) -> Result<FileSize, FieldError> {
+        let field = FileSize::FIELD;
+        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
+            Ok(serde_json::Value::String(text)) => FileSize::from_decimal(&text),
+            Ok(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(bytes) => FileSize::new(bytes),
+                None => Err(FieldError::new(field, "must be a non-negative integer")),
+            },
+            _ => Err(FieldError::new(field, "must be a non-negative integer or a decimal string")),
+        }
+    }
+
+    fn into_command(self) -> Result<CreateTask, FieldError> {
+        let user_id = self.string_or_integer("userId")?;
+        let store_path = match self.fields.contains_key("storePath") {
+            true => self.string("storePath")?,
+            false => String::new(),
+        };
+        let file_name = FileName::parse(&self.string("fileName")?)?;
+        let file_size = self.file_size()?;
+        let file_md5 = Md5Hex::parse("fileMd5", &self.string("fileMd5")?)?;
+        let feedback_parameter = ["feedBackParameter", "feedbackParameter"]
+            .iter()
+            .find_map(|name| self.fields.get(*name))
+            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned());
+        let instant = match self.fields.get("instant").map(|raw| raw.get()) {
+            None | Some("false") | Some("null") => false,
+            Some("true") => true,
+            Some(_) => return Err(FieldError::new("instant", "must be true or false")),
+        };
+        Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter, instant })
+    }
 }

@@ -30,6 +30,7 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const OPENAPI_PATH: &str = "/api/openapi.json";
 
 pub use cors::cors;
+pub use create_task::create_from_body;
 
 /// Mounts every endpoint. A wrong method on a known path, and an unknown path, still get the
 /// JSON envelope.

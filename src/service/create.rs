@@ -1,34 +1,28 @@
 //! Creating a task (or finding the unfinished one it repeats).
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde_json::value::RawValue;
-
-use super::{blocking, StorePathRefusal, UploadError, Uploads};
+use super::{blocking, Authorized, StorePathRefusal, UploadError, Uploads};
 use crate::blob;
 use crate::domain::store_path::{self, StorePathError};
-use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
+use crate::domain::{FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
 use crate::store::{NewTask, Task, TaskSpec};
 use crate::telemetry::metrics;
 
-/// The JSON body of a create request, each field still raw: the token is checked before any
-/// other field is looked at, and each field's error can name the field.
-pub struct CreateTaskJson {
-    fields: HashMap<String, Box<RawValue>>,
-}
-
-/// A create request whose fields all parsed.
-struct CreateTask {
-    user_id: String,
-    store_path: String,
-    file_name: FileName,
-    file_size: FileSize,
-    file_md5: Md5Hex,
-    feedback_parameter: String,
+/// A create request whose fields all parsed (src/http parses the body).
+#[derive(Debug, Clone)]
+pub struct CreateTask {
+    pub user_id: String,
+    /// As the business server sent it; empty when it sent none.
+    pub store_path: String,
+    pub file_name: FileName,
+    pub file_size: FileSize,
+    pub file_md5: Md5Hex,
+    /// The raw JSON of `feedBackParameter`, verbatim (`null` when there was none).
+    pub feedback_parameter: String,
     /// `"instant": true`: offer a challenge if the file is stored already.
-    instant: bool,
+    pub instant: bool,
 }
 
 /// What checking a task's directory, and making the temp file of a task just recorded, came to.
@@ -50,73 +44,18 @@ pub struct CreatedTask {
     pub challenge: Option<super::OfferedChallenge>,
 }
 
-impl CreateTaskJson {
-    pub fn parse(body: &[u8]) -> Result<Self, UploadError> {
-        serde_json::from_slice(body)
-            .map(|fields| Self { fields })
-            .map_err(|e| FieldError::new("body", format!("must be a JSON object: {e}")).into())
-    }
-
-    fn token(&self) -> Option<String> {
-        self.string("token").ok()
-    }
-
-    fn raw(&self, field: &'static str) -> Result<&RawValue, FieldError> {
-        self.fields.get(field).map(|raw| &**raw).ok_or_else(|| FieldError::new(field, "is required"))
-    }
-
-    fn string(&self, field: &'static str) -> Result<String, FieldError> {
-        serde_json::from_str(self.raw(field)?.get()).map_err(|_| FieldError::new(field, "must be a string"))
-    }
-
-    /// A string, or an integer taken as its decimal text.
-    fn string_or_integer(&self, field: &'static str) -> Result<String, FieldError> {
-        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
-            Ok(serde_json::Value::String(text)) => Ok(text),
-            Ok(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-            _ => Err(FieldError::new(field, "must be a string or an integer")),
-        }
-    }
-
-    fn file_size(&self) -> Result<FileSize, FieldError> {
-        let field = FileSize::FIELD;
-        match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
-            Ok(serde_json::Value::String(text)) => FileSize::from_decimal(&text),
-            Ok(serde_json::Value::Number(n)) => match n.as_u64() {
-                Some(bytes) => FileSize::new(bytes),
-                None => Err(FieldError::new(field, "must be a non-negative integer")),
-            },
-            _ => Err(FieldError::new(field, "must be a non-negative integer or a decimal string")),
-        }
-    }
-
-    fn into_request(self) -> Result<CreateTask, FieldError> {
-        let user_id = self.string_or_integer("userId")?;
-        let store_path = match self.fields.contains_key("storePath") {
-            true => self.string("storePath")?,
-            false => String::new(),
-        };
-        let file_name = FileName::parse(&self.string("fileName")?)?;
-        let file_size = self.file_size()?;
-        let file_md5 = Md5Hex::parse("fileMd5", &self.string("fileMd5")?)?;
-        let feedback_parameter = ["feedBackParameter", "feedbackParameter"]
-            .iter()
-            .find_map(|name| self.fields.get(*name))
-            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned());
-        let instant = match self.fields.get("instant").map(|raw| raw.get()) {
-            None | Some("false") | Some("null") => false,
-            Some("true") => true,
-            Some(_) => return Err(FieldError::new("instant", "must be true or false")),
-        };
-        Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter, instant })
-    }
-}
-
 impl Uploads {
-    pub async fn create_task(&self, json: CreateTaskJson) -> Result<CreatedTask, UploadError> {
-        let token = json.token().ok_or(UploadError::Unauthorized)?;
-        let authorized = self.business_servers.authorize(&token).ok_or(UploadError::Unauthorized)?;
-        let request = json.into_request()?;
+    /// The business server whose token this is. Asked before any other field of a create is
+    /// looked at, so that a caller without a token learns nothing about the fields.
+    pub fn authorize(&self, token: Option<&str>) -> Result<Authorized<'_>, UploadError> {
+        token.and_then(|token| self.business_servers.authorize(token)).ok_or(UploadError::Unauthorized)
+    }
+
+    pub async fn create_task(
+        &self,
+        authorized: Authorized<'_>,
+        request: CreateTask,
+    ) -> Result<CreatedTask, UploadError> {
         if request.file_size.bytes() > self.settings.max_file_size {
             return Err(UploadError::TooLarge(format!(
                 "fileSize {} is larger than the server's maxFileSize of {} bytes: this server takes no file that \
@@ -230,8 +169,8 @@ mod tests {
     use super::*;
     use crate::service::test_support::{test_uploads, TOKEN};
 
-    fn json(body: &str) -> CreateTaskJson {
-        CreateTaskJson::parse(body.as_bytes()).unwrap()
+    async fn create(t: &crate::service::test_support::TestUploads, body: &str) -> Result<CreatedTask, UploadError> {
+        crate::http::create_from_body(&t.uploads, body.as_bytes()).await
     }
 
     fn body(extra: &str) -> String {
@@ -244,14 +183,14 @@ mod tests {
     #[tokio::test]
     async fn the_original_curl_example_creates_a_task_and_a_repeat_resumes_it() {
         let t = test_uploads(|_| {}).await;
-        let created = t.uploads.create_task(json(&body(""))).await.unwrap();
+        let created = create(&t, &body("")).await.unwrap();
         assert!(created.created);
         assert_eq!(created.status, TaskStatus::Upload);
         assert_eq!(created.upload_key.len(), 32);
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
         assert_eq!(std::fs::metadata(task.tmp_path()).unwrap().len(), 345_000_000);
         assert!(task.spec.store_dir.ends_with("/store/hello"));
-        let again = t.uploads.create_task(json(&body(""))).await.unwrap();
+        let again = create(&t, &body("")).await.unwrap();
         assert_eq!((again.task_id, again.created), (created.task_id, false));
         assert_eq!(again.upload_key, created.upload_key);
     }
@@ -260,7 +199,7 @@ mod tests {
     async fn feedback_parameter_is_kept_verbatim_under_either_spelling() {
         let t = test_uploads(|_| {}).await;
         let raw = r#"{"z": 1, "a": [1.50, "x"]}"#;
-        let created = t.uploads.create_task(json(&body(&format!(r#","feedbackParameter":{raw}"#)))).await.unwrap();
+        let created = create(&t, &body(&format!(r#","feedbackParameter":{raw}"#))).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
         assert_eq!(task.spec.feedback_parameter, raw);
     }
@@ -271,7 +210,7 @@ mod tests {
         let body = format!(
             r#"{{"token":"{TOKEN}","userId":123,"fileName":"a.bin","fileSize":10,"fileMd5":"04465D416B4ECA345976021DB8698F15"}}"#
         );
-        let created = t.uploads.create_task(json(&body)).await.unwrap();
+        let created = create(&t, &body).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
         assert_eq!((task.spec.user_id.as_str(), task.spec.file_size.bytes()), ("123", 10));
         assert_eq!(task.spec.file_md5.as_str(), "04465d416b4eca345976021db8698f15");
@@ -281,7 +220,7 @@ mod tests {
     async fn the_token_is_checked_before_anything_else() {
         let t = test_uploads(|_| {}).await;
         for body in [r#"{"fileSize": -1}"#, r#"{"token": 5}"#, r#"{"token": "nope", "fileName": "a"}"#] {
-            assert!(matches!(t.uploads.create_task(json(body)).await, Err(UploadError::Unauthorized)), "{body}");
+            assert!(matches!(create(&t, body).await, Err(UploadError::Unauthorized)), "{body}");
         }
     }
 
@@ -300,7 +239,7 @@ mod tests {
             (body("").replace(r#""hello/""#, "7"), "storePath"),
         ];
         for (body, field) in cases {
-            match t.uploads.create_task(json(&body)).await {
+            match create(&t, &body).await {
                 Err(UploadError::InvalidField(e)) => assert_eq!(e.field, field, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
@@ -310,14 +249,11 @@ mod tests {
     #[tokio::test]
     async fn limits_and_store_path_escapes_are_refused() {
         let t = test_uploads(|settings| settings.max_file_size = 1000).await;
-        assert!(matches!(t.uploads.create_task(json(&body(""))).await, Err(UploadError::TooLarge(_))));
+        assert!(matches!(create(&t, &body("")).await, Err(UploadError::TooLarge(_))));
         let small = body("").replace("345000000", "10");
         for escape in ["../", "/etc/", "a/../../x"] {
             let attempt = small.replace("hello/", escape);
-            assert!(
-                matches!(t.uploads.create_task(json(&attempt)).await, Err(UploadError::StorePathNotAllowed(_))),
-                "{escape}"
-            );
+            assert!(matches!(create(&t, &attempt).await, Err(UploadError::StorePathNotAllowed(_))), "{escape}");
         }
     }
 }

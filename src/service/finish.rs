@@ -532,8 +532,7 @@ mod tests {
         let body = serde_json::json!({"token": crate::service::test_support::TOKEN, "userId": "1",
             "storePath": "sub/", "fileName": "f.bin", "fileSize": data.len(),
             "fileMd5": hex::encode(md5::Md5::digest(data))});
-        let json = crate::service::CreateTaskJson::parse(body.to_string().as_bytes()).unwrap();
-        let created = t.uploads.create_task(json).await.unwrap();
+        let created = crate::http::create_from_body(&t.uploads, body.to_string().as_bytes()).await.unwrap();
         let blocking_file = t.uploads.settings().store_dir.join("sub");
         std::fs::write(&blocking_file, b"not a directory").unwrap();
         (TaskRef { task_id: created.task_id, key: Some(created.upload_key) }, blocking_file)

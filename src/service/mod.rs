@@ -27,8 +27,9 @@ use crate::store::{StatusChange, Store, StoreError, Task, Trouble};
 
 pub use block::BlockAccepted;
 pub use blocks_info::BlocksInfo;
+pub use business::Authorized;
 pub use business::BusinessServers;
-pub use create::{CreateTaskJson, CreatedTask};
+pub use create::{CreateTask, CreatedTask};
 pub use incoming::IncomingBlock;
 pub use instant::{proof, OfferedChallenge};
 pub use state::RequestedState;
@@ -243,7 +244,7 @@ pub(crate) mod test_support {
                 data.len(),
                 hex::encode(md5::Md5::digest(data))
             );
-            let created = self.uploads.create_task(CreateTaskJson::parse(body.as_bytes()).unwrap()).await.unwrap();
+            let created = crate::http::create_from_body(&self.uploads, body.as_bytes()).await.unwrap();
             TaskRef { task_id: created.task_id, key: Some(created.upload_key) }
         }
 
