@@ -4,22 +4,41 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
-/// A field that failed to parse: `status` of a retCode "6" reply names both parts.
+/// A field that failed to parse: `status` of a retCode "6" reply names the field, the value sent
+/// (when there was one) and the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     pub field: &'static str,
     pub problem: String,
+    /// What was sent, cut to `SHOWN_VALUE_CHARS`.
+    pub sent: Option<String>,
 }
+
+/// How much of a refused value a reply repeats: enough to recognise it.
+const SHOWN_VALUE_CHARS: usize = 64;
 
 impl FieldError {
     pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        Self { field, problem: problem.into() }
+        Self { field, problem: problem.into(), sent: None }
+    }
+
+    /// The same error, naming the value that was sent.
+    pub fn with_sent(mut self, value: &str) -> Self {
+        let mut shown: String = value.chars().take(SHOWN_VALUE_CHARS).collect();
+        if shown.len() < value.len() {
+            shown.push('…');
+        }
+        self.sent = Some(shown);
+        self
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
+        match &self.sent {
+            Some(sent) => write!(f, "{} {sent:?}: {}", self.field, self.problem),
+            None => write!(f, "{}: {}", self.field, self.problem),
+        }
     }
 }
 
@@ -34,7 +53,7 @@ impl Md5Hex {
         if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(Md5Hex(text.to_ascii_lowercase()))
         } else {
-            Err(FieldError::new(field, "must be 32 hex digits"))
+            Err(FieldError::new(field, "must be 32 hex digits").with_sent(text))
         }
     }
 
@@ -75,7 +94,7 @@ impl FileName {
         } else {
             return Ok(FileName(text.to_owned()));
         };
-        Err(FieldError::new(Self::FIELD, problem))
+        Err(FieldError::new(Self::FIELD, problem).with_sent(text))
     }
 
     pub fn as_str(&self) -> &str {
@@ -101,9 +120,11 @@ impl FileSize {
     /// A decimal string such as "345000000", as the original clients send it.
     pub fn from_decimal(text: &str) -> Result<Self, FieldError> {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(FieldError::new(Self::FIELD, "must be a non-negative integer"));
+            return Err(FieldError::new(Self::FIELD, "must be a non-negative integer").with_sent(text));
         }
-        text.parse::<u64>().map_err(|_| FieldError::new(Self::FIELD, "must fit in 63 bits")).and_then(Self::new)
+        text.parse::<u64>()
+            .map_err(|_| FieldError::new(Self::FIELD, "must fit in 63 bits").with_sent(text))
+            .and_then(Self::new)
     }
 
     pub fn bytes(self) -> u64 {
@@ -146,6 +167,17 @@ impl fmt::Debug for UploadKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_error_names_the_value_sent_cut_to_a_recognisable_length() {
+        let short = Md5Hex::parse("fileMd5", "abc").unwrap_err();
+        assert_eq!(short.to_string(), "fileMd5 \"abc\": must be 32 hex digits");
+        let long = FileName::parse(&"x".repeat(300)).unwrap_err();
+        let sent = long.sent.unwrap();
+        assert_eq!(sent.chars().count(), SHOWN_VALUE_CHARS + 1, "{sent}");
+        assert!(sent.ends_with('…'));
+        assert_eq!(FieldError::new("file", "is required").to_string(), "file: is required");
+    }
 
     #[test]
     fn md5_accepts_any_case_and_keeps_lower() {

@@ -151,7 +151,9 @@ fn reply(accepted: BlockAccepted, client_body_timeout: f64) -> HttpResponse {
 pub struct AcceptedBytes(pub u64);
 
 fn parse_offset(field: &'static str, text: &str) -> Result<u64, ApiError> {
-    text.trim().parse().map_err(|_| ApiError::field(field, "must be a non-negative integer"))
+    text.trim().parse().map_err(|_| {
+        ApiError(UploadError::InvalidField(FieldError::new(field, "must be a non-negative integer").with_sent(text)))
+    })
 }
 
 /// The bytes of a multipart field.

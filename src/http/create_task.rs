@@ -131,7 +131,8 @@ impl CreateTaskBody {
     }
 
     fn string(&self, field: &'static str) -> Result<String, FieldError> {
-        serde_json::from_str(self.raw(field)?.get()).map_err(|_| FieldError::new(field, "must be a string"))
+        let raw = self.raw(field)?.get();
+        serde_json::from_str(raw).map_err(|_| FieldError::new(field, "must be a string").with_sent(raw))
     }
 
     /// A string, or an integer taken as its decimal text.
@@ -139,7 +140,7 @@ impl CreateTaskBody {
         match serde_json::from_str::<serde_json::Value>(self.raw(field)?.get()) {
             Ok(serde_json::Value::String(text)) => Ok(text),
             Ok(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-            _ => Err(FieldError::new(field, "must be a string or an integer")),
+            _ => Err(FieldError::new(field, "must be a string or an integer").with_sent(self.raw(field)?.get())),
         }
     }
 
@@ -149,9 +150,10 @@ impl CreateTaskBody {
             Ok(serde_json::Value::String(text)) => FileSize::from_decimal(&text),
             Ok(serde_json::Value::Number(n)) => match n.as_u64() {
                 Some(bytes) => FileSize::new(bytes),
-                None => Err(FieldError::new(field, "must be a non-negative integer")),
+                None => Err(FieldError::new(field, "must be a non-negative integer").with_sent(&n.to_string())),
             },
-            _ => Err(FieldError::new(field, "must be a non-negative integer or a decimal string")),
+            _ => Err(FieldError::new(field, "must be a non-negative integer or a decimal string")
+                .with_sent(self.raw(field)?.get())),
         }
     }
 
@@ -171,7 +173,7 @@ impl CreateTaskBody {
         let instant = match self.fields.get("instant").map(|raw| raw.get()) {
             None | Some("false") | Some("null") => false,
             Some("true") => true,
-            Some(_) => return Err(FieldError::new("instant", "must be true or false")),
+            Some(other) => return Err(FieldError::new("instant", "must be true or false").with_sent(other)),
         };
         Ok(CreateTask { user_id, store_path, file_name, file_size, file_md5, feedback_parameter, instant })
     }

@@ -106,7 +106,7 @@ impl ApiError {
                 }
             ),
             // "field: problem", the problem saying what the field must be.
-            UploadError::InvalidField(e) => e.to_string(),
+            UploadError::InvalidField(e) => format!("{e}: correct {} and send the request again", e.field),
             UploadError::PartMd5Mismatch { range, sent, computed } => format!(
                 "part md5 mismatch for bytes {range}: partMd5 sent {sent}, the server computed {computed} over the \
                  bytes it received; the block was changed on the way or partMd5 was computed over other bytes: \

@@ -18,7 +18,7 @@ impl RequestedState {
             "pause" => Ok(RequestedState::Pause),
             "upload" => Ok(RequestedState::Upload),
             "cancel" => Ok(RequestedState::Cancel),
-            _ => Err(FieldError::new("status", "must be pause, upload or cancel")),
+            _ => Err(FieldError::new("status", "must be pause, upload or cancel").with_sent(text)),
         }
     }
 }
