@@ -2,6 +2,7 @@
 
 pub mod byte_range;
 pub mod fields;
+pub mod grant;
 pub mod store_path;
 pub mod task_status;
 
