@@ -72,7 +72,7 @@ fn fields_of(task: &Task) -> TaskFields<'_> {
         user_id: &task.spec.user_id,
         file_name: task.spec.file_name.as_str(),
         file_size: task.spec.file_size.bytes(),
-        file_md5: task.spec.file_md5.as_str(),
+        file_md5: task.spec.file_md5.as_ref().map_or("", |md5| md5.as_str()),
         store_path: &task.spec.store_path,
         store_dir: &task.spec.store_dir,
         feedback_parameter: &task.spec.feedback_parameter,
@@ -478,6 +478,7 @@ async fn a_release_0_1_database_opens_in_place_and_keeps_everything() {
         idle_for: None,
         placed: None,
         instant_from: None,
+        computed_md5: None,
     };
     let callback = NewCallback {
         ret_code: "0".into(),

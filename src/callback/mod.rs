@@ -5,7 +5,7 @@ mod worker;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::domain::CallbackCode;
+use crate::domain::{CallbackCode, Protocol};
 use crate::store::Task;
 
 pub use worker::{backoff, run_outbox};
@@ -21,8 +21,13 @@ struct CallbackBody<'a> {
     user_id: &'a str,
     file_name: &'a str,
     file_size: u64,
-    file_md5: &'a str,
+    /// The md5 fupload computed, or the task's own where the finish was not reached.
+    file_md5: Option<&'a str>,
     store_path: &'a str,
+    /// The front end the task was uploaded through, "tus" or "ietf"; absent for the fupload
+    /// protocol, whose callback stays as the original's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a str>,
     /// Only there when the task was finished by an instant upload.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     instant: bool,
@@ -42,8 +47,9 @@ pub fn body(task: &Task, code: CallbackCode, store_path: &str, instant: bool) ->
         user_id: &task.spec.user_id,
         file_name: task.spec.file_name.as_str(),
         file_size: task.spec.file_size.bytes(),
-        file_md5: task.spec.file_md5.as_str(),
+        file_md5: task.spec.file_md5.as_ref().map(|md5| md5.as_str()),
         store_path,
+        protocol: (task.spec.protocol != Protocol::Fupload).then(|| task.spec.protocol.as_str()),
         instant,
     };
     // Serialising strings, integers and already-valid JSON cannot fail.

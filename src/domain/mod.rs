@@ -3,9 +3,11 @@
 pub mod byte_range;
 pub mod fields;
 pub mod grant;
+pub mod protocol;
 pub mod store_path;
 pub mod task_status;
 
 pub use byte_range::{BlockMerge, ByteRange};
 pub use fields::{FieldError, FileName, FileSize, Md5Hex, UploadKey};
+pub use protocol::{ConcatRole, Protocol};
 pub use task_status::{CallbackCode, TaskStatus};

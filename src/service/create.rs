@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{blocking, Authorized, StorePathRefusal, UploadError, Uploads};
 use crate::blob;
 use crate::domain::store_path::{self, StorePathError};
-use crate::domain::{FileName, FileSize, Md5Hex, TaskStatus, UploadKey};
+use crate::domain::{FileName, FileSize, Md5Hex, Protocol, TaskStatus, UploadKey};
 use crate::store::{NewTask, Task, TaskSpec};
 use crate::telemetry::metrics;
 
@@ -74,10 +74,14 @@ impl Uploads {
             user_id: request.user_id,
             file_name: request.file_name,
             file_size,
-            file_md5: request.file_md5,
+            file_md5: Some(request.file_md5),
             store_path: request.store_path,
             store_dir: store_dir.to_string_lossy().into_owned(),
             feedback_parameter: request.feedback_parameter,
+            protocol: Protocol::Fupload,
+            length_deferred: false,
+            concat_role: None,
+            grant_id: None,
         };
         let new_task = NewTask {
             spec,
@@ -213,7 +217,7 @@ mod tests {
         let created = create(&t, &body).await.unwrap();
         let task = t.uploads.store().task(created.task_id).await.unwrap().unwrap();
         assert_eq!((task.spec.user_id.as_str(), task.spec.file_size.bytes()), ("123", 10));
-        assert_eq!(task.spec.file_md5.as_str(), "04465d416b4eca345976021db8698f15");
+        assert_eq!(task.spec.file_md5.unwrap().as_str(), "04465d416b4eca345976021db8698f15");
     }
 
     #[tokio::test]

@@ -85,6 +85,8 @@ struct FinishProgress {
     /// The temp generation at which the whole-file md5 was found right: nothing writes to the
     /// file in `verify`, so a retry at the same generation need not hash it again.
     md5_matched_at: Option<i64>,
+    /// The whole-file md5 as computed, once it was.
+    computed_md5: Option<Md5Hex>,
     /// The file an attempt placed before its record failed.
     placed: Option<PlacedFile>,
 }
@@ -294,6 +296,10 @@ impl Uploads {
                 (CallbackCode::StorageError, None, Some(format!("{} leaves storeDir", task.spec.store_dir)))
             }
         };
+        // The callback carries the md5 fupload computed where the task named none.
+        let computed_md5 = task.spec.file_md5.is_none().then(|| progress.computed_md5.clone()).flatten();
+        let mut task = task;
+        task.spec.file_md5 = task.spec.file_md5.or_else(|| computed_md5.clone());
         let ending = TaskEnding {
             status: code.final_status(),
             final_path,
@@ -301,6 +307,7 @@ impl Uploads {
             idle_for: None,
             placed: identity,
             instant_from: None,
+            computed_md5,
         };
         let ended = self.end_task_as(&task, &[TaskStatus::Verify], code, ending).await?;
         Ok(match ended {
@@ -330,10 +337,12 @@ impl Uploads {
             let (hashers, tmp, size) = (self.hashers.clone(), task.tmp_path(), task.file_bytes());
             let md5 = blocking(move || hashers.finish(task_id, &tmp, size)).await?;
             let md5 = md5.map_err(|e| UploadError::disk("cannot read the temp file", e))?;
-            if md5.as_str() != task.spec.file_md5.as_str() {
+            // A task that named no md5 (a tus upload, say) takes the one computed.
+            if task.spec.file_md5.as_ref().is_some_and(|expected| *expected != md5) {
                 return Ok(Verified::Md5Mismatch(md5));
             }
             progress.md5_matched_at = Some(generation);
+            progress.computed_md5 = Some(md5);
         }
         let (tmp, dir, name) = (task.tmp_path(), PathBuf::from(&task.spec.store_dir), task.spec.file_name.clone());
         let root = self.settings.store_root().map(Path::to_path_buf);
@@ -367,8 +376,15 @@ impl Uploads {
         error: Option<String>,
         idle_for: Option<Duration>,
     ) -> Result<StatusChange, UploadError> {
-        let ending =
-            TaskEnding { status: code.final_status(), final_path, error, idle_for, placed: None, instant_from: None };
+        let ending = TaskEnding {
+            status: code.final_status(),
+            final_path,
+            error,
+            idle_for,
+            placed: None,
+            instant_from: None,
+            computed_md5: None,
+        };
         self.end_task_as(task, from, code, ending).await
     }
 

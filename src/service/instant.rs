@@ -112,7 +112,8 @@ impl Uploads {
             return Ok(None);
         }
         let spec = &task.spec;
-        let candidates = self.store.finished_files_like(&spec.business_server, spec.file_md5.as_str(), size).await?;
+        let Some(file_md5) = &spec.file_md5 else { return Ok(None) };
+        let candidates = self.store.finished_files_like(&spec.business_server, file_md5.as_str(), size).await?;
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -225,6 +226,7 @@ impl Uploads {
             idle_for: None,
             placed: Some(placed),
             instant_from: Some(source.task_id),
+            computed_md5: None,
         };
         match self.end_task_as(task, &[TaskStatus::Upload], CallbackCode::Finished, ending).await? {
             StatusChange::Made => {

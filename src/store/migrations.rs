@@ -13,10 +13,22 @@ use super::StoreError;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// Runs with foreign keys off: a migration that makes a table anew drops the old one, which would
+/// otherwise delete (or cascade to) the rows that refer to it. The references are checked after.
 pub(super) async fn apply(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     record_user_version_history(conn).await?;
-    MIGRATOR.run_direct(conn).await?;
-    Ok(())
+    // Dialect: SQLite's foreign_keys pragma (a no-op inside a transaction; the migrator opens its own).
+    sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
+    let migrated = MIGRATOR.run_direct(&mut *conn).await;
+    let dangling: Vec<(String,)> = sqlx::query_as("PRAGMA foreign_key_check").fetch_all(&mut *conn).await?;
+    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+    migrated?;
+    match dangling.first() {
+        None => Ok(()),
+        Some((table,)) => Err(StoreError::Unreadable(format!(
+            "after the migrations, rows of {table} refer to rows that do not exist"
+        ))),
+    }
 }
 
 /// Records the first `user_version` migrations as applied, where `_sqlx_migrations` does not

@@ -141,6 +141,7 @@ pub(crate) mod tests {
             idle_for: None,
             placed: None,
             instant_from: None,
+            computed_md5: None,
         };
         let callback = NewCallback {
             ret_code: "0".into(),

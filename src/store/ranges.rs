@@ -261,7 +261,8 @@ async fn record_ranges(
                 r#"DELETE FROM received_ranges WHERE task_id = ? AND start_byte BETWEEN ? AND ?;
                    INSERT INTO received_ranges (task_id, start_byte, end_byte) VALUES (?, ?, ?);
                    UPDATE upload_tasks SET updated_at = ?, received_bytes = received_bytes + ?,
-                       status = CASE WHEN received_bytes + ? >= file_size THEN 'verify' ELSE status END
+                       status = CASE WHEN received_bytes + ? >= file_size AND concat_role IS NOT 'partial'
+                           THEN 'verify' ELSE status END
                    WHERE task_id = ? AND status = 'upload' AND temp_generation = ?
                    RETURNING received_bytes AS "received_bytes: u64", status AS "status: TaskStatus",
                        (SELECT end_byte + 1 FROM received_ranges WHERE task_id = upload_tasks.task_id AND start_byte = 0)

@@ -7,7 +7,7 @@ use sqlx::{Executor, Sqlite, SqliteConnection};
 
 use super::instant::PlacedFile;
 use super::{now, outbox, timestamp, Store, StoreError};
-use crate::domain::{FileName, FileSize, Md5Hex, TaskStatus};
+use crate::domain::{ConcatRole, FileName, FileSize, Md5Hex, Protocol, TaskStatus};
 
 /// What a task is: fixed when it is created.
 #[derive(Debug, Clone)]
@@ -17,12 +17,21 @@ pub struct TaskSpec {
     pub token_sha256: String,
     pub user_id: String,
     pub file_name: FileName,
+    /// With `length_deferred`, the most the file may grow to until its length is declared.
     pub file_size: FileSize,
-    pub file_md5: Md5Hex,
+    /// `None`: no md5 was named (a tus or IETF creation); the finish records the one it computed.
+    pub file_md5: Option<Md5Hex>,
     pub store_path: String,
     /// The resolved absolute directory the file goes to.
     pub store_dir: String,
     pub feedback_parameter: String,
+    /// The front end the task was created or uploaded through.
+    pub protocol: Protocol,
+    /// The client declares the length later (tus creation-defer-length).
+    pub length_deferred: bool,
+    pub concat_role: Option<ConcatRole>,
+    /// The upload grant the task was created with.
+    pub grant_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +74,8 @@ pub struct TaskEnding {
     pub placed: Option<PlacedFile>,
     /// The finished task whose file an instant upload linked.
     pub instant_from: Option<i64>,
+    /// The md5 the finish computed, recorded for a task that named none.
+    pub computed_md5: Option<Md5Hex>,
 }
 
 /// What came of a status change guarded by the status the task must be in.
@@ -92,10 +103,14 @@ struct TaskRow {
     user_id: String,
     file_name: FileName,
     file_size: FileSize,
-    file_md5: Md5Hex,
+    file_md5: Option<Md5Hex>,
     store_path: String,
     store_dir: String,
     feedback_parameter: String,
+    protocol: Protocol,
+    length_deferred: bool,
+    concat_role: Option<ConcatRole>,
+    grant_id: Option<String>,
     tmp_dir: String,
     received_bytes: u64,
     status: TaskStatus,
@@ -120,6 +135,10 @@ impl From<TaskRow> for Task {
                 store_path: row.store_path,
                 store_dir: row.store_dir,
                 feedback_parameter: row.feedback_parameter,
+                protocol: row.protocol,
+                length_deferred: row.length_deferred,
+                concat_role: row.concat_role,
+                grant_id: row.grant_id,
             },
             tmp_dir: row.tmp_dir,
             received_bytes: row.received_bytes,
@@ -153,7 +172,9 @@ pub(super) async fn task_row<'e>(
         TaskRow,
         r#"SELECT task_id AS "task_id!", upload_key, business_server, token_sha256, user_id,
                file_name AS "file_name: FileName", file_size AS "file_size: FileSize",
-               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter, tmp_dir,
+               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter,
+               protocol AS "protocol: Protocol", length_deferred AS "length_deferred: bool",
+               concat_role AS "concat_role: ConcatRole", grant_id, tmp_dir,
                received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
                temp_generation, finish_attempts AS "finish_attempts: u64"
            FROM upload_tasks WHERE task_id = ?1"#,
@@ -249,7 +270,8 @@ impl Store {
                 // Dialect: json_each takes the list of statuses as one JSON text; changes().
                 let queued = sqlx::query_scalar!(
                     r#"UPDATE upload_tasks SET status = ?, final_path = ?, error = ?, updated_at = ?, ended_at = ?,
-                           placed_size = ?, placed_mtime_ns = ?, placed_inode = ?, placed_device = ?, instant_from = ?
+                           placed_size = ?, placed_mtime_ns = ?, placed_inode = ?, placed_device = ?, instant_from = ?,
+                           file_md5 = COALESCE(file_md5, ?)
                        WHERE task_id = ? AND status IN (SELECT value FROM json_each(?))
                          AND (? IS NULL OR updated_at < ?);
                        INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status,
@@ -266,6 +288,7 @@ impl Store {
                     placed_inode,
                     placed_device,
                     ending.instant_from,
+                    ending.computed_md5,
                     task_id,
                     from_json,
                     idle_since,
@@ -383,13 +406,16 @@ async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Optio
     let created = sqlx::query_as!(
         TaskRow,
         r#"INSERT INTO upload_tasks (upload_key, business_server, token_sha256, user_id, file_name, file_size,
-               file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+               file_md5, store_path, store_dir, feedback_parameter, tmp_dir, status, created_at, updated_at,
+               protocol, length_deferred, concat_role, grant_id)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)
            ON CONFLICT (token_sha256, user_id, file_md5, file_size, file_name, store_dir)
                WHERE status IN ('upload', 'pause', 'verify') DO NOTHING
            RETURNING task_id AS "task_id!", upload_key, business_server, token_sha256, user_id,
                file_name AS "file_name: FileName", file_size AS "file_size: FileSize",
-               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter, tmp_dir,
+               file_md5 AS "file_md5: Md5Hex", store_path, store_dir, feedback_parameter,
+               protocol AS "protocol: Protocol", length_deferred AS "length_deferred: bool",
+               concat_role AS "concat_role: ConcatRole", grant_id, tmp_dir,
                received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
                temp_generation, finish_attempts AS "finish_attempts: u64""#,
         spec.upload_key,
@@ -404,7 +430,11 @@ async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Optio
         spec.feedback_parameter,
         new.tmp_dir,
         new.status,
-        now
+        now,
+        spec.protocol,
+        spec.length_deferred,
+        spec.concat_role,
+        spec.grant_id
     )
     .fetch_optional(conn)
     .await?;
@@ -415,7 +445,7 @@ async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Optio
 async fn unfinished_task_like(conn: &mut SqliteConnection, spec: &TaskSpec) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT task_id AS "task_id!" FROM upload_tasks
-           WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 = ?3 AND file_size = ?4
+           WHERE token_sha256 = ?1 AND user_id = ?2 AND file_md5 IS ?3 AND file_size = ?4
              AND file_name = ?5 AND store_dir = ?6 AND status IN ('upload', 'pause', 'verify')"#,
         spec.token_sha256,
         spec.user_id,
@@ -454,7 +484,11 @@ pub(crate) mod tests {
                 user_id: "123".into(),
                 file_name: FileName::parse("hello.mp4").unwrap(),
                 file_size: FileSize::new(file_size).unwrap(),
-                file_md5: Md5Hex::parse("fileMd5", &"0".repeat(32)).unwrap(),
+                file_md5: Some(Md5Hex::parse("fileMd5", &"0".repeat(32)).unwrap()),
+                protocol: Protocol::Fupload,
+                length_deferred: false,
+                concat_role: None,
+                grant_id: None,
                 store_path: "hello/".into(),
                 store_dir: "/store/hello".into(),
                 feedback_parameter: "{\"a\": 1}".into(),

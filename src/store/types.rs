@@ -6,7 +6,7 @@ use sqlx::error::BoxDynError;
 use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
 use sqlx::{Decode, Encode, Sqlite, Type};
 
-use crate::domain::{FieldError, FileName, FileSize, Md5Hex, TaskStatus};
+use crate::domain::{ConcatRole, FieldError, FileName, FileSize, Md5Hex, Protocol, TaskStatus};
 
 /// Implements `Type`, `Encode` and `Decode` for a value stored as the SQL type of `$stored`,
 /// written by `$encode` and read back by `$decode`.
@@ -41,6 +41,8 @@ macro_rules! stored_as {
 stored_as!(TaskStatus, String, |s: &TaskStatus| s.as_str().to_owned(), |text: String| text.parse::<TaskStatus>());
 stored_as!(Md5Hex, String, |m: &Md5Hex| m.as_str().to_owned(), |text: String| Md5Hex::parse("file_md5", &text));
 stored_as!(FileName, String, |n: &FileName| n.as_str().to_owned(), |text: String| FileName::parse(&text));
+stored_as!(Protocol, String, |p: &Protocol| p.as_str().to_owned(), |text: String| text.parse::<Protocol>());
+stored_as!(ConcatRole, String, |r: &ConcatRole| r.as_str().to_owned(), |text: String| text.parse::<ConcatRole>());
 // FileSize keeps within 63 bits, so SQLite's signed INTEGER holds every one.
 stored_as!(FileSize, i64, |s: &FileSize| i64::try_from(s.bytes()).unwrap_or(i64::MAX), |n: i64| {
     u64::try_from(n).map_err(|_| FieldError::new(FileSize::FIELD, "must not be negative")).and_then(FileSize::new)
