@@ -59,6 +59,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(http::body_guard::fail_idle_bodies))
                 .wrap(http::cors(&cors))
+                .wrap(from_fn(http::cors::expose_tus_headers))
                 .wrap(from_fn(http::observe::observe))
                 .app_data(data.clone())
                 .app_data(metrics_data.clone())

@@ -1,6 +1,7 @@
 //! Pure upload logic: no SQL, no HTTP, no file I/O.
 
 pub mod byte_range;
+pub mod checksum;
 pub mod fields;
 pub mod grant;
 pub mod protocol;

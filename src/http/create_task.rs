@@ -24,6 +24,8 @@ pub struct TaskUrls {
     upload_url: String,
     blocks_url: String,
     state_url: String,
+    /// The same task for a tus client: resumed there with no creation (docs/API.md, section 9).
+    tus_url: String,
     /// With a `challenge` only: where to answer it.
     #[serde(skip_serializing_if = "Option::is_none")]
     instant_url: Option<String>,
@@ -91,6 +93,7 @@ pub async fn create_task(uploads: web::Data<Uploads>, body: web::Payload) -> Res
         upload_url: url(BLOCK_PATH),
         blocks_url: url(BLOCKS_INFO_PATH),
         state_url: url(STATE_PATH),
+        tus_url: super::tus::tus_url(&base, created.task_id, &created.upload_key),
         instant_url: created.challenge.as_ref().map(|_| url(INSTANT_PATH)),
         challenge: created.challenge.map(|c| ChallengeJson {
             nonce: c.nonce,

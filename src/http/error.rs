@@ -32,127 +32,158 @@ impl ApiError {
     }
 
     fn ret_code(&self) -> &'static str {
-        match &self.0 {
-            UploadError::Unauthorized => "1",
-            UploadError::TaskNotFound(_) => "2",
-            UploadError::Disk(_)
-            | UploadError::StoreDir(_)
-            | UploadError::TempFileLost
-            | UploadError::DatabaseFull(_) => "3",
-            UploadError::Paused => "4",
-            UploadError::SameState(_) => "5",
-            UploadError::InvalidField(_) => "6",
-            UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => "7",
-            UploadError::BadRange(_) => "8",
-            UploadError::StorePathNotAllowed(_) => "9",
-            UploadError::TooLarge(_) => "10",
-            UploadError::TaskEnded(_) => "11",
-            UploadError::InstantRefused(_) => "12",
-            UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
-        }
+        ret_code(&self.0)
     }
 
     fn status_text(&self) -> String {
-        match &self.0 {
-            UploadError::ProofMismatch { answers_left } => format!(
-                "proof is not the md5 of the nonce and the challenge's byte ranges: {answers_left} answers left; \
+        status_text(&self.0)
+    }
+}
+
+fn ret_code(e: &UploadError) -> &'static str {
+    match e {
+        UploadError::Unauthorized => "1",
+        UploadError::TaskNotFound(_) => "2",
+        UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost | UploadError::DatabaseFull(_) => {
+            "3"
+        }
+        UploadError::Paused => "4",
+        UploadError::SameState(_) => "5",
+        UploadError::InvalidField(_) => "6",
+        UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => "7",
+        UploadError::BadRange(_) => "8",
+        UploadError::StorePathNotAllowed(_) => "9",
+        UploadError::TooLarge(_) => "10",
+        UploadError::TaskEnded(_) => "11",
+        UploadError::InstantRefused(_) => "12",
+        UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
+        // The tus and IETF refusals, never met on the fupload protocol's endpoints.
+        UploadError::GrantRefused(_) => "1",
+        UploadError::ChecksumMismatch { .. } => "7",
+        UploadError::OffsetMismatch { .. } | UploadError::PastLength { .. } | UploadError::AppendInFlight => "8",
+        UploadError::FinalUpload => "11",
+    }
+}
+
+fn status_text(e: &UploadError) -> String {
+    match e {
+        UploadError::ProofMismatch { answers_left } => format!(
+            "proof is not the md5 of the nonce and the challenge's byte ranges: {answers_left} answers left; \
                  answer again, or upload the bytes to uploadUrl as usual"
-            ),
-            UploadError::InstantRefused(why) => {
-                format!("instant upload refused: {why}; upload the bytes to uploadUrl as usual")
-            }
-            UploadError::Unauthorized => "token is missing or is not the token of a business server in the fupload \
+        ),
+        UploadError::InstantRefused(why) => {
+            format!("instant upload refused: {why}; upload the bytes to uploadUrl as usual")
+        }
+        UploadError::Unauthorized => "token is missing or is not the token of a business server in the fupload \
                 config (bServer): send the token your business server was given"
-                .into(),
-            // One text, byte for byte, for any unknown task and any wrong key (not even the taskId
-            // differs): it tells nothing about which it was.
-            UploadError::TaskNotFound(_) => "cannot find a task with this taskId and key: use the task URL exactly \
+            .into(),
+        // One text, byte for byte, for any unknown task and any wrong key (not even the taskId
+        // differs): it tells nothing about which it was.
+        UploadError::TaskNotFound(_) => "cannot find a task with this taskId and key: use the task URL exactly \
                 as the create returned it, with its key parameter (a server set to requireUploadKey: false also \
                 takes the original's bare ?taskId= URLs)"
-                .into(),
-            // The cause stays in the log: it may name paths and internals.
-            UploadError::Disk(e) if is_full(e) => {
-                "disk full: tmpDir has no room for the temp file; free space there, then send this again".into()
-            }
-            UploadError::Disk(_) => "cannot create or write the temp file in tmpDir (disk error, the cause is in the \
+            .into(),
+        // The cause stays in the log: it may name paths and internals.
+        UploadError::Disk(e) if is_full(e) => {
+            "disk full: tmpDir has no room for the temp file; free space there, then send this again".into()
+        }
+        UploadError::Disk(_) => "cannot create or write the temp file in tmpDir (disk error, the cause is in the \
                 server's log): ask the operator to check tmpDir, then send this again"
-                .into(),
-            UploadError::StoreDir(e) if is_full(e) => {
-                "disk full: storeDir has no room for the file; free space there, then send this again".into()
-            }
-            UploadError::StoreDir(_) => "cannot make or read storeDir (disk error, the cause is in the server's \
+            .into(),
+        UploadError::StoreDir(e) if is_full(e) => {
+            "disk full: storeDir has no room for the file; free space there, then send this again".into()
+        }
+        UploadError::StoreDir(_) => "cannot make or read storeDir (disk error, the cause is in the server's \
                 log): ask the operator to check storeDir, then send this again"
-                .into(),
-            UploadError::TempFileLost => "the task's temp file was lost on the server (was tmpDir cleaned?); the \
+            .into(),
+        UploadError::TempFileLost => "the task's temp file was lost on the server (was tmpDir cleaned?); the \
                 bytes that were not on disk are expected again: send this block again, and ask blocksUrl what else \
                 is expected"
-                .into(),
-            UploadError::DatabaseFull(_) => "disk full: the volume of the upload database has no space left, so \
+            .into(),
+        UploadError::DatabaseFull(_) => "disk full: the volume of the upload database has no space left, so \
                                              this request was not recorded; free space there, then retry the request"
-                .into(),
-            UploadError::DatabaseBusy(_) => "the database is busy: another process holds its lock (say, an sqlite3 \
+            .into(),
+        UploadError::DatabaseBusy(_) => "the database is busy: another process holds its lock (say, an sqlite3 \
                                              shell in a write transaction), so this request was not recorded; \
                                              retry it in a few seconds"
-                .into(),
-            UploadError::Paused => "the task is paused and takes no blocks: set its status back to upload at its \
+            .into(),
+        UploadError::Paused => "the task is paused and takes no blocks: set its status back to upload at its \
                 stateUrl ({\"status\":\"upload\"}), then send this block again"
-                .into(),
-            UploadError::SameState(status) => format!(
-                "status: the task is already {}, so nothing changed{}",
-                status.word(),
-                match status {
-                    TaskStatus::Pause => " (send {\"status\":\"upload\"} to resume it)",
-                    _ => " (send its blocks, or {\"status\":\"pause\"} to pause it)",
-                }
-            ),
-            // "field: problem", the problem saying what the field must be.
-            UploadError::InvalidField(e) => format!("{e}: correct {} and send the request again", e.field),
-            UploadError::PartMd5Mismatch { range, sent, computed } => format!(
-                "part md5 mismatch for bytes {range}: partMd5 sent {sent}, the server computed {computed} over the \
+            .into(),
+        UploadError::SameState(status) => format!(
+            "status: the task is already {}, so nothing changed{}",
+            status.word(),
+            match status {
+                TaskStatus::Pause => " (send {\"status\":\"upload\"} to resume it)",
+                _ => " (send its blocks, or {\"status\":\"pause\"} to pause it)",
+            }
+        ),
+        // "field: problem", the problem saying what the field must be.
+        UploadError::InvalidField(e) => format!("{e}: correct {} and send the request again", e.field),
+        UploadError::PartMd5Mismatch { range, sent, computed } => format!(
+            "part md5 mismatch for bytes {range}: partMd5 sent {sent}, the server computed {computed} over the \
                  bytes it received; the block was changed on the way or partMd5 was computed over other bytes: \
                  send the block again with the md5 of exactly these bytes"
-            ),
-            UploadError::BadRange(RangeProblem::StartAfterEnd { start, end }) => format!(
-                "part index error: startByte {start} is after endByte {end}; endByte is the block's last byte, \
+        ),
+        UploadError::BadRange(RangeProblem::StartAfterEnd { start, end }) => format!(
+            "part index error: startByte {start} is after endByte {end}; endByte is the block's last byte, \
                  inclusive (bytes 0 to 999 are startByte 0, endByte 999)"
-            ),
-            UploadError::BadRange(RangeProblem::OutsideFile { start, end, size }) => format!(
-                "part index error: bytes {start}-{end} are outside the file of {size} bytes; endByte must be at \
+        ),
+        UploadError::BadRange(RangeProblem::OutsideFile { start, end, size }) => format!(
+            "part index error: bytes {start}-{end} are outside the file of {size} bytes; endByte must be at \
                  most {} (fileSize - 1)",
-                size.saturating_sub(1)
-            ),
-            UploadError::BadRange(RangeProblem::BodyLength(problem)) => format!(
-                "part index error: {problem}; the file part must hold exactly endByte - startByte + 1 bytes: send \
+            size.saturating_sub(1)
+        ),
+        UploadError::BadRange(RangeProblem::BodyLength(problem)) => format!(
+            "part index error: {problem}; the file part must hold exactly endByte - startByte + 1 bytes: send \
                  the block again"
-            ),
-            UploadError::StorePathNotAllowed(refusal) => store_path_text(refusal),
-            UploadError::TooLarge(problem) => problem.clone(),
-            UploadError::TaskEnded(status) => format!(
-                "the task is {} and takes no more blocks or state changes: {}",
-                status.word(),
-                match status {
-                    TaskStatus::Finish => "its file is stored, nothing is left to do",
-                    TaskStatus::Verify => "all its bytes are in; ask blocksUrl until it says finish or fail",
-                    TaskStatus::Fail => {
-                        "the file's md5 differed from fileMd5 or the file could not be stored; create a new task to \
+        ),
+        UploadError::StorePathNotAllowed(refusal) => store_path_text(refusal),
+        UploadError::TooLarge(problem) => problem.clone(),
+        UploadError::TaskEnded(status) => format!(
+            "the task is {} and takes no more blocks or state changes: {}",
+            status.word(),
+            match status {
+                TaskStatus::Finish => "its file is stored, nothing is left to do",
+                TaskStatus::Verify => "all its bytes are in; ask blocksUrl until it says finish or fail",
+                TaskStatus::Fail => {
+                    "the file's md5 differed from fileMd5 or the file could not be stored; create a new task to \
                          upload it again"
-                    }
-                    _ => "create a new task to upload the file again",
                 }
-            ),
-            UploadError::Internal(_) => "unknown system error (the cause is in the server's log): try again later, \
+                _ => "create a new task to upload the file again",
+            }
+        ),
+        UploadError::Internal(_) => "unknown system error (the cause is in the server's log): try again later, \
                 and tell the operator if it goes on"
-                .into(),
-        }
+            .into(),
+        UploadError::GrantRefused(why) => format!("the upload grant {why}"),
+        UploadError::OffsetMismatch { expected, sent } => format!(
+            "Upload-Offset {sent} is not the upload's offset {expected}: ask HEAD for the offset and send the bytes \
+                 from there"
+        ),
+        UploadError::PastLength { length, end } => format!(
+            "the body would write up to byte {end}, past the upload's length of {length} bytes: send at most \
+                 Upload-Length - Upload-Offset bytes"
+        ),
+        UploadError::AppendInFlight => "another request is still sending bytes to this upload: wait for it to \
+                end (or a few seconds), ask HEAD for the offset, and go on from there"
+            .into(),
+        UploadError::ChecksumMismatch { algorithm, offset, end } => format!(
+            "the {algorithm} checksum sent does not match bytes {offset}-{end} as received, so none of them was \
+                 kept: send them again"
+        ),
+        UploadError::FinalUpload => "this is the final upload of a concatenation: it takes no bytes of its own; \
+                send them to its partial uploads"
+            .into(),
     }
+}
 
-    /// Seconds after which the request may be sent again, for refusals that pass.
-    fn retry_after(&self) -> Option<u32> {
-        match &self.0 {
-            UploadError::TempFileLost => Some(1),
-            UploadError::DatabaseBusy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
-            _ => None,
-        }
+/// Seconds after which the request may be sent again, for refusals that pass.
+fn retry_after(e: &UploadError) -> Option<u32> {
+    match e {
+        UploadError::TempFileLost | UploadError::AppendInFlight => Some(1),
+        UploadError::DatabaseBusy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
+        _ => None,
     }
 }
 
@@ -164,43 +195,137 @@ impl fmt::Display for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match &self.0 {
-            UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
-            UploadError::TaskNotFound(_) => StatusCode::NOT_FOUND,
-            UploadError::Disk(e) | UploadError::StoreDir(e) if is_full(e) => StatusCode::INSUFFICIENT_STORAGE,
-            // A lost temp file is a disk error to PROTOCOL.md ("3": 500/507); `Retry-After` says it passes.
-            UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost | UploadError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+        http_status(&self.0)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        log_refusal(&self.0);
+        let mut response = envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null);
+        if let Some(seconds) = retry_after(&self.0) {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The HTTP status of a refusal on the fupload protocol's endpoints (PROTOCOL.md).
+fn http_status(e: &UploadError) -> StatusCode {
+    match e {
+        UploadError::Unauthorized => StatusCode::UNAUTHORIZED,
+        UploadError::TaskNotFound(_) => StatusCode::NOT_FOUND,
+        UploadError::Disk(e) | UploadError::StoreDir(e) if is_full(e) => StatusCode::INSUFFICIENT_STORAGE,
+        // A lost temp file is a disk error to PROTOCOL.md ("3": 500/507); `Retry-After` says it passes.
+        UploadError::Disk(_) | UploadError::StoreDir(_) | UploadError::TempFileLost | UploadError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        UploadError::Paused
+        | UploadError::SameState(_)
+        | UploadError::TaskEnded(_)
+        | UploadError::InstantRefused(_) => StatusCode::CONFLICT,
+        UploadError::InvalidField(_) | UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
+        UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
+        UploadError::StorePathNotAllowed(_) => StatusCode::FORBIDDEN,
+        UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        UploadError::GrantRefused(_) => StatusCode::UNAUTHORIZED,
+        UploadError::OffsetMismatch { .. } | UploadError::AppendInFlight => StatusCode::CONFLICT,
+        UploadError::PastLength { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        UploadError::ChecksumMismatch { .. } => StatusCode::BAD_REQUEST,
+        UploadError::FinalUpload => StatusCode::FORBIDDEN,
+    }
+}
+
+fn log_refusal(e: &UploadError) {
+    match e {
+        UploadError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+        UploadError::Disk(e) | UploadError::StoreDir(e) => tracing::error!(error = %e, "disk error"),
+        UploadError::DatabaseFull(e) => tracing::error!(error = %e, "the database's disk is full"),
+        UploadError::DatabaseBusy(e) => tracing::warn!(error = %e, "the database is locked by another process"),
+        other => tracing::debug!(refusal = %other, "request refused"),
+    }
+}
+
+/// A refused tus or IETF request: the status code the protocol gives it, and the same sentence as
+/// the fupload protocol's reply, as plain text.
+#[derive(Debug)]
+pub enum TusRefusal {
+    Upload(UploadError),
+    /// `Tus-Resumable` missing, or a version this server does not speak.
+    Version(Option<String>),
+    /// A PATCH whose body is not `application/offset+octet-stream`.
+    ContentType(Option<String>),
+    /// A PATCH without `Content-Length`.
+    LengthRequired,
+}
+
+impl From<UploadError> for TusRefusal {
+    fn from(e: UploadError) -> Self {
+        TusRefusal::Upload(e)
+    }
+}
+
+impl fmt::Display for TusRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TusRefusal::Upload(e) => f.write_str(&status_text(e)),
+            TusRefusal::Version(sent) => write!(
+                f,
+                "Tus-Resumable {}: this server speaks tus 1.0.0; send Tus-Resumable: 1.0.0",
+                sent.as_deref().map_or_else(|| "is missing".to_owned(), |v| format!("{v:?} is not supported"))
+            ),
+            TusRefusal::ContentType(sent) => write!(
+                f,
+                "Content-Type {}: a PATCH body must be sent as application/offset+octet-stream",
+                sent.as_deref().map_or_else(|| "is missing".to_owned(), |v| format!("{v:?} is wrong"))
+            ),
+            TusRefusal::LengthRequired => {
+                f.write_str("Content-Length is required: send each PATCH with the length of its body")
             }
-            UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-            UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            UploadError::Paused
-            | UploadError::SameState(_)
-            | UploadError::TaskEnded(_)
-            | UploadError::InstantRefused(_) => StatusCode::CONFLICT,
-            UploadError::InvalidField(_) | UploadError::PartMd5Mismatch { .. } | UploadError::ProofMismatch { .. } => {
-                StatusCode::BAD_REQUEST
+        }
+    }
+}
+
+impl ResponseError for TusRefusal {
+    fn status_code(&self) -> StatusCode {
+        let e = match self {
+            TusRefusal::Upload(e) => e,
+            TusRefusal::Version(_) => return StatusCode::PRECONDITION_FAILED,
+            TusRefusal::ContentType(_) => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TusRefusal::LengthRequired => return StatusCode::LENGTH_REQUIRED,
+        };
+        match e {
+            UploadError::Unauthorized | UploadError::GrantRefused(_) => StatusCode::UNAUTHORIZED,
+            UploadError::Paused | UploadError::AppendInFlight => StatusCode::LOCKED,
+            UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify) => StatusCode::CONFLICT,
+            UploadError::TaskEnded(_) => StatusCode::GONE,
+            // tus's checksum extension: "460 Checksum Mismatch".
+            UploadError::ChecksumMismatch { .. } | UploadError::PartMd5Mismatch { .. } => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            UploadError::BadRange(RangeProblem::OutsideFile { .. }) => StatusCode::RANGE_NOT_SATISFIABLE,
-            UploadError::BadRange(_) => StatusCode::BAD_REQUEST,
-            UploadError::StorePathNotAllowed(_) => StatusCode::FORBIDDEN,
-            UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UploadError::BadRange(_) | UploadError::SameState(_) => StatusCode::BAD_REQUEST,
+            other => http_status(other),
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        match &self.0 {
-            UploadError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
-            UploadError::Disk(e) | UploadError::StoreDir(e) => tracing::error!(error = %e, "disk error"),
-            UploadError::DatabaseFull(e) => tracing::error!(error = %e, "the database's disk is full"),
-            UploadError::DatabaseBusy(e) => tracing::warn!(error = %e, "the database is locked by another process"),
-            other => tracing::debug!(refusal = %other, "request refused"),
+        if let TusRefusal::Upload(e) = self {
+            log_refusal(e);
         }
-        let mut response = envelope(self.status_code(), self.ret_code(), self.status_text(), serde_json::Value::Null);
-        if let Some(seconds) = self.retry_after() {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        let mut reply = HttpResponse::build(self.status_code());
+        reply.insert_header(("Tus-Resumable", "1.0.0")).content_type("text/plain; charset=utf-8");
+        if let TusRefusal::Version(_) = self {
+            reply.insert_header(("Tus-Version", "1.0.0"));
         }
-        response
+        if let TusRefusal::Upload(e) = self {
+            if let Some(seconds) = retry_after(e) {
+                reply.insert_header((RETRY_AFTER, HeaderValue::from(seconds)));
+            }
+        }
+        reply.body(self.to_string())
     }
 }
 
@@ -264,7 +389,7 @@ mod tests {
         let (status, code, text) = refusal(UploadError::TempFileLost);
         assert_eq!((status, code), (500, "3"));
         assert!(text.contains("send this block again"), "{text}");
-        assert_eq!(ApiError(UploadError::TempFileLost).retry_after(), Some(1));
+        assert_eq!(retry_after(&UploadError::TempFileLost), Some(1));
     }
 
     #[test]

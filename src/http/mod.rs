@@ -2,7 +2,7 @@
 
 mod block;
 pub mod body_guard;
-mod cors;
+pub mod cors;
 mod create_task;
 pub mod error;
 mod info;
@@ -11,6 +11,7 @@ pub mod observe;
 pub mod openapi;
 mod ops;
 mod state;
+pub mod tus;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, Resource, Route};
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(endpoint(READYZ_PATH, web::get().to(ops::readyz)))
         .service(endpoint(METRICS_PATH, web::get().to(ops::metrics)))
         .service(endpoint(OPENAPI_PATH, web::get().to(ops::openapi)))
+        .configure(tus::configure)
         .default_service(web::to(error::unknown_path));
 }
 

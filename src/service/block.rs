@@ -19,6 +19,12 @@ pub(crate) struct BlockTarget {
     task: Task,
 }
 
+impl BlockTarget {
+    pub(super) fn task(&self) -> &Task {
+        &self.task
+    }
+}
+
 /// A block that may be received: the task is uploading, the range is valid, and the parts it
 /// may write are claimed.
 pub(crate) struct BlockPlan {
@@ -29,10 +35,37 @@ pub(crate) struct BlockPlan {
     writes: Vec<ByteRange>,
 }
 
+impl BlockPlan {
+    /// No other block in flight holds a part of this block's range.
+    pub(super) fn holds_whole_range(&self) -> bool {
+        self.claim.ranges() == [self.range]
+    }
+}
+
 /// A block whose body has been streamed to disk, waiting for its md5 check and commit.
 pub(crate) struct ReceivedBlock {
     plan: BlockPlan,
     streamed: StreamedBlock,
+}
+
+impl ReceivedBlock {
+    pub(super) fn body_len(&self) -> u64 {
+        self.streamed.body_len
+    }
+
+    pub(super) fn md5(&self) -> Md5Hex {
+        self.streamed.digest()
+    }
+
+    /// The block cut to the bytes its body held before it ended early (a tus PATCH whose
+    /// connection broke: the bytes that came are kept). `None` when it held none.
+    pub(super) fn cut_to_body(mut self) -> Option<Self> {
+        let start = self.plan.range.start();
+        let range = ByteRange::new(start, start + self.streamed.body_len.checked_sub(1)?)?;
+        self.plan.writes = self.plan.writes.iter().filter_map(|part| part.intersection(&range)).collect();
+        self.plan.range = range;
+        Some(self)
+    }
 }
 
 /// The reply to an accepted block.
@@ -42,6 +75,8 @@ pub struct BlockAccepted {
     /// Bytes of this block that were not received before; 0 means retCode "1".
     pub new_bytes: u64,
     pub received_size: u64,
+    /// `[0, received_prefix)` is received without a gap (the tus offset).
+    pub received_prefix: u64,
     pub task_status: TaskStatus,
     /// What is still missing, when the block brought nothing new or part of its range is not
     /// recorded (another block in flight had claimed it).
@@ -148,6 +183,19 @@ impl Uploads {
         block: ReceivedBlock,
         part_md5: Option<Md5Hex>,
     ) -> Result<BlockAccepted, UploadError> {
+        if part_md5.is_none() && self.settings.check_tmp_md5 {
+            return Err(FieldError::new("partMd5", "is required (checkTmpMd5 is on)").into());
+        }
+        self.commit_checked_block(block, part_md5).await
+    }
+
+    /// As `commit_block`, for a block whose content the caller has checked otherwise (a tus
+    /// checksum) or that the server takes unchecked.
+    pub(super) async fn commit_checked_block(
+        &self,
+        block: ReceivedBlock,
+        part_md5: Option<Md5Hex>,
+    ) -> Result<BlockAccepted, UploadError> {
         let ReceivedBlock { plan, streamed } = block;
         if streamed.body_len != plan.range.size() {
             return Err(UploadError::BadRange(RangeProblem::BodyLength(format!(
@@ -157,14 +205,8 @@ impl Uploads {
                 plan.range.size()
             ))));
         }
-        match part_md5 {
-            Some(sent) if sent != streamed.digest() => {
-                return Err(UploadError::PartMd5Mismatch { range: plan.range, sent, computed: streamed.digest() })
-            }
-            None if self.settings.check_tmp_md5 => {
-                return Err(FieldError::new("partMd5", "is required (checkTmpMd5 is on)").into())
-            }
-            _ => {}
+        if let Some(sent) = part_md5.filter(|sent| *sent != streamed.digest()) {
+            return Err(UploadError::PartMd5Mismatch { range: plan.range, sent, computed: streamed.digest() });
         }
         let BlockPlan { mut task, range, claim, writes, .. } = plan;
         // The claim stays until the commit is known, even if this request is dropped meanwhile: a
@@ -212,6 +254,7 @@ impl Uploads {
             range,
             new_bytes: commit.new_bytes,
             received_size: commit.received_size,
+            received_prefix: commit.received_prefix,
             task_status,
             expect_blocks,
             in_flight,

@@ -50,6 +50,11 @@ impl BusinessServers {
         found.map(|known| Authorized { token_sha256: hex::encode(known.token_digest), server: &known.server })
     }
 
+    /// Every configured token (an upload grant is checked against each).
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        self.known.iter().map(|known| known.token.as_str())
+    }
+
     /// The business server a task was created for, with its token (to sign the callback).
     pub fn by_token_sha256(&self, token_sha256: &str) -> Option<(&str, &BusinessServer)> {
         self.known

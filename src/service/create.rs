@@ -90,15 +90,7 @@ impl Uploads {
             status: if file_size.bytes() == 0 { TaskStatus::Verify } else { TaskStatus::Upload },
         };
         let (task, created) = self.store.create_or_resume_task(&new_task).await?;
-        self.check_dir_and_make_temp(&task, created).await?;
-        let mut status = task.status;
-        if created {
-            if file_size.bytes() == 0 {
-                status = self.finish_and_wait(task.clone()).await;
-            } else {
-                self.hashers.track(task.task_id, &task.tmp_path());
-            }
-        }
+        let status = self.set_up_task(&task, created).await?;
         let challenge = match instant {
             true => self.offer_challenge(&task).await?,
             false => None,
@@ -106,9 +98,23 @@ impl Uploads {
         Ok(CreatedTask { task_id: task.task_id, upload_key: task.spec.upload_key, status, created, challenge })
     }
 
+    /// Readies a task just recorded (or found again): its directory checked, its temp file made,
+    /// and an empty file finished at once. Returns the task's status.
+    pub(super) async fn set_up_task(&self, task: &Task, created: bool) -> Result<TaskStatus, UploadError> {
+        self.check_dir_and_make_temp(task, created).await?;
+        if !created {
+            return Ok(task.status);
+        }
+        if task.file_bytes() == 0 {
+            return Ok(self.finish_and_wait(task.clone()).await);
+        }
+        self.hashers.track(task.task_id, &task.tmp_path());
+        Ok(task.status)
+    }
+
     /// `storePath` as an absolute directory inside `storeDir`, as it is spelled; symlinks are
     /// followed by `check_dir_and_make_temp`.
-    fn store_dir_of(&self, requested: &str) -> Result<PathBuf, UploadError> {
+    pub(super) fn store_dir_of(&self, requested: &str) -> Result<PathBuf, UploadError> {
         let cwd = std::env::current_dir().map_err(|e| UploadError::disk("no working directory", e))?;
         store_path::resolve(self.settings.store_root(), &cwd, requested).map_err(|e| match e {
             StorePathError::Invalid(field) => UploadError::InvalidField(field),
@@ -125,7 +131,7 @@ impl Uploads {
     /// makes the temp file of a task just created, in one blocking call: that is why the task is
     /// recorded before the check (one hand-off to the blocking pool per upload, not two). A task
     /// just created whose directory fails the check is deleted again before the refusal goes out.
-    async fn check_dir_and_make_temp(&self, task: &Task, created: bool) -> Result<(), UploadError> {
+    pub(super) async fn check_dir_and_make_temp(&self, task: &Task, created: bool) -> Result<(), UploadError> {
         let root = self.settings.store_root().map(Path::to_path_buf);
         if root.is_none() && !created {
             return Ok(()); // any directory is allowed, and the task found again has its temp file

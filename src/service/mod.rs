@@ -13,6 +13,7 @@ mod instant;
 mod recover;
 mod state;
 mod temp_file;
+mod tus;
 
 use std::io;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub use create::{CreateTask, CreatedTask};
 pub use incoming::IncomingBlock;
 pub use instant::{proof, OfferedChallenge};
 pub use state::RequestedState;
+pub use tus::{Append, Concat, Creation, UploadLength, UploadState, MAX_PARTIALS};
 
 /// Why a request was refused. `http::error` maps each to its (HTTP status, retCode, text).
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,24 @@ pub enum UploadError {
     /// Another process held the database's lock for longer than the store waits.
     #[error("the database is busy")]
     DatabaseBusy(#[source] StoreError),
+    /// A tus or IETF creation whose upload grant is missing, not valid, or used before.
+    #[error("upload grant {0}")]
+    GrantRefused(String),
+    /// A tus or IETF append at another offset than the upload's.
+    #[error("offset {sent} is not the upload's offset {expected}")]
+    OffsetMismatch { expected: u64, sent: u64 },
+    /// An append that would go past the upload's length.
+    #[error("bytes up to {end} are past the upload's length of {length} bytes")]
+    PastLength { length: u64, end: u64 },
+    /// Another append to the same upload is still being received.
+    #[error("another request is appending to this upload")]
+    AppendInFlight,
+    /// An append whose checksum did not match its body; nothing was recorded.
+    #[error("the {algorithm} checksum of bytes {offset}-{end} does not match")]
+    ChecksumMismatch { algorithm: crate::domain::checksum::ChecksumAlgorithm, offset: u64, end: u64 },
+    /// An append to the final upload of a concatenation, which takes none.
+    #[error("the final upload of a concatenation takes no appends")]
+    FinalUpload,
     #[error("unknown system error")]
     Internal(#[from] anyhow::Error),
 }
@@ -133,7 +153,7 @@ impl UploadError {
     }
 
     /// The refusal for a guarded change the store did not make: `None` when it was made.
-    fn for_change(task_id: i64, change: StatusChange) -> Option<Self> {
+    pub(super) fn for_change(task_id: i64, change: StatusChange) -> Option<Self> {
         match change {
             StatusChange::Made => None,
             StatusChange::Refused(status) => Some(UploadError::for_status(status)),

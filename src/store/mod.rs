@@ -26,6 +26,7 @@ mod ranges;
 mod readers;
 mod stats;
 mod tasks;
+mod tus;
 mod types;
 mod writer;
 
@@ -46,6 +47,7 @@ pub use instant::{Challenge, FinishedFile, NewChallenge, PlacedFile};
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
 pub use ranges::{BlockCommit, BlockOutcome};
 pub use tasks::{NewTask, StatusChange, Task, TaskEnding, TaskSpec};
+pub use tus::GrantedCreation;
 
 /// Errors of this layer: the database failed, holds something this version cannot read, or the
 /// store is closed. `trouble` tells the failures of the database itself apart.

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{Executor, Sqlite, SqliteConnection};
 
 use super::instant::PlacedFile;
+use super::types::Timestamp;
 use super::{now, outbox, timestamp, Store, StoreError};
 use crate::domain::{ConcatRole, FileName, FileSize, Md5Hex, Protocol, TaskStatus};
 
@@ -41,6 +42,8 @@ pub struct Task {
     pub tmp_dir: String,
     /// Bytes received so far (the sum of its received ranges).
     pub received_bytes: u64,
+    /// `[0, received_prefix)` is received without a gap (the tus offset).
+    pub received_prefix: u64,
     pub status: TaskStatus,
     pub final_path: Option<String>,
     /// Why it failed; while it is open or in `verify`, the last problem it met (a lost temp file,
@@ -50,6 +53,8 @@ pub struct Task {
     pub temp_generation: i64,
     /// Finish attempts that failed for a passing reason.
     pub finish_attempts: u64,
+    /// The last accepted block or state change: expiry counts from here.
+    pub updated_at: SystemTime,
 }
 
 /// A task to create; the rest is filled in by the store.
@@ -118,6 +123,8 @@ struct TaskRow {
     error: Option<String>,
     temp_generation: i64,
     finish_attempts: u64,
+    updated_at: Timestamp,
+    received_prefix: u64,
 }
 
 impl From<TaskRow> for Task {
@@ -147,6 +154,8 @@ impl From<TaskRow> for Task {
             error: row.error,
             temp_generation: row.temp_generation,
             finish_attempts: row.finish_attempts,
+            updated_at: row.updated_at.0,
+            received_prefix: row.received_prefix,
         }
     }
 }
@@ -176,7 +185,9 @@ pub(super) async fn task_row<'e>(
                protocol AS "protocol: Protocol", length_deferred AS "length_deferred: bool",
                concat_role AS "concat_role: ConcatRole", grant_id, tmp_dir,
                received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
-               temp_generation, finish_attempts AS "finish_attempts: u64"
+               temp_generation, finish_attempts AS "finish_attempts: u64", updated_at AS "updated_at: Timestamp",
+               COALESCE((SELECT end_byte + 1 FROM received_ranges WHERE task_id = upload_tasks.task_id AND start_byte = 0), 0)
+                   AS "received_prefix!: u64"
            FROM upload_tasks WHERE task_id = ?1"#,
         task_id
     )
@@ -191,20 +202,7 @@ impl Store {
     /// so racing creates of the same file end with the same task.
     pub async fn create_or_resume_task(&self, new: &NewTask) -> Result<(Task, bool), StoreError> {
         let new = new.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                if let Some(created) = insert_task(conn, &new).await? {
-                    return Ok((created, true));
-                }
-                // The write is the only one running: the task the insert ran into is still there.
-                let task_id = unfinished_task_like(conn, &new.spec).await?;
-                let task = task_row(&mut *conn, task_id)
-                    .await?
-                    .ok_or_else(|| StoreError::Unreadable(format!("task {task_id} is gone in its own write")))?;
-                Ok((task, false))
-            })
-        })
-        .await
+        self.write(move |conn| Box::pin(async move { insert_or_find(conn, &new).await })).await
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
@@ -231,10 +229,7 @@ impl Store {
                 )
                 .execute(&mut *conn)
                 .await?;
-                match changed.rows_affected() {
-                    1 => Ok(StatusChange::Made),
-                    _ => Ok(StatusChange::refused(status_of(conn, task_id).await?)),
-                }
+                guarded_change(conn, task_id, changed.rows_affected()).await
             })
         })
         .await
@@ -399,6 +394,31 @@ impl Store {
     }
 }
 
+/// The new task and `true`, or the unfinished task it repeats and `false`.
+pub(super) async fn insert_or_find(conn: &mut SqliteConnection, new: &NewTask) -> Result<(Task, bool), StoreError> {
+    if let Some(created) = insert_task(conn, new).await? {
+        return Ok((created, true));
+    }
+    // The write is the only one running: the task the insert ran into is still there.
+    let task_id = unfinished_task_like(conn, &new.spec).await?;
+    let task = task_row(&mut *conn, task_id)
+        .await?
+        .ok_or_else(|| StoreError::Unreadable(format!("task {task_id} is gone in its own write")))?;
+    Ok((task, false))
+}
+
+/// `Made` when a guarded update changed the task's row, else why not.
+pub(super) async fn guarded_change(
+    conn: &mut SqliteConnection,
+    task_id: i64,
+    rows_affected: u64,
+) -> Result<StatusChange, StoreError> {
+    match rows_affected {
+        1 => Ok(StatusChange::Made),
+        _ => Ok(StatusChange::refused(status_of(conn, task_id).await?)),
+    }
+}
+
 /// Inserts the task unless an unfinished one with the same identity exists (`None`).
 async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Option<Task>, StoreError> {
     let (spec, now) = (&new.spec, now());
@@ -417,7 +437,9 @@ async fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> Result<Optio
                protocol AS "protocol: Protocol", length_deferred AS "length_deferred: bool",
                concat_role AS "concat_role: ConcatRole", grant_id, tmp_dir,
                received_bytes AS "received_bytes: u64", status AS "status: TaskStatus", final_path, error,
-               temp_generation, finish_attempts AS "finish_attempts: u64""#,
+               temp_generation, finish_attempts AS "finish_attempts: u64", updated_at AS "updated_at: Timestamp",
+               COALESCE((SELECT end_byte + 1 FROM received_ranges WHERE task_id = upload_tasks.task_id AND start_byte = 0), 0)
+                   AS "received_prefix!: u64""#,
         spec.upload_key,
         spec.business_server,
         spec.token_sha256,

@@ -1,6 +1,8 @@
 //! The domain's values as SQLite columns: a value read back is parsed again, so a row this
 //! version cannot read is an error, never a default.
 
+use std::time::SystemTime;
+
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
@@ -47,3 +49,10 @@ stored_as!(ConcatRole, String, |r: &ConcatRole| r.as_str().to_owned(), |text: St
 stored_as!(FileSize, i64, |s: &FileSize| i64::try_from(s.bytes()).unwrap_or(i64::MAX), |n: i64| {
     u64::try_from(n).map_err(|_| FieldError::new(FileSize::FIELD, "must not be negative")).and_then(FileSize::new)
 });
+
+/// A moment as the schema keeps it: ISO-8601 UTC text with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+stored_as!(Timestamp, String, |t: &Timestamp| super::timestamp(t.0), |text: String| humantime::parse_rfc3339(&text)
+    .map(Timestamp));

@@ -154,6 +154,7 @@ pub struct TaskUrls {
     pub upload_url: String,
     pub blocks_url: String,
     pub state_url: String,
+    pub tus_url: String,
 }
 
 /// A reply: HTTP status, the JSON envelope, and its `Retry-After` header if it had one.
@@ -262,11 +263,22 @@ impl TestApp {
         url: &str,
         headers: &[(&str, &str)],
     ) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
+        self.request_with_body(method, url, headers, Vec::new()).await
+    }
+
+    /// As `request`, with a body (sent with its Content-Length, even when empty).
+    pub async fn request_with_body(
+        &self,
+        method: awc::http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, awc::http::header::HeaderMap, Vec<u8>) {
         let mut request = self.client.request(method, self.absolute(url));
         for header in headers {
             request = request.insert_header(*header);
         }
-        let mut response = request.send().await.unwrap();
+        let mut response = request.send_body(body).await.unwrap();
         let body = response.body().limit(16 << 20).await.unwrap().to_vec();
         (response.status().as_u16(), response.headers().clone(), body)
     }
@@ -393,6 +405,7 @@ pub fn task_urls(json: &Value) -> TaskUrls {
         upload_url: data["uploadUrl"].as_str().unwrap().to_owned(),
         blocks_url: data["blocksUrl"].as_str().unwrap().to_owned(),
         state_url: data["stateUrl"].as_str().unwrap().to_owned(),
+        tus_url: data["tusUrl"].as_str().unwrap().to_owned(),
     }
 }
 

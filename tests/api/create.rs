@@ -94,6 +94,7 @@ async fn bare_task_urls_work_when_upload_keys_are_not_required() {
         upload_url: bare(&task.upload_url),
         blocks_url: bare(&task.blocks_url),
         state_url: bare(&task.state_url),
+        tus_url: task.tus_url.clone(),
     };
     app.send_block(&bare_task, &data, 0, 99).await.expect(200, "0");
     assert_eq!(app.blocks_info(&bare_task).await["status"], "finish");

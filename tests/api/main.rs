@@ -13,3 +13,4 @@ mod ops;
 mod state;
 mod texts;
 mod tls;
+mod tus;

@@ -79,7 +79,11 @@ async fn cors_allows_configured_origins_only() {
     assert_eq!(status, 200);
     assert_eq!(allowed_origin(&headers), Some("https://app.example"));
     assert!(header(&headers, "access-control-allow-methods").unwrap().contains("POST"));
-    assert_eq!(header(&headers, "access-control-allow-headers"), Some("content-type"));
+    // The configured headers, and what a browser's tus or IETF client sends (docs/CONFIG.md).
+    let allowed = header(&headers, "access-control-allow-headers").unwrap();
+    for wanted in ["content-type", "tus-resumable", "upload-offset", "authorization", "upload-complete"] {
+        assert!(allowed.split(", ").any(|h| h == wanted), "{wanted} in {allowed}");
+    }
     assert_eq!(header(&headers, "access-control-max-age"), Some("600"));
 
     let (status, headers) = preflight(&app, "https://evil.example").await;

@@ -1,0 +1,133 @@
+//! Checksums a tus or IETF client sends with a PATCH: tus's `Upload-Checksum` ("sha1 <base64>")
+//! and RFC 9530's `Content-Digest` ("sha-256=:<base64>:"). Both cover the request's content.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::FieldError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl ChecksumAlgorithm {
+    /// What `Tus-Checksum-Algorithm` lists.
+    pub const TUS: &'static str = "md5,sha1,sha256,sha512";
+
+    fn digest_len(self) -> usize {
+        match self {
+            ChecksumAlgorithm::Md5 => 16,
+            ChecksumAlgorithm::Sha1 => 20,
+            ChecksumAlgorithm::Sha256 => 32,
+            ChecksumAlgorithm::Sha512 => 64,
+        }
+    }
+
+    fn tus_name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Md5 => "md5",
+            ChecksumAlgorithm::Sha1 => "sha1",
+            ChecksumAlgorithm::Sha256 => "sha256",
+            ChecksumAlgorithm::Sha512 => "sha512",
+        }
+    }
+}
+
+impl fmt::Display for ChecksumAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tus_name())
+    }
+}
+
+/// A checksum of a request's content, as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub digest: Vec<u8>,
+}
+
+impl ContentChecksum {
+    /// tus's `Upload-Checksum: <algorithm> <base64 digest>`.
+    pub fn from_tus(header: &str) -> Result<Self, FieldError> {
+        let field = "Upload-Checksum";
+        let bad = |problem: &str| FieldError::new(field, problem).with_sent(header);
+        let (name, encoded) = header.trim().split_once(' ').ok_or_else(|| bad("must be \"<algorithm> <base64>\""))?;
+        let algorithm = match name {
+            "md5" => ChecksumAlgorithm::Md5,
+            "sha1" => ChecksumAlgorithm::Sha1,
+            "sha256" => ChecksumAlgorithm::Sha256,
+            "sha512" => ChecksumAlgorithm::Sha512,
+            _ => {
+                return Err(bad(&format!(
+                    "names an algorithm this server lacks: use one of {}",
+                    ChecksumAlgorithm::TUS
+                )))
+            }
+        };
+        Self::decoded(field, header, algorithm, encoded.trim())
+    }
+
+    /// RFC 9530's `Content-Digest: sha-256=:<base64>:` (a dictionary: the first member this
+    /// server knows is taken).
+    pub fn from_content_digest(header: &str) -> Result<Self, FieldError> {
+        let field = "Content-Digest";
+        for member in header.split(',') {
+            let Some((name, value)) = member.trim().split_once('=') else { continue };
+            let algorithm = match name.trim() {
+                "sha-256" => ChecksumAlgorithm::Sha256,
+                "sha-512" => ChecksumAlgorithm::Sha512,
+                _ => continue,
+            };
+            let encoded = value.trim().strip_prefix(':').and_then(|v| v.strip_suffix(':'));
+            let encoded = encoded.ok_or_else(|| FieldError::new(field, "must hold :<base64>:").with_sent(header))?;
+            return Self::decoded(field, header, algorithm, encoded);
+        }
+        Err(FieldError::new(field, "names no algorithm this server has: use sha-256 or sha-512").with_sent(header))
+    }
+
+    fn decoded(
+        field: &'static str,
+        header: &str,
+        algorithm: ChecksumAlgorithm,
+        encoded: &str,
+    ) -> Result<Self, FieldError> {
+        let digest = STANDARD.decode(encoded).map_err(|_| FieldError::new(field, "is not base64").with_sent(header))?;
+        if digest.len() != algorithm.digest_len() {
+            return Err(FieldError::new(
+                field,
+                format!("holds {} bytes, a {algorithm} digest {}", digest.len(), algorithm.digest_len()),
+            )
+            .with_sent(header));
+        }
+        Ok(Self { algorithm, digest })
+    }
+
+    pub fn base64(&self) -> String {
+        STANDARD.encode(&self.digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tus_and_rfc_9530_checksums_parse_and_bad_ones_say_why() {
+        let sha1 = ContentChecksum::from_tus("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=").unwrap();
+        assert_eq!((sha1.algorithm, sha1.digest.len()), (ChecksumAlgorithm::Sha1, 20));
+        let digest =
+            ContentChecksum::from_content_digest("md5=:x:, sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:")
+                .unwrap();
+        assert_eq!(digest.algorithm, ChecksumAlgorithm::Sha256);
+        assert!(ContentChecksum::from_tus("crc32 AAAA").unwrap_err().to_string().contains("md5,sha1"));
+        assert!(ContentChecksum::from_tus("sha1 AAAA").unwrap_err().to_string().contains("holds 3 bytes"));
+        assert!(ContentChecksum::from_tus("sha1").is_err());
+        assert!(ContentChecksum::from_content_digest("sha-256=abc").is_err());
+    }
+}
