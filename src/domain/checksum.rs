@@ -6,7 +6,7 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use super::FieldError;
+use super::{FieldError, Md5Hex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumAlgorithm {
@@ -74,21 +74,43 @@ impl ContentChecksum {
     }
 
     /// RFC 9530's `Content-Digest: sha-256=:<base64>:` (a dictionary: the first member this
-    /// server knows is taken).
+    /// server knows is taken; md5 and sha are deprecated there, and still accepted).
     pub fn from_content_digest(header: &str) -> Result<Self, FieldError> {
-        let field = "Content-Digest";
+        Self::from_digest_field("Content-Digest", header, |_| true)?.ok_or_else(|| {
+            FieldError::new("Content-Digest", "names no algorithm this server has: use sha-256, sha-512 or md5")
+                .with_sent(header)
+        })
+    }
+
+    /// RFC 9530's `Repr-Digest` of a whole upload: its md5 member, which fupload checks when the
+    /// upload completes; `None` when there is none (fupload computes no other whole-file digest).
+    pub fn md5_of_repr_digest(header: &str) -> Result<Option<Md5Hex>, FieldError> {
+        let md5 = Self::from_digest_field("Repr-Digest", header, |a| a == ChecksumAlgorithm::Md5)?;
+        Ok(md5.map(|checksum| Md5Hex::of_digest(&checksum.digest)))
+    }
+
+    fn from_digest_field(
+        field: &'static str,
+        header: &str,
+        wanted: impl Fn(ChecksumAlgorithm) -> bool,
+    ) -> Result<Option<Self>, FieldError> {
         for member in header.split(',') {
             let Some((name, value)) = member.trim().split_once('=') else { continue };
             let algorithm = match name.trim() {
                 "sha-256" => ChecksumAlgorithm::Sha256,
                 "sha-512" => ChecksumAlgorithm::Sha512,
+                "md5" => ChecksumAlgorithm::Md5,
+                "sha" => ChecksumAlgorithm::Sha1,
                 _ => continue,
             };
+            if !wanted(algorithm) {
+                continue;
+            }
             let encoded = value.trim().strip_prefix(':').and_then(|v| v.strip_suffix(':'));
             let encoded = encoded.ok_or_else(|| FieldError::new(field, "must hold :<base64>:").with_sent(header))?;
-            return Self::decoded(field, header, algorithm, encoded);
+            return Self::decoded(field, header, algorithm, encoded).map(Some);
         }
-        Err(FieldError::new(field, "names no algorithm this server has: use sha-256 or sha-512").with_sent(header))
+        Ok(None)
     }
 
     fn decoded(
@@ -122,9 +144,18 @@ mod tests {
         let sha1 = ContentChecksum::from_tus("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=").unwrap();
         assert_eq!((sha1.algorithm, sha1.digest.len()), (ChecksumAlgorithm::Sha1, 20));
         let digest =
-            ContentChecksum::from_content_digest("md5=:x:, sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:")
+            ContentChecksum::from_content_digest("crc32c=:x:, sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:")
                 .unwrap();
         assert_eq!(digest.algorithm, ChecksumAlgorithm::Sha256);
+        let md5 = ContentChecksum::md5_of_repr_digest(
+            "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:, md5=:1B2M2Y8AsgTpgAmY7PhCfg==:",
+        );
+        assert_eq!(md5.unwrap().unwrap().as_str(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            ContentChecksum::md5_of_repr_digest("sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"),
+            Ok(None)
+        );
+        assert!(ContentChecksum::from_content_digest("crc32c=:AAAA:").unwrap_err().to_string().contains("sha-256"));
         assert!(ContentChecksum::from_tus("crc32 AAAA").unwrap_err().to_string().contains("md5,sha1"));
         assert!(ContentChecksum::from_tus("sha1 AAAA").unwrap_err().to_string().contains("holds 3 bytes"));
         assert!(ContentChecksum::from_tus("sha1").is_err());

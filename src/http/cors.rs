@@ -11,7 +11,7 @@ use crate::config::CorsSettings;
 /// What a browser's tus or IETF client (Uppy, tus-js-client) sends and reads, on top of the
 /// configured methods and headers.
 const TUS_METHODS: [&str; 4] = ["HEAD", "PATCH", "DELETE", "OPTIONS"];
-const TUS_REQUEST_HEADERS: [&str; 11] = [
+const TUS_REQUEST_HEADERS: [&str; 13] = [
     "authorization",
     "tus-resumable",
     "upload-length",
@@ -21,13 +21,16 @@ const TUS_REQUEST_HEADERS: [&str; 11] = [
     "upload-defer-length",
     "upload-concat",
     "upload-complete",
+    "upload-incomplete",
     "upload-draft-interop-version",
     "content-digest",
+    "repr-digest",
 ];
 /// What such a client reads of the replies. Set here rather than by actix-cors, which sends its
 /// list on every reply (even with CORS closed) in an order that differs between workers.
 const TUS_RESPONSE_HEADERS: &str = "location, tus-resumable, tus-version, tus-extension, tus-max-size, \
-    tus-checksum-algorithm, upload-offset, upload-length, upload-expires, upload-concat, upload-complete, upload-limit";
+    tus-checksum-algorithm, upload-offset, upload-length, upload-expires, upload-concat, upload-complete, upload-incomplete, upload-limit, upload-draft-interop-version, \
+    accept-patch, repr-digest";
 
 /// Middleware, outside `cors`: a reply the browser may read (it allows the origin) may also show
 /// the tus and IETF headers.

@@ -61,6 +61,7 @@ fn ret_code(e: &UploadError) -> &'static str {
         UploadError::GrantRefused(_) => "1",
         UploadError::ChecksumMismatch { .. } => "7",
         UploadError::OffsetMismatch { .. } | UploadError::PastLength { .. } | UploadError::AppendInFlight => "8",
+        UploadError::LengthChanged { .. } => "6",
         UploadError::FinalUpload => "11",
     }
 }
@@ -165,6 +166,10 @@ fn status_text(e: &UploadError) -> String {
             "the body would write up to byte {end}, past the upload's length of {length} bytes: send at most \
                  Upload-Length - Upload-Offset bytes"
         ),
+        UploadError::LengthChanged { length, sent } => format!(
+            "the length {sent} is not the upload's length of {length} bytes, which cannot change: send \
+                 Upload-Length {length}, and complete the upload with its last byte"
+        ),
         UploadError::AppendInFlight => "another request is still sending bytes to this upload: wait for it to \
                 end (or a few seconds), ask HEAD for the offset, and go on from there"
             .into(),
@@ -234,6 +239,7 @@ fn http_status(e: &UploadError) -> StatusCode {
         UploadError::GrantRefused(_) => StatusCode::UNAUTHORIZED,
         UploadError::OffsetMismatch { .. } | UploadError::AppendInFlight => StatusCode::CONFLICT,
         UploadError::PastLength { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        UploadError::LengthChanged { .. } => StatusCode::BAD_REQUEST,
         UploadError::ChecksumMismatch { .. } => StatusCode::BAD_REQUEST,
         UploadError::FinalUpload => StatusCode::FORBIDDEN,
     }
@@ -291,23 +297,15 @@ impl fmt::Display for TusRefusal {
 
 impl ResponseError for TusRefusal {
     fn status_code(&self) -> StatusCode {
-        let e = match self {
-            TusRefusal::Upload(e) => e,
-            TusRefusal::Version(_) => return StatusCode::PRECONDITION_FAILED,
-            TusRefusal::ContentType(_) => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            TusRefusal::LengthRequired => return StatusCode::LENGTH_REQUIRED,
-        };
-        match e {
-            UploadError::Unauthorized | UploadError::GrantRefused(_) => StatusCode::UNAUTHORIZED,
-            UploadError::Paused | UploadError::AppendInFlight => StatusCode::LOCKED,
-            UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify) => StatusCode::CONFLICT,
-            UploadError::TaskEnded(_) => StatusCode::GONE,
+        match self {
+            TusRefusal::Version(_) => StatusCode::PRECONDITION_FAILED,
+            TusRefusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TusRefusal::LengthRequired => StatusCode::LENGTH_REQUIRED,
             // tus's checksum extension: "460 Checksum Mismatch".
-            UploadError::ChecksumMismatch { .. } | UploadError::PartMd5Mismatch { .. } => {
+            TusRefusal::Upload(UploadError::ChecksumMismatch { .. } | UploadError::PartMd5Mismatch { .. }) => {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            UploadError::BadRange(_) | UploadError::SameState(_) => StatusCode::BAD_REQUEST,
-            other => http_status(other),
+            TusRefusal::Upload(e) => resumable_status(e),
         }
     }
 
@@ -326,6 +324,137 @@ impl ResponseError for TusRefusal {
             }
         }
         reply.body(self.to_string())
+    }
+}
+
+/// The status of a refusal on the tus and IETF endpoints, where it is not the fupload protocol's.
+fn resumable_status(e: &UploadError) -> StatusCode {
+    match e {
+        UploadError::Unauthorized | UploadError::GrantRefused(_) => StatusCode::UNAUTHORIZED,
+        UploadError::Paused | UploadError::AppendInFlight => StatusCode::LOCKED,
+        UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify) => StatusCode::CONFLICT,
+        UploadError::TaskEnded(_) => StatusCode::GONE,
+        UploadError::BadRange(_) | UploadError::SameState(_) => StatusCode::BAD_REQUEST,
+        other => http_status(other),
+    }
+}
+
+/// A refused request of the IETF draft: RFC 9457 problem details, with the draft's problem types
+/// where it has one, and the same sentence as the other protocols as `detail`.
+#[derive(Debug)]
+pub enum IetfRefusal {
+    Upload(UploadError),
+    /// An `Upload-Draft-Interop-Version` this server does not speak.
+    Version(String),
+    /// `Upload-Complete` (or interop version 3's `Upload-Incomplete`) missing or not a boolean.
+    Completeness(&'static str),
+    /// A PATCH whose body is not `application/partial-upload`.
+    ContentType(Option<String>),
+    /// A request with content but no `Content-Length`.
+    LengthRequired,
+    /// Two lengths in one request that differ.
+    InconsistentLength {
+        declared: u64,
+        completing: u64,
+    },
+}
+
+/// The draft's problem types (section "Problem Types").
+const MISMATCHING_OFFSET: &str = "https://iana.org/assignments/http-problem-types#mismatching-upload-offset";
+const COMPLETED_UPLOAD: &str = "https://iana.org/assignments/http-problem-types#completed-upload";
+const INCONSISTENT_LENGTH: &str = "https://iana.org/assignments/http-problem-types#inconsistent-upload-length";
+
+impl From<UploadError> for IetfRefusal {
+    fn from(e: UploadError) -> Self {
+        IetfRefusal::Upload(e)
+    }
+}
+
+impl fmt::Display for IetfRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IetfRefusal::Upload(e) => f.write_str(&status_text(e)),
+            IetfRefusal::Version(sent) => write!(
+                f,
+                "Upload-Draft-Interop-Version {sent:?} is not one this server speaks: send one of {}",
+                super::ietf::INTEROP_VERSIONS_TEXT
+            ),
+            IetfRefusal::Completeness(header) => {
+                write!(f, "{header} is required and must be ?0 or ?1: say whether this request completes the upload")
+            }
+            IetfRefusal::ContentType(sent) => write!(
+                f,
+                "Content-Type {}: an append must be sent as application/partial-upload",
+                sent.as_deref().map_or_else(|| "is missing".to_owned(), |v| format!("{v:?} is wrong"))
+            ),
+            IetfRefusal::LengthRequired => {
+                f.write_str("Content-Length is required: send each request that has content with its length")
+            }
+            IetfRefusal::InconsistentLength { declared, completing } => write!(
+                f,
+                "Upload-Length {declared} differs from the {completing} bytes this request completes the upload with: \
+                 send one length"
+            ),
+        }
+    }
+}
+
+impl IetfRefusal {
+    /// The problem type and title (RFC 9457), and its extension members.
+    fn problem(&self) -> (&'static str, &'static str, Option<(u64, u64)>) {
+        match self {
+            IetfRefusal::Upload(UploadError::OffsetMismatch { expected, sent }) => {
+                (MISMATCHING_OFFSET, "offset from request does not match offset of resource", Some((*expected, *sent)))
+            }
+            IetfRefusal::Upload(UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify)) => {
+                (COMPLETED_UPLOAD, "upload is already completed", None)
+            }
+            IetfRefusal::Upload(UploadError::LengthChanged { .. } | UploadError::PastLength { .. })
+            | IetfRefusal::InconsistentLength { .. } => {
+                (INCONSISTENT_LENGTH, "inconsistent length values for upload", None)
+            }
+            _ => ("about:blank", self.status_code().canonical_reason().unwrap_or("Error"), None),
+        }
+    }
+}
+
+impl ResponseError for IetfRefusal {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IetfRefusal::Version(_) | IetfRefusal::Completeness(_) | IetfRefusal::InconsistentLength { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            IetfRefusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IetfRefusal::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            IetfRefusal::Upload(
+                UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify)
+                | UploadError::LengthChanged { .. }
+                | UploadError::PastLength { .. }
+                | UploadError::ChecksumMismatch { .. },
+            ) => StatusCode::BAD_REQUEST,
+            IetfRefusal::Upload(e) => resumable_status(e),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (kind, title, offsets) = self.problem();
+        let mut problem = serde_json::json!({
+            "type": kind, "title": title, "status": status.as_u16(), "detail": self.to_string(),
+        });
+        let mut reply = HttpResponse::build(status);
+        if let Some((expected, provided)) = offsets {
+            problem["expected-offset"] = expected.into();
+            problem["provided-offset"] = provided.into();
+            reply.insert_header(("Upload-Offset", expected));
+        }
+        if let IetfRefusal::Upload(e) = self {
+            log_refusal(e);
+            if let Some(seconds) = retry_after(e) {
+                reply.insert_header((RETRY_AFTER, HeaderValue::from(seconds)));
+            }
+        }
+        reply.content_type("application/problem+json").body(problem.to_string())
     }
 }
 

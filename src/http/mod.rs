@@ -5,6 +5,7 @@ pub mod body_guard;
 pub mod cors;
 mod create_task;
 pub mod error;
+pub mod ietf;
 mod info;
 mod instant;
 pub mod observe;

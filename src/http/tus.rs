@@ -7,6 +7,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 
 use super::error::TusRefusal;
+use super::ietf;
 use crate::domain::checksum::{ChecksumAlgorithm, ContentChecksum};
 use crate::domain::{FieldError, Protocol};
 use crate::service::{Append, Concat, Creation, TaskRef, UploadError, UploadLength, UploadState, Uploads};
@@ -18,10 +19,21 @@ const TUS_EXTENSIONS: &str =
 /// The content type of a tus PATCH (and of a creation with upload).
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
+/// The tus endpoints; a request that names an IETF interop version is the IETF front end's.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let options = || web::method(Method::OPTIONS).to(options);
-    cfg.service(web::resource([TUS_PATH, "/api/upload/tus/"]).route(web::post().to(create)).route(options())).service(
+    let ietf = |route: actix_web::Route| route.guard(ietf::names_interop_version());
+    cfg.service(
+        web::resource([TUS_PATH, "/api/upload/tus/"])
+            .route(ietf(web::post()).to(ietf::create))
+            .route(web::post().to(create))
+            .route(options()),
+    )
+    .service(
         web::resource("/api/upload/tus/{task_id}")
+            .route(ietf(web::head()).to(ietf::head))
+            .route(ietf(web::patch()).to(ietf::patch))
+            .route(ietf(web::delete()).to(ietf::delete))
             .route(web::head().to(head))
             .route(web::patch().to(patch))
             .route(web::delete().to(delete))
@@ -44,7 +56,10 @@ async fn options(uploads: web::Data<Uploads>) -> HttpResponse {
         .insert_header((name("tus-version"), TUS_VERSION))
         .insert_header((name("tus-extension"), TUS_EXTENSIONS))
         .insert_header((name("tus-max-size"), uploads.settings().max_file_size.to_string()))
-        .insert_header((name("tus-checksum-algorithm"), ChecksumAlgorithm::TUS));
+        .insert_header((name("tus-checksum-algorithm"), ChecksumAlgorithm::TUS))
+        // The IETF draft's discovery: appends take application/partial-upload, within these limits.
+        .insert_header((name("accept-patch"), ietf::PARTIAL_UPLOAD))
+        .insert_header((name("upload-limit"), ietf::upload_limit(uploads.settings())));
     reply.finish()
 }
 
@@ -55,7 +70,7 @@ async fn create(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payloa
         (Some(length), None) => UploadLength::Known(length),
         (None, Some("1")) => UploadLength::Deferred,
         (None, Some(other)) => {
-            return Err(field("Upload-Defer-Length", "must be 1 when it is sent", other));
+            return Err(field("Upload-Defer-Length", "must be 1 when it is sent", other).into());
         }
         (Some(_), Some(_)) => {
             return Err(UploadError::InvalidField(FieldError::new(
@@ -73,7 +88,13 @@ async fn create(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payloa
             .into())
         }
     };
-    let creation = Creation { grant: bearer(headers), length, concat: concat_of(headers)?, protocol: Protocol::Tus };
+    let creation = Creation {
+        grant: bearer(headers),
+        length,
+        concat: concat_of(headers)?,
+        protocol: Protocol::Tus,
+        file_md5: None,
+    };
     let mut state = uploads.create_upload(creation).await?;
     let base = uploads.settings().server.public_base_url();
     let location = tus_url(&base, state.task_id, &state.upload_key);
@@ -171,7 +192,7 @@ fn require_offset_stream(req: &HttpRequest) -> Result<(), TusRefusal> {
 }
 
 /// The task of the URL's path, with the `key` of its query.
-fn task_of(req: &HttpRequest) -> Result<TaskRef, TusRefusal> {
+pub(super) fn task_of(req: &HttpRequest) -> Result<TaskRef, UploadError> {
     let id = req.match_info().get("task_id").unwrap_or_default();
     let task_id = id.parse().map_err(|_| field("task id", "must be an integer in the upload URL", id))?;
     let key = web::Query::<KeyQuery>::from_query(req.query_string()).ok().and_then(|q| q.into_inner().key);
@@ -184,7 +205,7 @@ struct KeyQuery {
 }
 
 /// `Upload-Concat`: `partial`, or `final;<url> <url> …` naming the partial uploads in order.
-fn concat_of(headers: &HeaderMap) -> Result<Option<Concat>, TusRefusal> {
+pub(super) fn concat_of(headers: &HeaderMap) -> Result<Option<Concat>, UploadError> {
     let Some(value) = text(headers, "upload-concat") else { return Ok(None) };
     if value == "partial" {
         return Ok(Some(Concat::Partial));
@@ -208,22 +229,22 @@ fn task_of_url(url: &str) -> Option<TaskRef> {
     Some(TaskRef { task_id: id.parse().ok()?, key })
 }
 
-fn checksum(headers: &HeaderMap) -> Result<Option<ContentChecksum>, TusRefusal> {
+pub(super) fn checksum(headers: &HeaderMap) -> Result<Option<ContentChecksum>, UploadError> {
     let tus = text(headers, "upload-checksum").map(ContentChecksum::from_tus);
     let digest = || text(headers, "content-digest").map(ContentChecksum::from_content_digest);
-    Ok(tus.or_else(digest).transpose().map_err(UploadError::InvalidField)?)
+    tus.or_else(digest).transpose().map_err(UploadError::InvalidField)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = text(headers, "authorization")?;
     value.strip_prefix("Bearer ").map(|grant| grant.trim().to_owned())
 }
 
-fn text<'h>(headers: &'h HeaderMap, header: &'static str) -> Option<&'h str> {
+pub(super) fn text<'h>(headers: &'h HeaderMap, header: &'static str) -> Option<&'h str> {
     headers.get(header).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::trim)
 }
 
-fn number(headers: &HeaderMap, header: &'static str) -> Result<Option<u64>, TusRefusal> {
+pub(super) fn number(headers: &HeaderMap, header: &'static str) -> Result<Option<u64>, UploadError> {
     text(headers, header)
         .map(|value| {
             value.parse::<u64>().map_err(|_| field(display_name(header), "must be a non-negative integer", value))
@@ -240,8 +261,8 @@ fn display_name(header: &'static str) -> &'static str {
     }
 }
 
-fn field(name: &'static str, problem: &str, sent: &str) -> TusRefusal {
-    UploadError::InvalidField(FieldError::new(name, problem).with_sent(sent)).into()
+pub(super) fn field(name: &'static str, problem: &str, sent: &str) -> UploadError {
+    UploadError::InvalidField(FieldError::new(name, problem).with_sent(sent))
 }
 
 #[cfg(test)]

@@ -91,6 +91,10 @@ pub enum UploadError {
     /// An append that would go past the upload's length.
     #[error("bytes up to {end} are past the upload's length of {length} bytes")]
     PastLength { length: u64, end: u64 },
+    /// A length sent for an upload whose length is known and is another (an IETF client's
+    /// `Upload-Length`, or the end of a request that completes the upload).
+    #[error("length {sent} is not the upload's length of {length} bytes")]
+    LengthChanged { length: u64, sent: u64 },
     /// Another append to the same upload is still being received.
     #[error("another request is appending to this upload")]
     AppendInFlight,

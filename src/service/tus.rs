@@ -45,6 +45,8 @@ pub struct Creation {
     pub length: UploadLength,
     pub concat: Option<Concat>,
     pub protocol: Protocol,
+    /// The whole file's md5 the client names (an IETF `Repr-Digest`), checked as the grant's.
+    pub file_md5: Option<Md5Hex>,
 }
 
 /// A task as a tus HEAD (or an IETF offset retrieval) reports it.
@@ -60,6 +62,8 @@ pub struct UploadState {
     /// When the task expires unless a block comes (open tasks only).
     pub expires_at: Option<SystemTime>,
     pub concat_role: Option<ConcatRole>,
+    /// The file's md5, once the task is finished (checked against the one named, or computed).
+    pub file_md5: Option<Md5Hex>,
 }
 
 /// A PATCH of a tus or IETF client.
@@ -92,6 +96,17 @@ impl Uploads {
             _ => None,
         };
         let (size, deferred) = self.creation_length(&creation, &grant, partials.as_deref())?;
+        let file_md5 = match (grant.file_md5, creation.file_md5) {
+            (Some(granted), Some(sent)) if granted != sent => {
+                return Err(FieldError::new(
+                    "Repr-Digest",
+                    format!("names an md5 other than the fileMd5 {granted} of the grant: send the file's own md5"),
+                )
+                .with_sent(sent.as_str())
+                .into())
+            }
+            (granted, sent) => granted.or(sent),
+        };
         let store_dir = self.store_dir_of(&grant.store_path)?;
         let upload_key = UploadKey::generate().map_err(|e| anyhow::anyhow!("no randomness for an upload key: {e}"))?;
         let concat_role = creation.concat.as_ref().map(|concat| match concat {
@@ -105,7 +120,7 @@ impl Uploads {
             user_id: grant.user_id,
             file_name: grant.file_name,
             file_size: size,
-            file_md5: grant.file_md5,
+            file_md5,
             store_path: grant.store_path,
             store_dir: store_dir.to_string_lossy().into_owned(),
             feedback_parameter: grant.feedback_parameter,
@@ -261,6 +276,7 @@ impl Uploads {
             length,
             expires_at: open.then(|| task.updated_at + Duration::from_secs(self.settings.task_timeout)),
             concat_role: task.spec.concat_role,
+            file_md5: task.spec.file_md5.clone().filter(|_| task.status == TaskStatus::Finish),
         })
     }
 
@@ -355,6 +371,8 @@ impl Uploads {
             expires_at: (accepted.task_status == TaskStatus::Upload)
                 .then(|| SystemTime::now() + Duration::from_secs(self.settings.task_timeout)),
             concat_role: task.spec.concat_role,
+            // Known once finished; the caller asks for the task again when it needs it.
+            file_md5: None,
         }
     }
 
@@ -364,12 +382,7 @@ impl Uploads {
         if !task.spec.length_deferred {
             return match length == task.file_bytes() {
                 true => Ok(task),
-                false => Err(FieldError::new(
-                    "Upload-Length",
-                    format!("differs from the upload's length of {} bytes, which cannot change", task.file_bytes()),
-                )
-                .with_sent(&length.to_string())
-                .into()),
+                false => Err(UploadError::LengthChanged { length: task.file_bytes(), sent: length }),
             };
         }
         if length > self.settings.max_file_size || length < task.received_bytes {

@@ -7,6 +7,7 @@ mod blocks;
 mod callbacks;
 mod create;
 mod database;
+mod ietf;
 mod instant;
 mod lifecycle;
 mod ops;

@@ -20,18 +20,18 @@ fn now_secs() -> u64 {
 }
 
 /// A grant for `user 7`'s file `name` of `size` bytes (`None`: deferred), as a business server makes it.
-fn grant(name: &str, size: Option<u64>) -> GrantClaims {
+pub(crate) fn grant(name: &str, size: Option<u64>) -> GrantClaims {
     let mut claims = GrantClaims::new("7", name, size, now_secs(), 600).unwrap();
     claims.store_path = "users/7/".into();
     claims.feed_back_parameter = Some(serde_json::value::RawValue::from_string(r#"{"album":3}"#.into()).unwrap());
     claims
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-fn text(body: &[u8]) -> String {
+pub(crate) fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
