@@ -319,7 +319,8 @@ impl Uploads {
         if append.body_len == 0 {
             return self.upload_state(&task);
         }
-        let end = offset + append.body_len - 1;
+        // Saturating: a Content-Length near u64::MAX is past any upload's end, and refused so.
+        let end = offset.saturating_add(append.body_len - 1);
         if task.spec.length_deferred && end >= task.file_bytes() {
             return Err(UploadError::TooLarge(format!(
                 "the upload would grow past the server's maxFileSize of {} bytes",

@@ -354,3 +354,25 @@ async fn a_patch_cut_off_midway_keeps_the_bytes_that_came() {
     assert_eq!((status, header(&headers, "upload-offset")), (204, "200000"));
     assert_eq!(TestApp::stored_file(&app.callbacks.wait_for(1).await[0]), data);
 }
+
+#[actix_web::test]
+async fn a_content_length_past_any_file_is_refused_without_harm() {
+    let app = spawn_app().await;
+    let data = content(100, 14);
+    let task = app.new_task("a.bin", &data).await;
+    assert_eq!(patch(&app, &task.tus_url, &data, 0, 10, &[]).await.0, 204);
+    let (addr, path) = fupload_testkit::raw_http::split_url(&task.tus_url);
+    let request = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n\
+         Upload-Offset: 10\r\nContent-Length: {}\r\n\r\n",
+        u64::MAX
+    );
+    let reply =
+        actix_web::rt::task::spawn_blocking(move || fupload_testkit::raw_http::exchange(&addr, request.as_bytes()))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(reply.head_without_date().starts_with("HTTP/1.1 413"), "{}", reply.head_without_date());
+    let (status, headers, _) = head(&app, &task.tus_url).await;
+    assert_eq!((status, header(&headers, "upload-offset")), (200, "10"));
+}
