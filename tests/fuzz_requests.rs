@@ -4,7 +4,9 @@
 //! any field, broken JSON, non-UTF-8), sends them byte for byte to the real server, and checks
 //! each reply against what the request deserves: a 4xx with one of the retCodes its defects call
 //! for (or acceptance, when it has none), nothing recorded for a refused request, no panic, and
-//! the server still serving at the end. Accepted blocks carry the file's true bytes, so the temp
+//! the server still serving at the end. tus and IETF requests (any method, path, and the headers
+//! both protocols read, with good, nearly good and absurd values) must never get a 5xx, and a
+//! refused one must record no byte. Accepted blocks carry the file's true bytes, so the temp
 //! file is checked byte for byte at the end too.
 //!
 //! `FUPLOAD_FUZZ_CASES` sets the cases per property (300 by default, the CI run), e.g.
@@ -764,4 +766,155 @@ fn fuzzed_creates_get_their_documented_refusal_and_record_nothing() {
     server.still_serving();
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "the server panicked");
     println!("fuzzed creates: {} cases, {created} tasks created or resumed, {} refused", cases(), refused.get());
+}
+
+/// A tus or IETF request: a method, a path, headers from those the two protocols read (with
+/// values that parse, values that nearly do and absurd ones), and a body sent in full.
+#[derive(Debug, Clone)]
+struct ResumableCase {
+    method: &'static str,
+    path: usize,
+    headers: Vec<(&'static str, String)>,
+    body_len: usize,
+    content_length: bool,
+}
+
+fn header_values(name: &'static str) -> BoxedStrategy<(&'static str, String)> {
+    let number = prop_oneof![
+        (0u64..5000).prop_map(|n| n.to_string()),
+        Just(u64::MAX.to_string()),
+        Just("18446744073709551616".to_owned()),
+        Just("-1".to_owned()),
+        Just(" 1e3".to_owned()),
+        "[ -~]{0,12}",
+    ];
+    let values: BoxedStrategy<String> = match name {
+        "upload-offset" | "upload-length" => number.boxed(),
+        "upload-checksum" => prop_oneof![
+            Just("md5 1B2M2Y8AsgTpgAmY7PhCfg==".to_owned()),
+            Just("sha1 2jmj7l5rSw0yVb/vlWAYkK/YBwk=".to_owned()),
+            Just("crc32 AAAA".to_owned()),
+            Just("md5".to_owned()),
+            "[ -~]{0,40}",
+        ]
+        .boxed(),
+        "content-digest" | "repr-digest" => prop_oneof![
+            Just("md5=:1B2M2Y8AsgTpgAmY7PhCfg==:".to_owned()),
+            Just("sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:".to_owned()),
+            Just("sha-256=:!!:, md5=:x:".to_owned()),
+            "[ -~]{0,40}",
+        ]
+        .boxed(),
+        "upload-concat" => prop_oneof![
+            Just("partial".to_owned()),
+            Just("final;".to_owned()),
+            Just("final;/api/upload/tus/1 /api/upload/tus/2?key=x".to_owned()),
+            "final;[ -~]{0,60}",
+        ]
+        .boxed(),
+        "upload-draft-interop-version" => prop_oneof![(2u8..10).prop_map(|v| v.to_string()), "[ -~]{0,4}"].boxed(),
+        "upload-complete" | "upload-incomplete" => {
+            prop_oneof![Just("?1".to_owned()), Just("?0".to_owned()), "[ -~]{0,3}"].boxed()
+        }
+        "content-type" => prop_oneof![
+            Just("application/offset+octet-stream".to_owned()),
+            Just("application/partial-upload".to_owned()),
+            "[ -~]{0,30}",
+        ]
+        .boxed(),
+        _ => "[ -~]{0,30}".boxed(),
+    };
+    values.prop_map(move |value| (name, value)).boxed()
+}
+
+const RESUMABLE_HEADERS: [&str; 13] = [
+    "tus-resumable",
+    "upload-offset",
+    "upload-length",
+    "upload-defer-length",
+    "upload-checksum",
+    "upload-concat",
+    "upload-metadata",
+    "upload-draft-interop-version",
+    "upload-complete",
+    "upload-incomplete",
+    "content-digest",
+    "repr-digest",
+    "content-type",
+];
+
+fn resumable_cases() -> impl Strategy<Value = ResumableCase> {
+    let header = prop::sample::select(RESUMABLE_HEADERS.to_vec()).prop_flat_map(header_values);
+    (
+        prop::sample::select(vec!["POST", "HEAD", "PATCH", "PATCH", "DELETE", "OPTIONS"]),
+        0usize..5,
+        prop::collection::vec(header, 0..8),
+        prop::bool::weighted(0.5),
+        prop_oneof![Just(0usize), 1usize..3000, Just(MAX_BLOCK as usize + 1)],
+        prop::bool::weighted(0.9),
+    )
+        .prop_map(|(method, path, mut headers, tus_version, body_len, content_length)| {
+            if tus_version {
+                headers.push(("tus-resumable", "1.0.0".into()));
+            }
+            ResumableCase { method, path, headers, body_len, content_length }
+        })
+}
+
+#[test]
+fn fuzzed_tus_and_ietf_requests_never_harm_the_server() {
+    use fupload::domain::grant::GrantClaims;
+    count_panics();
+    let data = content(FILE_SIZE, 35);
+    let server = Server::start(data.clone());
+    let (_, tus_path) = split_url(&server.task.tus_url);
+    let paths = [
+        "/api/upload/tus".to_owned(),
+        tus_path.clone(),
+        tus_path.replace("key=", "key=0"),
+        "/api/upload/tus/abc".to_owned(),
+        "/api/upload/tus/99999999999999999999?key=x".to_owned(),
+    ];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let grant = |n: usize| {
+        let size = [None, Some(0), Some(1000), Some(MAX_FILE), Some(MAX_FILE + 1)][n % 5];
+        GrantClaims::new("9", &format!("fuzz-{n}.bin"), size, now, 600).unwrap().sign(TOKEN)
+    };
+    let mut runner = TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
+    let case_number = Cell::new(0usize);
+    let outcome = runner.run(&resumable_cases(), |case| {
+        let n = case_number.get();
+        case_number.set(n + 1);
+        let before = server.received_size();
+        let mut request = format!("{} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n", case.method, paths[case.path]);
+        if n.is_multiple_of(3) {
+            request.push_str(&format!("Authorization: Bearer {}\r\n", grant(n)));
+        }
+        for (name, value) in &case.headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if case.content_length {
+            request.push_str(&format!("Content-Length: {}\r\n", case.body_len));
+        }
+        let offset = before as usize;
+        let body = &data[offset.min(data.len())..(offset + case.body_len).min(data.len())];
+        let mut raw = Raw::connect(&server.addr);
+        raw.set_read_timeout(std::time::Duration::from_secs(10));
+        raw.send(
+            &[format!("{request}\r\n").into_bytes(), if case.content_length { body.to_vec() } else { Vec::new() }]
+                .concat(),
+        )
+        .map_err(|e| TestCaseError::fail(format!("send: {e}")))?;
+        let reply = raw.reply().map_err(|e| TestCaseError::fail(format!("no reply to {case:?}: {e}")))?;
+        prop_assert!(reply.status >= 200 && reply.status < 500, "{case:?}: {}", reply.head);
+        if reply.status >= 400 {
+            prop_assert_eq!(server.received_size(), before, "a refused request recorded bytes: {:?}", case);
+        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    server.still_serving();
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "the server panicked");
 }
