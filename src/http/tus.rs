@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use super::error::TusRefusal;
 use super::ietf;
 use crate::domain::checksum::{ChecksumAlgorithm, ContentChecksum};
-use crate::domain::{FieldError, Protocol};
+use crate::domain::{FieldError, Protocol, TaskStatus};
 use crate::service::{Append, Concat, Creation, TaskRef, UploadError, UploadLength, UploadState, Uploads};
 
 pub const TUS_PATH: &str = "/api/upload/tus";
@@ -153,6 +153,11 @@ async fn patch(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payload
         protocol: Protocol::Tus,
     };
     let state = uploads.append(&task_of(&req)?, append, body).await?;
+    if state.status.has_ended() && state.status != TaskStatus::Finish {
+        // The last bytes came but the file failed (its md5 was not the one named): the client must
+        // not report success.
+        return Err(UploadError::TaskEnded(state.status).into());
+    }
     let mut reply = tus_reply(StatusCode::NO_CONTENT);
     reply.insert_header((name("upload-offset"), state.offset.to_string()));
     expires(&mut reply, &state);

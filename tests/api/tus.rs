@@ -376,3 +376,18 @@ async fn a_content_length_past_any_file_is_refused_without_harm() {
     let (status, headers, _) = head(&app, &task.tus_url).await;
     assert_eq!((status, header(&headers, "upload-offset")), (200, "10"));
 }
+
+#[actix_web::test]
+async fn the_patch_that_completes_a_file_with_another_md5_is_refused() {
+    let app = spawn_app().await;
+    let data = content(20_000, 15);
+    let mut claims = grant("named.bin", Some(data.len() as u64));
+    claims.file_md5 = Some(md5_hex(b"another file"));
+    let (status, headers, _) = create(&app, &claims.sign(TOKEN), &[("upload-length", "20000")], Vec::new()).await;
+    assert_eq!(status, 201);
+    let location = header(&headers, "location").to_owned();
+    let (status, _, body) = patch(&app, &location, &data, 0, data.len(), &[]).await;
+    assert_eq!(status, 410, "{}", text(&body));
+    assert!(text(&body).contains("md5 differed"), "{}", text(&body));
+    assert_eq!(app.callbacks.wait_for(1).await[0].json["retCode"], "-2");
+}
