@@ -1,5 +1,5 @@
-//! Checksums a tus or IETF client sends with a PATCH: tus's `Upload-Checksum` ("sha1 <base64>")
-//! and RFC 9530's `Content-Digest` ("sha-256=:<base64>:"). Both cover the request's content.
+//! Checksums a tus or IETF client sends with a PATCH: tus's `Upload-Checksum` (`sha1 <base64>`)
+//! and RFC 9530's `Content-Digest` (`sha-256=:<base64>:`). Both cover the request's content.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! tus 1.0.0 (https://tus.io/protocols/resumable-upload) under `/api/upload/tus`: core, creation,
+//! tus 1.0.0 (<https://tus.io/protocols/resumable-upload>) under `/api/upload/tus`: core, creation,
 //! creation-with-upload, creation-defer-length, termination, checksum, expiration and
 //! concatenation. Thin: headers in, one service call, headers out. docs/API.md, section 9.
 
