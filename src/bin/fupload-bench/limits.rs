@@ -57,8 +57,8 @@ pub fn settle(dir: &Path) -> anyhow::Result<()> {
 
 /// Drops the files under `dir` (written back by `settle`) from the page cache, so that each run
 /// starts with the same free memory. This VM is slow to hand out memory the guest has not used
-/// yet; with every run's files kept in the cache, later runs spent up to 30% more server CPU on
-/// the same W1 (4.4 → 5.9 s).
+/// yet, so with every run's files kept in the cache later runs spend more server CPU on the same
+/// work (measured in the commit that added this).
 pub fn release_page_cache(dir: &Path) -> anyhow::Result<()> {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     for entry in walk(dir)? {
