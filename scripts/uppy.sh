@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-binary="$(realpath "${1:-$target/debug/fupload-server}")"
+binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
+[[ -x "$binary" ]] || { echo "uppy: no fupload server at $binary (cargo build first, or pass its path)" >&2; exit 1; }
 
 cargo build --quiet --example business_server
 business_binary="$(realpath "$target/debug/examples/business_server")"
