@@ -39,3 +39,8 @@ pub use progress::{DisplayMode, Progress, Reporter, Silent};
 pub use retry::RetryPolicy;
 pub use task::{BlocksInfo, Challenge, ChallengeRange, TaskCreator, TaskUrls, WantedState};
 pub use upload::{upload, UploadOptions, Uploaded};
+
+/// Upload grants, made by a business server for a client that creates its own upload (Uppy, tuspy,
+/// URLSession): `GrantClaims::new(…)`, set `store_path` and the rest, then `sign(token)`. The grant
+/// goes in `Authorization: Bearer <grant>` of the tus creation (docs/API.md, section 9.3).
+pub use crate::domain::grant::GrantClaims;

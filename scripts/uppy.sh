@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Uppy (Dashboard + tus) in headless Chromium against fupload: starts fupload on temp dirs and the
+# example business server (which serves the Uppy page and its grants), then runs
+# clients/uppy/test.mjs: a 50 MiB upload, the page reloaded half-way, resumed, md5 and callback
+# checked. All on loopback; everything started is stopped on exit.
+#
+#   scripts/uppy.sh [path/to/fupload-server]
+#
+# UPPY_SCREENSHOT=docs/img/uppy.png scripts/uppy.sh refreshes the committed screenshot of the page
+# mid-upload; otherwise it goes to the temp dir.
+# Installs Debian's chromium with apt-get if /usr/bin/chromium is missing; npm ci in clients/uppy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
+[[ -x "$binary" ]] || { echo "uppy: no fupload server at $binary (cargo build first, or pass its path)" >&2; exit 1; }
+
+cargo build --quiet --example business_server
+business_binary="$(realpath "$target/debug/examples/business_server")"
+
+if [[ ! -x /usr/bin/chromium ]]; then
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
+(cd clients/uppy && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+fupload_port="$(free_port)"
+business_port="$(free_port)"
+fupload_url="http://127.0.0.1:$fupload_port"
+business_url="http://127.0.0.1:$business_port"
+
+# The page comes from the business server's origin and uploads to fupload's: cors lets it.
+cat > "$work/fupload.yml" <<YAML
+server: {host: "127.0.0.1", port: $fupload_port, addr: "http://127.0.0.1"}
+database: {url: "sqlite://$work/fupload.db"}
+tmpDir: "$work/tmp"
+storeDir: "$work/store"
+cors: {allowedOrigins: ["$business_url"]}
+bServer:
+  cp1-secret: {name: "cp1", notifyUrl: "$business_url/api/business/fupload/callback"}
+YAML
+"$binary" -c "$work/fupload.yml" 2> "$work/fupload.log" &
+pids+=($!)
+"$business_binary" --listen "127.0.0.1:$business_port" --fupload "$fupload_url" --token cp1-secret \
+  --page-dir "$(realpath clients/uppy/dist)" > "$work/business.log" 2>&1 &
+pids+=($!)
+
+wait_for() {
+  for _ in $(seq 300); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "uppy: $1 did not answer" >&2
+  return 1
+}
+wait_for "$fupload_url/healthz"
+wait_for "$business_url/"
+
+screenshot="$(realpath -m "${UPPY_SCREENSHOT:-$work/uppy.png}")"
+status=0
+(cd clients/uppy && FUPLOAD_URL="$fupload_url" BUSINESS_URL="$business_url" SCREENSHOT="$screenshot" node test.mjs) \
+  || status=$?
+if [[ $status -ne 0 ]]; then
+  echo "--- fupload log (tail) ---" >&2; tail -n 40 "$work/fupload.log" >&2
+  echo "--- business server log (tail) ---" >&2; tail -n 20 "$work/business.log" >&2
+fi
+exit "$status"
