@@ -18,12 +18,16 @@ work="$(mktemp -d)"
 server_pid=""
 cleanup() {
   status=$?
-  # The server of the tus-js-client part, then the one test_tuspy.py runs (its pid is in the file).
-  for pid in "$server_pid" "$(cat "$work/tuspy-server.pid" 2>/dev/null || true)"; do
-    [[ -n "$pid" ]] || continue
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  if [[ -n "$server_pid" ]]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  # A server test_tuspy.py left running (it removes the file once its server is gone): not a
+  # child of this shell, so wait for it by polling.
+  tuspy_pid="$(cat "$work/tuspy-server.pid" 2>/dev/null || true)"
+  if [[ -n "$tuspy_pid" ]] && kill -TERM "$tuspy_pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$tuspy_pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   if [[ $status -ne 0 ]]; then
     for log in "$work"/*.log; do
       [[ -f "$log" ]] && { echo "--- last lines of $log"; tail -n 40 "$log"; }

@@ -167,6 +167,7 @@ async function checkFinished(file, fileName, protocol, feedBackParameter) {
   const callback = await callbackFor(fileName);
   assert.equal(callback.retCode, '0', JSON.stringify(callback));
   assert.equal(callback.protocol, protocol);
+  assert.equal(callback.userId, '42');
   assert.equal(callback.fileMd5, file.md5);
   assert.equal(Number(callback.fileSize), file.size);
   assert.deepEqual(callback.data, feedBackParameter);

@@ -98,12 +98,17 @@ class Server:
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+        self.reaped()
 
     def stop(self):
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=30)
+            self.reaped()
+
+    def reaped(self):
+        # The pid file names only a running server: a wrapper must never signal a reused pid.
+        self.process.wait(timeout=30)
+        os.remove(os.environ["FUPLOAD_PIDFILE"])
 
 
 def random_file(name, size):
@@ -156,6 +161,7 @@ def check_finished(name, size, md5, feed_back_parameter):
     callback = callback_for(name)
     assert callback["retCode"] == "0", callback
     assert callback["protocol"] == "tus", callback
+    assert callback["userId"] == "43", callback
     assert callback["fileMd5"] == md5, callback
     assert int(callback["fileSize"]) == size, callback
     assert callback["data"] == feed_back_parameter, callback
