@@ -173,6 +173,9 @@ async function checkFinished(file, fileName, protocol, feedBackParameter) {
   assert.equal(Number(callback.fileSize), file.size);
   assert.deepEqual(callback.data, feedBackParameter);
   assert.equal(await md5OfFile(callback.storePath), file.md5, `stored file ${callback.storePath}`);
+  // Checked: both copies go, so the disk holds one case's files at a time.
+  rmSync(callback.storePath);
+  rmSync(file.path);
 }
 
 /** An upload interrupted at `abortAt` and resumed by a second Upload through the URL storage. */

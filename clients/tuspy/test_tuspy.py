@@ -166,6 +166,9 @@ def check_finished(name, size, md5, feed_back_parameter):
     assert int(callback["fileSize"]) == size, callback
     assert callback["data"] == feed_back_parameter, callback
     assert md5_of_file(callback["storePath"]) == md5, f"stored file {callback['storePath']}"
+    # Checked: both copies go, so the disk holds one case's files at a time.
+    os.remove(callback["storePath"])
+    os.remove(os.path.join(WORK, name))
 
 
 def upload_with_checksums(server):
