@@ -9,7 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 
 use super::error::IetfRefusal;
-use super::tus::{bearer, checksum, concat_of, number, task_of, text, tus_url};
+use super::tus::{bearer, checksum, concat_of, number, required_offset, task_of, text, tus_url};
 use crate::config::Settings;
 use crate::domain::checksum::ContentChecksum;
 use crate::domain::{Protocol, TaskStatus};
@@ -95,63 +95,58 @@ fn lowercase(header: &'static str) -> &'static str {
 
 /// Upload creation: the grant names the file; the request may carry the first bytes, or all.
 pub async fn create(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payload) -> HttpResponse {
-    answer(create_upload(&req, &uploads, body).await)
+    answer(&uploads, create_upload(&req, &uploads, body).await)
 }
 
 /// Offset retrieval.
 pub async fn head(req: HttpRequest, uploads: web::Data<Uploads>) -> HttpResponse {
-    answer(offset_of(&req, &uploads).await)
+    answer(&uploads, offset_of(&req, &uploads).await)
 }
 
 /// Upload append.
 pub async fn patch(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payload) -> HttpResponse {
-    answer(append(&req, &uploads, body).await)
+    answer(&uploads, append(&req, &uploads, body).await)
 }
 
 /// Upload cancellation: the task is cancelled and its callback says so.
 pub async fn delete(req: HttpRequest, uploads: web::Data<Uploads>) -> HttpResponse {
-    answer(cancel(&req, &uploads).await)
+    answer(&uploads, cancel(&req, &uploads).await)
 }
 
-fn answer(outcome: Result<HttpResponse, (IetfRefusal, Option<String>)>) -> HttpResponse {
-    outcome.unwrap_or_else(|(refusal, limit)| {
+type Outcome = Result<HttpResponse, IetfRefusal>;
+
+fn answer(uploads: &Uploads, outcome: Outcome) -> HttpResponse {
+    outcome.unwrap_or_else(|refusal| {
         let mut reply = refusal.error_response();
         // A 413 for the server's limits names them.
-        if let (StatusCode::PAYLOAD_TOO_LARGE, Some(limit)) = (reply.status(), limit) {
-            if let Ok(value) = limit.parse() {
-                reply.headers_mut().insert(HeaderName::from_static("upload-limit"), value);
+        if reply.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if let Ok(limit) = upload_limit(uploads.settings()).parse() {
+                reply.headers_mut().insert(HeaderName::from_static("upload-limit"), limit);
             }
         }
         reply
     })
 }
 
-type Outcome = Result<HttpResponse, (IetfRefusal, Option<String>)>;
-
-fn refused(uploads: &Uploads) -> impl Fn(IetfRefusal) -> (IetfRefusal, Option<String>) + '_ {
-    |refusal| (refusal, Some(upload_limit(uploads.settings())))
-}
-
 async fn create_upload(req: &HttpRequest, uploads: &Uploads, body: web::Payload) -> Outcome {
-    let refuse = refused(uploads);
     let headers = req.headers();
-    let interop = Interop::of(headers).map_err(&refuse)?;
-    let complete = interop.complete(headers).map_err(&refuse)?;
-    let content_len = number(headers, "content-length").map_err(|e| refuse(e.into()))?;
-    let declared = number(headers, "upload-length").map_err(|e| refuse(e.into()))?;
+    let interop = Interop::of(headers)?;
+    let complete = interop.complete(headers)?;
+    let content_len = number(headers, "content-length")?;
+    let declared = number(headers, "upload-length")?;
     let length = match consistent_length(declared, complete.then_some(content_len.unwrap_or(0)), 0) {
         Ok(Some(length)) => UploadLength::Known(length),
         Ok(None) => UploadLength::Deferred,
-        Err(refusal) => return Err(refuse(refusal)),
+        Err(refusal) => return Err(refusal),
     };
     let file_md5 = text(headers, "repr-digest")
         .map(ContentChecksum::md5_of_repr_digest)
         .transpose()
-        .map_err(|e| refuse(UploadError::InvalidField(e).into()))?
+        .map_err(UploadError::InvalidField)?
         .flatten();
-    let concat = concat_of(headers).map_err(|e| refuse(e.into()))?;
+    let concat = concat_of(headers)?;
     let creation = Creation { grant: bearer(headers), length, concat, protocol: Protocol::Ietf, file_md5 };
-    let mut state = uploads.create_upload(creation).await.map_err(|e| refuse(e.into()))?;
+    let mut state = uploads.create_upload(creation).await?;
     let location = tus_url(&uploads.settings().server.public_base_url(), state.task_id, &state.upload_key);
     let content_len = content_len.unwrap_or(0);
     if content_len > 0 {
@@ -160,13 +155,13 @@ async fn create_upload(req: &HttpRequest, uploads: &Uploads, body: web::Payload)
             offset: 0,
             body_len: content_len,
             declared_length: complete.then_some(content_len),
-            checksum: checksum(headers).map_err(|e| refuse(e.into()))?,
+            checksum: checksum(headers)?,
             protocol: Protocol::Ietf,
         };
-        state = uploads.append(&task_ref, append, body).await.map_err(|e| refuse(e.into()))?;
+        state = uploads.append(&task_ref, append, body).await?;
     }
     let mut reply = match state.status.has_ended() || state.status == TaskStatus::Verify {
-        true => completed(interop, uploads, state).await.map_err(&refuse)?,
+        true => completed(interop, uploads, state).await?,
         false => {
             let mut reply = interop.reply(StatusCode::CREATED);
             interop.mark_complete(&mut reply, false);
@@ -224,14 +219,13 @@ async fn completed(
 }
 
 async fn offset_of(req: &HttpRequest, uploads: &Uploads) -> Outcome {
-    let refuse = refused(uploads);
-    let interop = Interop::of(req.headers()).map_err(&refuse)?;
-    let task_ref = task_of(req).map_err(|e| refuse(e.into()))?;
-    let state = uploads.upload(&task_ref).await.map_err(|e| refuse(e.into()))?;
+    let interop = Interop::of(req.headers())?;
+    let task_ref = task_of(req)?;
+    let state = uploads.upload(&task_ref).await?;
     let complete = match state.status {
         TaskStatus::Finish | TaskStatus::Verify => true,
         TaskStatus::Upload | TaskStatus::Pause => false,
-        ended => return Err(refuse(UploadError::TaskEnded(ended).into())),
+        ended => return Err(UploadError::TaskEnded(ended).into()),
     };
     let mut reply = interop.reply(StatusCode::NO_CONTENT);
     interop.mark_complete(&mut reply, complete);
@@ -246,49 +240,35 @@ async fn offset_of(req: &HttpRequest, uploads: &Uploads) -> Outcome {
 }
 
 async fn append(req: &HttpRequest, uploads: &Uploads, body: web::Payload) -> Outcome {
-    let refuse = refused(uploads);
     let headers = req.headers();
-    let interop = Interop::of(headers).map_err(&refuse)?;
+    let interop = Interop::of(headers)?;
     if interop.0 >= 6 {
         let content_type = text(headers, CONTENT_TYPE.as_str());
         if content_type.and_then(|t| t.split(';').next()).map(str::trim) != Some(PARTIAL_UPLOAD) {
-            return Err(refuse(IetfRefusal::ContentType(content_type.map(str::to_owned))));
+            return Err(IetfRefusal::ContentType(content_type.map(str::to_owned)));
         }
     }
-    let complete = interop.complete(headers).map_err(&refuse)?;
-    let field = |e: UploadError| refuse(e.into());
-    let offset = number(headers, "upload-offset").map_err(field)?.ok_or_else(|| {
-        refuse(
-            UploadError::InvalidField(crate::domain::FieldError::new("Upload-Offset", "is required: ask HEAD for it"))
-                .into(),
-        )
-    })?;
-    let body_len =
-        number(headers, "content-length").map_err(field)?.ok_or_else(|| refuse(IetfRefusal::LengthRequired))?;
-    let declared = number(headers, "upload-length").map_err(field)?;
-    let declared_length = consistent_length(declared, complete.then_some(body_len), offset).map_err(&refuse)?;
-    let task_ref = task_of(req).map_err(field)?;
-    let append = Append {
-        offset,
-        body_len,
-        declared_length,
-        checksum: checksum(headers).map_err(field)?,
-        protocol: Protocol::Ietf,
-    };
+    let complete = interop.complete(headers)?;
+    let offset = required_offset(headers)?;
+    let body_len = number(headers, "content-length")?.ok_or(IetfRefusal::LengthRequired)?;
+    let declared = number(headers, "upload-length")?;
+    let declared_length = consistent_length(declared, complete.then_some(body_len), offset)?;
+    let task_ref = task_of(req)?;
+    let append = Append { offset, body_len, declared_length, checksum: checksum(headers)?, protocol: Protocol::Ietf };
     let state = match uploads.append(&task_ref, append, body).await {
         Ok(state) => state,
         // The client did not hear that its last request completed the upload, and says so again.
         Err(UploadError::TaskEnded(TaskStatus::Finish | TaskStatus::Verify)) if complete && body_len == 0 => {
-            let state = uploads.upload(&task_ref).await.map_err(field)?;
+            let state = uploads.upload(&task_ref).await?;
             if state.offset != offset {
-                return Err(refuse(UploadError::OffsetMismatch { expected: state.offset, sent: offset }.into()));
+                return Err(UploadError::OffsetMismatch { expected: state.offset, sent: offset }.into());
             }
             state
         }
-        Err(e) => return Err(refuse(e.into())),
+        Err(e) => return Err(e.into()),
     };
     if state.status.has_ended() || state.status == TaskStatus::Verify {
-        return Ok(completed(interop, uploads, state).await.map_err(&refuse)?.finish());
+        return Ok(completed(interop, uploads, state).await?.finish());
     }
     let mut reply = interop.reply(StatusCode::NO_CONTENT);
     interop.mark_complete(&mut reply, false);
@@ -297,10 +277,9 @@ async fn append(req: &HttpRequest, uploads: &Uploads, body: web::Payload) -> Out
 }
 
 async fn cancel(req: &HttpRequest, uploads: &Uploads) -> Outcome {
-    let refuse = refused(uploads);
-    let interop = Interop::of(req.headers()).map_err(&refuse)?;
-    let task_ref = task_of(req).map_err(|e| refuse(e.into()))?;
-    uploads.terminate(&task_ref).await.map_err(|e| refuse(e.into()))?;
+    let interop = Interop::of(req.headers())?;
+    let task_ref = task_of(req)?;
+    uploads.terminate(&task_ref).await?;
     Ok(interop.reply(StatusCode::NO_CONTENT).finish())
 }
 

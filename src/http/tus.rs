@@ -142,8 +142,7 @@ async fn patch(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payload
     require_tus_resumable(&req)?;
     require_offset_stream(&req)?;
     let headers = req.headers();
-    let offset = number(headers, "upload-offset")?
-        .ok_or_else(|| UploadError::InvalidField(FieldError::new("Upload-Offset", "is required: ask HEAD for it")))?;
+    let offset = required_offset(headers)?;
     let body_len = number(headers, "content-length")?.ok_or(TusRefusal::LengthRequired)?;
     let append = Append {
         offset,
@@ -238,6 +237,12 @@ pub(super) fn checksum(headers: &HeaderMap) -> Result<Option<ContentChecksum>, U
     let tus = text(headers, "upload-checksum").map(ContentChecksum::from_tus);
     let digest = || text(headers, "content-digest").map(ContentChecksum::from_content_digest);
     tus.or_else(digest).transpose().map_err(UploadError::InvalidField)
+}
+
+/// `Upload-Offset` of an append, which both protocols require.
+pub(super) fn required_offset(headers: &HeaderMap) -> Result<u64, UploadError> {
+    number(headers, "upload-offset")?
+        .ok_or_else(|| UploadError::InvalidField(FieldError::new("Upload-Offset", "is required: ask HEAD for it")))
 }
 
 pub(super) fn bearer(headers: &HeaderMap) -> Option<String> {
