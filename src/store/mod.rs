@@ -466,6 +466,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_that_reads_first_waits_for_the_write_lock_another_connection_holds() {
+        // The checkpointer's TRUNCATE holds the write lock a moment, as an operator's sqlite3 may.
+        // A write whose first statement reads must wait for it like any other, not fail at once:
+        // SQLite does not wait to turn a read transaction into a write one (tus creations got
+        // 503s under load).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()), Durability::Process, 2).await.unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let writing = store.clone();
+        let write = tokio::spawn(async move {
+            writing
+                .write(|conn| {
+                    Box::pin(async move {
+                        let grants: i64 =
+                            sqlx::query_scalar("SELECT COUNT(*) FROM redeemed_grants").fetch_one(&mut *conn).await?;
+                        sqlx::query("DELETE FROM received_ranges WHERE task_id = -1").execute(&mut *conn).await?;
+                        Ok(grants)
+                    })
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap().unwrap(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn every_connection_has_the_pragmas_durability_asks_for() {
         for (durability, synchronous) in [(Durability::Process, 1), (Durability::Power, 2)] {
             let dir = tempfile::tempdir().unwrap();

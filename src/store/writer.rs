@@ -127,13 +127,13 @@ async fn serve_writes(mut conn: SqliteConnection, mut jobs: mpsc::UnboundedRecei
 ///
 /// The statements between two writes (the one's RELEASE, the next one's SAVEPOINT) and those
 /// that begin and end the transaction go to the connection together, one round trip to its thread
-/// where there were up to three. A write alone runs in a savepoint that is its transaction:
-/// SAVEPOINT begins one, and its RELEASE commits it.
+/// where there were up to three.
 async fn commit_together(conn: &mut SqliteConnection, writes: Vec<WriteJob>) {
-    let alone = writes.len() == 1;
     let mut replies = Vec::with_capacity(writes.len());
-    // Dialect: SQLite takes the write lock at BEGIN IMMEDIATE.
-    let mut glue = String::from(if alone { "" } else { "BEGIN IMMEDIATE; " });
+    // Dialect: SQLite takes the write lock at BEGIN IMMEDIATE, waiting for it up to the busy
+    // timeout; a transaction begun by its first statement (a SAVEPOINT alone) that reads first
+    // would fail at once if another connection (the checkpointer) held the lock at its first write.
+    let mut glue = String::from("BEGIN IMMEDIATE; ");
     // The failure of the last write run, which is also why the group fails when the statements
     // after it fail: some errors (a full disk, say) roll the whole transaction back.
     let mut failed_write: Option<TransactionFailure> = None;
@@ -163,9 +163,7 @@ async fn commit_together(conn: &mut SqliteConnection, writes: Vec<WriteJob>) {
     let committed = match failed {
         Some(why) => Err(why),
         None => {
-            if !alone {
-                glue.push_str("COMMIT");
-            }
+            glue.push_str("COMMIT");
             run_together(conn, &glue).await.map_err(|e| failed_write.take().unwrap_or_else(|| failure_of(e)))
         }
     };

@@ -144,16 +144,7 @@ impl BenchClient {
 
     /// The path task `task_id`'s callback names, once it has come (waiting up to `wait`).
     pub async fn stored_path_within(&self, task_id: &str, wait: Duration) -> anyhow::Result<PathBuf> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(path) = self.sink.store_path(task_id) {
-                return Ok(path.into());
-            }
-            if Instant::now() >= deadline {
-                bail!("no callback for task {task_id}");
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.sink.store_path_within(task_id, wait).await
     }
 
     pub async fn blocks_info(&self, task: &Task) -> anyhow::Result<Value> {

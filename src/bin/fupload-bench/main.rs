@@ -8,7 +8,7 @@ mod server;
 mod tus;
 mod workloads;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -60,6 +60,9 @@ struct Args {
     /// run: `cargo install rustus --version 0.5.10 --locked --features hashers` (it checks each block's md5).
     #[arg(long)]
     rustus: Option<PathBuf>,
+    /// Leave out fupload's tus endpoint (by default the workloads also run through it, tus-style).
+    #[arg(long)]
+    no_tus: bool,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -87,6 +90,8 @@ struct Figures {
     write_fsync: Vec<f64>,
     w1_finish_ms: Vec<f64>,
     fupload: Workloads,
+    /// fupload through its tus endpoint.
+    tus: Workloads,
     rustus: Workloads,
 }
 
@@ -106,6 +111,19 @@ struct RunUploads {
     w1: Upload,
     w2: Vec<Upload>,
     w3: Vec<Upload>,
+}
+
+impl RunUploads {
+    fn all(&self) -> impl Iterator<Item = &Upload> {
+        std::iter::once(&self.w1).chain(&self.w2).chain(&self.w3)
+    }
+}
+
+/// A fresh fupload server in `dir`.
+fn start_fupload(bin: &Path, dir: &Path, sink: &CallbackSink, block: usize) -> anyhow::Result<ServerProcess> {
+    // A new server numbers its tasks from 1 again.
+    sink.forget_all();
+    ServerProcess::start(bin, dir, &sink.url, (block + MIB) as u64)
 }
 
 impl Workloads {
@@ -179,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         write_fsync: vec![],
         w1_finish_ms: vec![],
         fupload: Workloads::default(),
+        tus: Workloads::default(),
         rustus: Workloads::default(),
     };
     let sink = CallbackSink::start()?;
@@ -204,14 +223,36 @@ async fn main() -> anyhow::Result<()> {
         figures.md5.push(limits::md5_mb_s(&w1_data));
         figures.md5_twice.push(limits::md5_twice_mb_s(&w1_data));
         let run_dir = scratch.join(format!("run-{run}"));
-        sink.forget_all();
-        let server = ServerProcess::start(&server_bin, &run_dir, &sink.url, (block + MIB) as u64)?;
+        std::fs::create_dir_all(&run_dir)?;
         limits::settle(&run_dir)?;
         figures.write_fsync.push(limits::write_fsync_mb_s(&run_dir.join("limit-write.bin"), &w1_data)?);
-        let client = BenchClient::new(&server.base, &sink);
-        let w1_done = figures.fupload.run(&client, &server, &uploads, args.w3_parallel, &run_dir).await?;
-        figures.w1_finish_ms.push(server.finish_ms(&w1_done.id).context("no finish_ms in the server log")?);
-        drop(server);
+        limits::release_page_cache(&run_dir)?;
+        // Each on a server of its own, which of the two goes first alternating: on this VM what
+        // ran just before changes the figures.
+        let mut via_tus_order = vec![false];
+        if !args.no_tus {
+            via_tus_order.insert(run % 2, true);
+        }
+        for via_tus in via_tus_order {
+            let dir = run_dir.join(if via_tus { "tus" } else { "fupload" });
+            if via_tus {
+                let server = start_fupload(&server_bin, &dir, &sink, block)?;
+                let client = tus::TusClient::fupload(&server.base, &sink, uploads.all())?;
+                client.check_it_verifies_checksums().await?;
+                let running = figures.tus.run(&client, &server, &uploads, args.w3_parallel, &run_dir);
+                running.await.context("fupload via tus")?;
+            } else {
+                let server = start_fupload(&server_bin, &dir, &sink, block)?;
+                let client = BenchClient::new(&server.base, &sink);
+                let w1_done = figures.fupload.run(&client, &server, &uploads, args.w3_parallel, &run_dir).await?;
+                let finish_ms = server.finish_ms(&w1_done.id).context("no finish_ms in the server log")?;
+                figures.w1_finish_ms.push(finish_ms);
+            }
+            // The next server starts with the same free memory: with the last one's files in the
+            // page cache, a W1 took half as much server CPU again.
+            limits::settle(&dir)?;
+            limits::release_page_cache(&dir)?;
+        }
         println!(
             "run {}: md5 {:.0} MB/s (two states {:.0}), write+fsync {:.0} MB/s; W1 last block → finish {:.1} ms",
             run + 1,
@@ -221,17 +262,20 @@ async fn main() -> anyhow::Result<()> {
             figures.w1_finish_ms[run]
         );
         figures.fupload.print_run("fupload", run);
+        if !args.no_tus {
+            figures.tus.print_run("fupload via tus", run);
+        }
         if let Some(rustus) = &args.rustus {
             let dir = run_dir.join("rustus");
             // As the issue ran it: `--max-body-size 16777216` (or a whole block, if larger).
             let server = tus::start_rustus(rustus, &dir, (block + MIB).max(16 << 20) as u64)?;
-            let client = tus::TusClient::new(&server.base, &dir);
+            let client = tus::TusClient::rustus(&server.base, &dir);
             client.check_it_verifies_checksums().await?;
             figures.rustus.run(&client, &server, &uploads, args.w3_parallel, &dir).await.context("rustus")?;
             figures.rustus.print_run("rustus", run);
+            limits::settle(&dir)?;
+            limits::release_page_cache(&dir)?;
         }
-        limits::settle(&run_dir)?;
-        limits::release_page_cache(&run_dir)?;
     }
 
     let server = ServerProcess::start(&server_bin, &scratch.join("ranges"), &sink.url, (block + MIB) as u64)?;
@@ -245,16 +289,78 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The columns beside fupload's own protocol: fupload via tus and rustus, those that ran.
+struct Peers {
+    tus: bool,
+    rustus: bool,
+}
+
+impl Peers {
+    fn head(&self) -> (String, String) {
+        let mut head = String::new();
+        if self.tus {
+            head += " fupload via tus | tus ÷ fupload |";
+        }
+        if self.rustus {
+            head += " rustus | fupload ÷ rustus |";
+        }
+        if self.tus && self.rustus {
+            head += " tus ÷ rustus |";
+        }
+        let rule = "---|".repeat(head.matches('|').count());
+        (head, rule)
+    }
+
+    /// Empty cells for a row of fupload's alone.
+    fn blank(&self) -> String {
+        " |".repeat(self.head().0.matches('|').count())
+    }
+
+    /// The peers' figures (with `decimals`) and the ratios between them and fupload's `ours`.
+    fn cells(&self, ours: f64, tus: f64, rustus: f64, unit: &str, decimals: usize) -> String {
+        let mut cells = String::new();
+        if self.tus {
+            cells += &format!(" {tus:.decimals$} {unit} | {:.2} |", tus / ours);
+        }
+        if self.rustus {
+            cells += &format!(" {rustus:.decimals$} {unit} | {:.2} |", ours / rustus);
+        }
+        if self.tus && self.rustus {
+            cells += &format!(" {:.2} |", tus / rustus);
+        }
+        cells
+    }
+
+    /// The peers' CPU seconds.
+    fn cpu_cells(&self, tus: &[CpuUse], rustus: &[CpuUse]) -> String {
+        let mut cells = String::new();
+        let cpu = |used: &[CpuUse]| {
+            let (server, client, busy) = cpu_medians(used);
+            format!(" {server:.2} + {client:.2} s; {busy:.2} | |")
+        };
+        if self.tus {
+            cells += &cpu(tus);
+        }
+        if self.rustus {
+            cells += &cpu(rustus);
+        }
+        if self.tus && self.rustus {
+            cells += " |";
+        }
+        cells
+    }
+}
+
 fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64)) {
     let md5 = median(&mut f.md5);
     let write = median(&mut f.write_fsync);
     let twice = median(&mut f.md5_twice);
-    let with_rustus = !f.rustus.w1.is_empty();
+    let peers = Peers { tus: !f.tus.w1.is_empty(), rustus: !f.rustus.w1.is_empty() };
     println!("\nmedians of {} runs (MB = 10^6 bytes)\n", args.runs);
-    let (peer_head, peer_rule) = if with_rustus { (" rustus | fupload ÷ rustus |", "---|---|") } else { ("", "") };
+    let (peer_head, peer_rule) = peers.head();
     println!("| figure | fupload | ratio to md5 limit | ratio to write+fsync limit |{peer_head}");
     println!("|---|---|---|---|{peer_rule}");
-    let blank = if with_rustus { " | |" } else { "" };
+    let blank = peers.blank();
     println!("| machine: md5 of the same bytes, one core | {md5:.0} MB/s | 1.00 | |{blank}");
     println!(
         "| machine: md5 of the same bytes into two states, a thread each | {twice:.0} MB/s | {:.2} | |{blank}",
@@ -271,39 +377,34 @@ fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64
         ),
     ];
     let ours = [&mut f.fupload.w1, &mut f.fupload.w2, &mut f.fupload.w3];
-    let theirs = [&mut f.rustus.w1, &mut f.rustus.w2, &mut f.rustus.w3];
-    for (((name, unit, ratios), ours), theirs) in workloads.iter().zip(ours).zip(theirs) {
+    let tus = [&mut f.tus.w1, &mut f.tus.w2, &mut f.tus.w3];
+    let rustus = [&mut f.rustus.w1, &mut f.rustus.w2, &mut f.rustus.w3];
+    for ((((name, unit, ratios), ours), tus), rustus) in workloads.iter().zip(ours).zip(tus).zip(rustus) {
         let value = median(ours);
         let limits = match ratios {
             true => format!("{:.2} | {:.2}", value / md5, value / write),
             false => " | ".to_owned(),
         };
-        let peer = peer_cells(with_rustus, value, median(theirs), unit);
+        let peer = peers.cells(value, median(tus), median(rustus), unit, 0);
         println!("| {name} | {value:.0} {unit} | {limits} |{peer}");
     }
     for (i, name) in ["W1", "W2", "W3"].iter().enumerate() {
         let (server, client, busy) = cpu_medians(&f.fupload.cpu[i]);
-        let peer = match with_rustus {
-            true => {
-                let (server, client, busy) = cpu_medians(&f.rustus.cpu[i]);
-                format!(" {server:.2} + {client:.2} s; {busy:.2} | |")
-            }
-            false => String::new(),
-        };
+        let peer = peers.cpu_cells(&f.tus.cpu[i], &f.rustus.cpu[i]);
         println!(
             "| {name}: CPU seconds, server + benchmark client; cores busy | {server:.2} + {client:.2} s; {busy:.2} | | |{peer}"
         );
     }
     println!("| W1: last block → `finish` | {:.1} ms | | |{blank}", median(&mut f.w1_finish_ms));
     let rss = median(&mut f.fupload.peak_rss_mib);
-    let peer = peer_cells(with_rustus, rss, median(&mut f.rustus.peak_rss_mib), "MiB");
+    let peer = peers.cells(rss, median(&mut f.tus.peak_rss_mib), median(&mut f.rustus.peak_rss_mib), "MiB", 1);
     println!("| server peak RSS through W1–W3 | {rss:.1} MiB | | |{peer}");
     println!("| expectBlocks with {} received ranges: HTTP round trip | {ranges_ms:.2} ms | | |{blank}", args.ranges);
     println!(
         "| expectBlocks with {} received ranges: server's own time | {ranges_server_ms:.2} ms | | |{blank}",
         args.ranges
     );
-    for (name, w) in [("fupload", &f.fupload), ("rustus", &f.rustus)] {
+    for (name, w) in [("fupload", &f.fupload), ("fupload via tus", &f.tus), ("rustus", &f.rustus)] {
         if !w.w1.is_empty() {
             println!(
                 "\n{name}, all runs: W1 {:?} MB/s, W2 {:?} MB/s, W3 {:?} uploads/s, peak RSS {:?} MiB",
@@ -313,14 +414,6 @@ fn report(args: &Args, f: &mut Figures, (ranges_ms, ranges_server_ms): (f64, f64
                 rounded(&w.peak_rss_mib)
             );
         }
-    }
-}
-
-/// The rustus cells of a row: its figure and fupload's as a multiple of it.
-fn peer_cells(with_rustus: bool, ours: f64, theirs: f64, unit: &str) -> String {
-    match with_rustus {
-        true => format!(" {theirs:.0} {unit} | {:.2} |", ours / theirs),
-        false => String::new(),
     }
 }
 

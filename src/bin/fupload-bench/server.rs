@@ -176,6 +176,20 @@ impl CallbackSink {
         self.store_paths.lock().ok()?.get(task_id).cloned()
     }
 
+    /// The path task `task_id`'s callback names, once it has come (waiting up to `wait`).
+    pub async fn store_path_within(&self, task_id: &str, wait: Duration) -> anyhow::Result<PathBuf> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(path) = self.store_path(task_id) {
+                return Ok(path.into());
+            }
+            if Instant::now() >= deadline {
+                bail!("no callback for task {task_id}");
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
