@@ -148,11 +148,10 @@ impl Uploads {
         };
         match partials {
             Some(partials) if created => self.join(task, &partials).await,
-            _ => match self.set_up_task(&task, created).await? {
-                status if status == task.status => self.upload_state(&task),
-                // An empty file was finished: its md5 and status are the store's now.
-                _ => self.upload_state(&self.store.task(task.task_id).await?.unwrap_or(task)),
-            },
+            _ => {
+                self.set_up_task(&task, created).await?;
+                self.upload_state(&self.store.task(task.task_id).await?.unwrap_or(task))
+            }
         }
     }
 

@@ -24,35 +24,26 @@ impl Store {
         let grant_id = new.spec.grant_id.clone().unwrap_or_default();
         self.write(move |conn| {
             Box::pin(async move {
-                if !redeem {
-                    let redeemed = sqlx::query_scalar!(
-                        r#"SELECT task_id AS "task_id!" FROM redeemed_grants WHERE grant_id = ?1"#,
-                        grant_id
-                    )
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    if redeemed.is_some() {
-                        return Ok(GrantedCreation::GrantUsed);
-                    }
+                let redeemed = sqlx::query_scalar!(
+                    r#"SELECT task_id AS "task_id!" FROM redeemed_grants WHERE grant_id = ?1"#,
+                    grant_id
+                )
+                .fetch_optional(&mut *conn)
+                .await?;
+                if redeemed.is_some() {
+                    return Ok(GrantedCreation::GrantUsed);
                 }
                 let (task, created) = insert_or_find(conn, &new).await?;
                 if redeem {
-                    // The redemption is the check: a grant redeemed before leaves no row, and the
-                    // task's insert is rolled back.
                     let now = now();
-                    let redeemed = sqlx::query!(
-                        "INSERT INTO redeemed_grants (grant_id, task_id, redeemed_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (grant_id) DO NOTHING",
+                    sqlx::query!(
+                        "INSERT INTO redeemed_grants (grant_id, task_id, redeemed_at) VALUES (?1, ?2, ?3)",
                         grant_id,
                         task.task_id,
                         now
                     )
                     .execute(&mut *conn)
                     .await?;
-                    if redeemed.rows_affected() == 0 {
-                        writer::undo(conn).await?;
-                        return Ok(GrantedCreation::GrantUsed);
-                    }
                 }
                 Ok(if created { GrantedCreation::Created(task) } else { GrantedCreation::Resumed(task) })
             })

@@ -164,7 +164,7 @@ async fn a_creation_with_a_grant_and_its_first_bytes_finishes_with_the_md5_it_co
     );
     assert_eq!((callback["userId"].as_str(), callback["data"]["album"].as_i64()), (Some("7"), Some(3)));
     assert!(callback["storePath"].as_str().unwrap().ends_with("/store/users/7/photo.jpg"), "{callback}");
-    // Nor once that upload is finished: the task the refused creation inserted is rolled back.
+    // Nor once that upload is finished, and the refused creation leaves no task.
     let after = create(&app, &signed, &[("upload-length", "70000")], Vec::new()).await;
     assert_eq!(after.0, 401);
     assert!(text(&after.2).contains("was used for an upload already"), "{}", text(&after.2));
