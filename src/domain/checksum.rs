@@ -89,6 +89,13 @@ impl ContentChecksum {
         Ok(md5.map(|checksum| Md5Hex::of_digest(&checksum.digest)))
     }
 
+    /// The `Repr-Digest` naming a whole file's md5: `md5=:<base64>:`.
+    pub fn repr_digest_of(md5: &Md5Hex) -> String {
+        // An Md5Hex is 32 hex digits by construction.
+        let digest = hex::decode(md5.as_str()).unwrap_or_default();
+        format!("md5=:{}:", STANDARD.encode(digest))
+    }
+
     fn from_digest_field(
         field: &'static str,
         header: &str,
@@ -150,7 +157,9 @@ mod tests {
         let md5 = ContentChecksum::md5_of_repr_digest(
             "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:, md5=:1B2M2Y8AsgTpgAmY7PhCfg==:",
         );
-        assert_eq!(md5.unwrap().unwrap().as_str(), "d41d8cd98f00b204e9800998ecf8427e");
+        let md5 = md5.unwrap().unwrap();
+        assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(ContentChecksum::repr_digest_of(&md5), "md5=:1B2M2Y8AsgTpgAmY7PhCfg==:");
         assert_eq!(
             ContentChecksum::md5_of_repr_digest("sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"),
             Ok(None)

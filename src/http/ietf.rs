@@ -76,20 +76,13 @@ impl Interop {
 
     fn mark_complete(self, reply: &mut HttpResponseBuilder, complete: bool) {
         let flag = if complete != (self.0 == 3) { "?1" } else { "?0" };
-        reply.insert_header((HeaderName::from_static(lowercase(self.completeness_header())), flag));
+        reply.insert_header((self.completeness_header(), flag));
     }
 
     fn reply(self, status: StatusCode) -> HttpResponseBuilder {
         let mut reply = HttpResponse::build(status);
         reply.insert_header((HeaderName::from_static(INTEROP_HEADER), self.0.to_string()));
         reply
-    }
-}
-
-fn lowercase(header: &'static str) -> &'static str {
-    match header {
-        "Upload-Incomplete" => "upload-incomplete",
-        _ => "upload-complete",
     }
 }
 
@@ -210,10 +203,7 @@ async fn completed(
     interop.mark_complete(&mut reply, true);
     reply.insert_header(("upload-offset", state.offset));
     if let Some(md5) = &state.file_md5 {
-        if let Ok(digest) = hex::decode(md5.as_str()) {
-            let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
-            reply.insert_header(("repr-digest", format!("md5=:{encoded}:")));
-        }
+        reply.insert_header(("repr-digest", ContentChecksum::repr_digest_of(md5)));
     }
     Ok(reply)
 }
