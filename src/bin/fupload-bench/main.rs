@@ -235,21 +235,21 @@ async fn main() -> anyhow::Result<()> {
         }
         for via_tus in via_tus_order {
             let dir = run_dir.join(if via_tus { "tus" } else { "fupload" });
+            let server = start_fupload(&server_bin, &dir, &sink, block)?;
             if via_tus {
-                let server = start_fupload(&server_bin, &dir, &sink, block)?;
                 let client = tus::TusClient::fupload(&server.base, &sink, uploads.all())?;
                 client.check_it_verifies_checksums().await?;
                 let running = figures.tus.run(&client, &server, &uploads, args.w3_parallel, &run_dir);
                 running.await.context("fupload via tus")?;
             } else {
-                let server = start_fupload(&server_bin, &dir, &sink, block)?;
                 let client = BenchClient::new(&server.base, &sink);
                 let w1_done = figures.fupload.run(&client, &server, &uploads, args.w3_parallel, &run_dir).await?;
                 let finish_ms = server.finish_ms(&w1_done.id).context("no finish_ms in the server log")?;
                 figures.w1_finish_ms.push(finish_ms);
             }
-            // The next server starts with the same free memory: with the last one's files in the
-            // page cache, a W1 took half as much server CPU again.
+            // The next server starts with the same free memory: the last one's files left in the
+            // page cache change how much server CPU its W1 takes.
+            drop(server);
             limits::settle(&dir)?;
             limits::release_page_cache(&dir)?;
         }
