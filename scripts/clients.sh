@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="$(realpath "${1:-${CARGO_TARGET_DIR:-target}/debug/fupload-server}")"
 repo="$(pwd)"
+# shellcheck source=lib/loopback.sh
+source scripts/lib/loopback.sh
 
 work="$(mktemp -d)"
 server_pid=""
@@ -37,19 +39,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 fupload_port="$(free_port)"
 callback_port="$(free_port)"
 base="http://127.0.0.1:$fupload_port"
 
-cat > "$work/fupload.yml" <<YAML
-server: {host: "127.0.0.1", port: $fupload_port, addr: "http://127.0.0.1"}
-database: {url: "sqlite://$work/fupload.db"}
-tmpDir: "$work/tmp"
-storeDir: "$work/store"
-bServer:
-  cp1-secret: {name: "cp1", notifyUrl: "http://127.0.0.1:$callback_port/callback"}
-YAML
+fupload_config "$work" "$fupload_port" "http://127.0.0.1:$callback_port/callback"
 
 # The clients, pinned: npm ci installs exactly package-lock.json; pip the frozen requirements.
 (cd clients/tus-js && npm ci --no-audit --no-fund --loglevel=error)
@@ -59,13 +53,7 @@ python3 -m venv "$work/venv"
 start_server() {
   "$binary" -c "$work/fupload.yml" 2>> "$work/fupload.log" &
   server_pid=$!
-  for _ in $(seq 300); do
-    curl -fsS "$base/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "$server_pid" 2>/dev/null || { echo "fupload exited while starting" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "fupload did not answer /healthz" >&2
-  return 1
+  wait_for_url "$base/healthz" "$server_pid"
 }
 
 stop_server() {

@@ -9,6 +9,8 @@
 # apt-get, not installed, so no system service is started).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/loopback.sh
+source scripts/lib/loopback.sh
 binary="$(realpath "${1:-${CARGO_TARGET_DIR:-target}/debug/fupload-server}")"
 site="$(realpath conf/nginx-fupload.conf)"
 
@@ -28,7 +30,6 @@ if [[ -z "$nginx" ]]; then
   nginx="$work/nginx-pkg/usr/sbin/nginx"
 fi
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 fupload_port="$(free_port)"
 nginx_port="$(free_port)"
 

@@ -11,6 +11,8 @@
 # Installs Debian's chromium with apt-get if /usr/bin/chromium is missing; npm ci in clients/uppy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/loopback.sh
+source scripts/lib/loopback.sh
 target="${CARGO_TARGET_DIR:-target}"
 binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
 [[ -x "$binary" ]] || { echo "uppy: no fupload server at $binary (cargo build first, or pass its path)" >&2; exit 1; }
@@ -31,38 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 fupload_port="$(free_port)"
 business_port="$(free_port)"
 fupload_url="http://127.0.0.1:$fupload_port"
 business_url="http://127.0.0.1:$business_port"
 
 # The page comes from the business server's origin and uploads to fupload's: cors lets it.
-cat > "$work/fupload.yml" <<YAML
-server: {host: "127.0.0.1", port: $fupload_port, addr: "http://127.0.0.1"}
-database: {url: "sqlite://$work/fupload.db"}
-tmpDir: "$work/tmp"
-storeDir: "$work/store"
-cors: {allowedOrigins: ["$business_url"]}
-bServer:
-  cp1-secret: {name: "cp1", notifyUrl: "$business_url/api/business/fupload/callback"}
-YAML
+fupload_config "$work" "$fupload_port" "$business_url/api/business/fupload/callback" \
+  "cors: {allowedOrigins: [\"$business_url\"]}"
 "$binary" -c "$work/fupload.yml" 2> "$work/fupload.log" &
 pids+=($!)
 "$business_binary" --listen "127.0.0.1:$business_port" --fupload "$fupload_url" --token cp1-secret \
   --page-dir "$(realpath clients/uppy/dist)" > "$work/business.log" 2>&1 &
 pids+=($!)
 
-wait_for() {
-  for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "uppy: $1 did not answer" >&2
-  return 1
-}
-wait_for "$fupload_url/healthz"
-wait_for "$business_url/"
+wait_for_url "$fupload_url/healthz" "${pids[0]}"
+wait_for_url "$business_url/" "${pids[1]}"
 
 screenshot="$(realpath -m "${UPPY_SCREENSHOT:-$work/uppy.png}")"
 status=0
