@@ -5,7 +5,7 @@ use std::io;
 
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
 use super::envelope;
 use crate::domain::{FieldError, TaskStatus};
@@ -310,21 +310,27 @@ impl ResponseError for TusRefusal {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let TusRefusal::Upload(e) = self {
-            log_refusal(e);
-        }
-        let mut reply = HttpResponse::build(self.status_code());
+        let upload_error = if let TusRefusal::Upload(e) = self { Some(e) } else { None };
+        let mut reply = refusal_reply(self.status_code(), upload_error);
         reply.insert_header(("Tus-Resumable", "1.0.0")).content_type("text/plain; charset=utf-8");
         if let TusRefusal::Version(_) = self {
             reply.insert_header(("Tus-Version", "1.0.0"));
         }
-        if let TusRefusal::Upload(e) = self {
-            if let Some(seconds) = retry_after(e) {
-                reply.insert_header((RETRY_AFTER, HeaderValue::from(seconds)));
-            }
-        }
         reply.body(self.to_string())
     }
+}
+
+/// The reply to a refusal of the tus or IETF endpoints, begun: an upload error is logged and gets
+/// `Retry-After` when waiting helps, as on the fupload protocol's endpoints.
+fn refusal_reply(status: StatusCode, upload_error: Option<&UploadError>) -> HttpResponseBuilder {
+    let mut reply = HttpResponse::build(status);
+    if let Some(e) = upload_error {
+        log_refusal(e);
+        if let Some(seconds) = retry_after(e) {
+            reply.insert_header((RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+    }
+    reply
 }
 
 /// The status of a refusal on the tus and IETF endpoints, where it is not the fupload protocol's.
@@ -442,17 +448,12 @@ impl ResponseError for IetfRefusal {
         let mut problem = serde_json::json!({
             "type": kind, "title": title, "status": status.as_u16(), "detail": self.to_string(),
         });
-        let mut reply = HttpResponse::build(status);
+        let upload_error = if let IetfRefusal::Upload(e) = self { Some(e) } else { None };
+        let mut reply = refusal_reply(status, upload_error);
         if let Some((expected, provided)) = offsets {
             problem["expected-offset"] = expected.into();
             problem["provided-offset"] = provided.into();
             reply.insert_header(("Upload-Offset", expected));
-        }
-        if let IetfRefusal::Upload(e) = self {
-            log_refusal(e);
-            if let Some(seconds) = retry_after(e) {
-                reply.insert_header((RETRY_AFTER, HeaderValue::from(seconds)));
-            }
         }
         reply.content_type("application/problem+json").body(problem.to_string())
     }
