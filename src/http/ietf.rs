@@ -9,7 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 
 use super::error::IetfRefusal;
-use super::tus::{bearer, checksum, concat_of, number, required_offset, task_of, text, tus_url};
+use super::tus::{bearer, checksum, concat_of, has_unsized_body, number, required_offset, task_of, text, tus_url};
 use crate::config::Settings;
 use crate::domain::checksum::ContentChecksum;
 use crate::domain::{Protocol, TaskStatus};
@@ -125,6 +125,9 @@ async fn create_upload(req: &HttpRequest, uploads: &Uploads, body: web::Payload)
     let headers = req.headers();
     let interop = Interop::of(headers)?;
     let complete = interop.complete(headers)?;
+    if has_unsized_body(headers) {
+        return Err(IetfRefusal::LengthRequired);
+    }
     let content_len = number(headers, "content-length")?;
     let declared = number(headers, "upload-length")?;
     let length = match consistent_length(declared, complete.then_some(content_len.unwrap_or(0)), 0) {

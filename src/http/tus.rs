@@ -66,6 +66,9 @@ async fn options(uploads: web::Data<Uploads>) -> HttpResponse {
 async fn create(req: HttpRequest, uploads: web::Data<Uploads>, body: web::Payload) -> Result<HttpResponse, TusRefusal> {
     require_tus_resumable(&req)?;
     let headers = req.headers();
+    if has_unsized_body(headers) {
+        return Err(TusRefusal::LengthRequired);
+    }
     let length = match (number(headers, "upload-length")?, text(headers, "upload-defer-length")) {
         (Some(length), None) => UploadLength::Known(length),
         (None, Some("1")) => UploadLength::Deferred,
@@ -237,6 +240,12 @@ pub(super) fn checksum(headers: &HeaderMap) -> Result<Option<ContentChecksum>, U
     let tus = text(headers, "upload-checksum").map(ContentChecksum::from_tus);
     let digest = || text(headers, "content-digest").map(ContentChecksum::from_content_digest);
     tus.or_else(digest).transpose().map_err(UploadError::InvalidField)
+}
+
+/// Whether the request has content of no declared length (`Transfer-Encoding: chunked`): a
+/// creation must say how many bytes it carries, or they would be taken for none.
+pub(super) fn has_unsized_body(headers: &HeaderMap) -> bool {
+    headers.contains_key("transfer-encoding") && !headers.contains_key("content-length")
 }
 
 /// `Upload-Offset` of an append, which both protocols require.

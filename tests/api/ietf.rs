@@ -210,3 +210,28 @@ async fn cancellation_ends_the_task_and_options_tell_the_limits() {
     let gone = app.request(Method::HEAD, &location, &[("upload-draft-interop-version", "6")]).await;
     assert_eq!(gone.0, 410);
 }
+
+#[actix_web::test]
+async fn a_creation_whose_content_has_no_length_is_refused_not_taken_for_empty() {
+    let app = spawn_app().await;
+    let (addr, _) = fupload_testkit::raw_http::split_url(&app.base);
+    for (protocol_headers, status) in [
+        ("Upload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\n", "411"),
+        ("Tus-Resumable: 1.0.0\r\nUpload-Defer-Length: 1\r\nContent-Type: application/offset+octet-stream\r\n", "411"),
+    ] {
+        // The whole file, chunked: were it taken for no content, the upload would finish empty.
+        let request = format!(
+            "POST /api/upload/tus HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\
+             {protocol_headers}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            grant("chunked.bin", None).sign(TOKEN)
+        );
+        let addr = addr.clone();
+        let reply =
+            actix_web::rt::task::spawn_blocking(move || fupload_testkit::raw_http::exchange(&addr, request.as_bytes()))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(reply.head.starts_with(&format!("HTTP/1.1 {status}")), "{}", reply.head);
+    }
+    assert_eq!(query(&app, "SELECT COUNT(*) FROM upload_tasks").await, vec![vec!["0".to_string()]]);
+}
