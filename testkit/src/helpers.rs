@@ -430,8 +430,9 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }
 
-/// The databases made on the PostgreSQL test server: kept until the test binary ends (a test
-/// restarts its server on the same one), and gone with the server, which `.ci/run` throws away.
+/// The databases (schemas) made on the PostgreSQL test server: kept until the test binary ends (a
+/// test restarts its server on the same one), and gone with the server, which `.ci/run` throws
+/// away. A few pages each.
 static POSTGRES_DATABASES: std::sync::Mutex<Vec<fupload::store::TempDatabase>> = std::sync::Mutex::new(Vec::new());
 
 /// The PostgreSQL server the tests run on instead of SQLite, when `FUPLOAD_TEST_POSTGRES_URL`

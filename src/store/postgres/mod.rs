@@ -134,48 +134,50 @@ fn unsigned(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Unreadable(format!("stored count {value} is negative")))
 }
 
-/// A database of its own on a PostgreSQL server, for a test or a benchmark run: made by `create`,
-/// dropped (with any connection still open to it) when this is dropped.
+/// A database of its own on a PostgreSQL server, for a test or a benchmark run: a schema with a
+/// random name, which the URL makes the connections' search path (so the store's tables and its
+/// migrations' record go there), made by `create` and dropped with all it holds when this is
+/// dropped. A schema costs a few pages where a database copies its template's megabytes.
 pub struct TempDatabase {
     /// The database's URL, for `database.url`.
     pub url: String,
     server_url: String,
-    name: String,
+    schema: String,
 }
 
 impl TempDatabase {
-    /// Makes a database with a random name on the server `server_url` names (any database of
-    /// it: the new one replaces the path).
+    /// Makes the schema on the server `server_url` names.
     pub async fn create(server_url: &str) -> Result<Self, StoreError> {
         use sqlx::Connection;
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let name = format!("fupload_test_{}", hex::encode(random));
+        let schema = format!("fupload_test_{}", hex::encode(random));
         let mut server = PgConnection::connect(server_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut server).await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut server).await?;
         server.close().await?;
-        let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
-        Ok(Self { url: format!("{base}/{name}"), server_url: server_url.to_owned(), name })
+        let separator = if server_url.contains('?') { '&' } else { '?' };
+        let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
+        Ok(Self { url, server_url: server_url.to_owned(), schema })
     }
 }
 
 impl Drop for TempDatabase {
     fn drop(&mut self) {
-        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        let (server_url, schema) = (self.server_url.clone(), self.schema.clone());
         // Dropped where there may be no runtime, or one that must not block: a thread of its own.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 use sqlx::Connection;
                 let mut server = PgConnection::connect(&server_url).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut server).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut server).await?;
                 server.close().await
             })?;
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         })
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
-            tracing::warn!(database = %self.name, "the temporary database was not dropped");
+            tracing::warn!(schema = %self.schema, "the temporary schema was not dropped");
         }
     }
 }
