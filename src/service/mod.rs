@@ -10,6 +10,7 @@ mod expire;
 mod finish;
 mod incoming;
 mod instant;
+mod object;
 mod recover;
 mod state;
 mod temp_file;
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
+use crate::storage::{S3Error, Storage};
 use crate::store::{StatusChange, Store, StoreError, Task, Trouble};
 
 pub use block::BlockAccepted;
@@ -104,6 +106,9 @@ pub enum UploadError {
     /// An append to the final upload of a concatenation, which takes none.
     #[error("the final upload of a concatenation takes no appends")]
     FinalUpload,
+    /// An S3 request failed (`storage.kind: s3`); `S3Error::Throttled` passes.
+    #[error("storage error")]
+    Storage(#[source] S3Error),
     #[error("unknown system error")]
     Internal(#[from] anyhow::Error),
 }
@@ -189,13 +194,16 @@ pub struct Uploads {
     /// Woken when a callback is queued, so the outbox worker sends it at once.
     outbox_wakeup: Arc<Notify>,
     finishing: finish::Finishing,
+    /// Where finished files go: storeDir, or an S3 bucket.
+    storage: Storage,
 }
 
 impl Uploads {
     /// `settings` must have absolute `tmpDir` and `storeDir` (see `startup`). Fails when the
-    /// background hashing threads cannot be started.
+    /// background hashing threads (or, for S3 storage, its connection thread) cannot be started.
     pub fn new(store: Store, settings: Arc<Settings>) -> std::io::Result<Self> {
         let hashers = PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
+        let storage = Storage::from_settings(&settings)?;
         Ok(Self {
             business_servers: Arc::new(BusinessServers::new(&settings.business_servers)),
             store,
@@ -204,6 +212,7 @@ impl Uploads {
             hashers: Arc::new(hashers),
             outbox_wakeup: Arc::new(Notify::new()),
             finishing: finish::Finishing::default(),
+            storage,
         })
     }
 
