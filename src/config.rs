@@ -595,4 +595,19 @@ bServer:
         assert!(Settings::from_yaml("server: {maxConnections: 0}\n", env(&[])).is_err());
         assert!(Settings::from_yaml("server: {tls: {cert: a.pem}}\n", env(&[])).is_err());
     }
+
+    #[test]
+    fn storage_is_local_unless_s3_is_named_with_its_bucket_and_endpoint() {
+        assert_eq!(Settings::from_yaml(YAML, env(&[])).unwrap().storage.kind, StorageKind::Local);
+        assert!(Settings::from_yaml(YAML, env(&[("FUPLOAD__STORAGE__KIND", "s3")])).is_err());
+        let s3 = env(&[
+            ("FUPLOAD__STORAGE__KIND", "s3"),
+            ("FUPLOAD__STORAGE__S3__BUCKET", "b"),
+            ("FUPLOAD__STORAGE__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ("FUPLOAD__STORAGE__S3__PATHSTYLE", "true"),
+        ]);
+        let settings = Settings::from_yaml(YAML, s3).unwrap();
+        assert_eq!(settings.storage.kind, StorageKind::S3);
+        assert!(settings.storage.s3.path_style);
+    }
 }
