@@ -7,6 +7,7 @@
 
 use fupload_testkit::helpers;
 
+use std::io::Write;
 use std::time::Duration;
 
 use fupload::config::{Settings, StorageKind};
@@ -18,7 +19,11 @@ const MIB: usize = 1 << 20;
 fn endpoint() -> Option<String> {
     let endpoint = std::env::var("FUPLOAD_TEST_S3_ENDPOINT").ok().filter(|e| !e.is_empty());
     if endpoint.is_none() {
-        eprintln!("skipped: set FUPLOAD_TEST_S3_ENDPOINT to an S3 server (scripts/s3-tests.sh starts moto)");
+        // Past the test harness's capture, so that a plain `cargo test` shows it.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: set FUPLOAD_TEST_S3_ENDPOINT to an S3 server (scripts/s3-tests.sh starts moto)"
+        );
     }
     endpoint
 }
