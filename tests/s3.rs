@@ -150,6 +150,8 @@ async fn a_restart_on_an_empty_tmp_dir_finishes_from_what_is_in_s3() {
     // Part 1 whole (uploaded), part 2 partly (staged only).
     app.send_block(&task, &data, 0, 5 * MIB - 1).await.expect(200, "0");
     app.send_block(&task, &data, 5 * MIB, 8 * MIB).await.expect(200, "0");
+    // Part 1 went up and its staging object was deleted: left are part 2's and the upload-id record.
+    assert_eq!(bucket.leftovers().await, (2, 1));
     let (settings, dir, callbacks) = app.stop().await;
     // The node that took those blocks is gone with its disk.
     std::fs::remove_dir_all(&settings.tmp_dir).unwrap();
