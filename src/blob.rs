@@ -87,6 +87,14 @@ pub fn temp_file(path: &Path, size: u64) -> io::Result<TempFile> {
     }
 }
 
+/// Bytes `range` of the file at `path` (a staged block read back for S3).
+pub fn read_range(path: &Path, range: ByteRange) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(range.size()).map_err(io::Error::other)?;
+    let mut bytes = vec![0; len];
+    File::open(path)?.read_exact_at(&mut bytes, range.start())?;
+    Ok(bytes)
+}
+
 pub fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),

@@ -51,6 +51,43 @@ pub struct Settings {
     pub shutdown_grace: u64,
     #[serde(default)]
     pub readiness: ReadinessSettings,
+    /// Where finished files go: `storeDir` (`local`, the default) or an S3 bucket.
+    #[serde(default)]
+    pub storage: StorageSettings,
+}
+
+/// `storage`: which kind holds the finished files, and the S3 bucket's settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSettings {
+    pub kind: StorageKind,
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// The temp file in `tmpDir`, moved into `storeDir/storePath` at the finish.
+    #[default]
+    Local,
+    /// Staging objects and a multipart upload, completed into `prefix/storePath/fileName`.
+    S3,
+}
+
+/// `storage.s3`. Credentials are not here: they come from the environment as the AWS tools read
+/// them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// The service's URL, such as `https://s3.eu-west-1.amazonaws.com` or a MinIO server's.
+    pub endpoint: String,
+    /// `""`: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Put before every key, without a trailing slash (`""`: none).
+    pub prefix: String,
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key` (MinIO, most self-hosted servers).
+    pub path_style: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -300,6 +337,11 @@ impl Settings {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.task_timeout > 0, "taskTimeout must be positive");
+        if self.storage.kind == StorageKind::S3 {
+            let s3 = &self.storage.s3;
+            anyhow::ensure!(!s3.bucket.is_empty(), "storage.s3.bucket must be set (storage.kind is s3)");
+            anyhow::ensure!(!s3.endpoint.is_empty(), "storage.s3.endpoint must be set (storage.kind is s3)");
+        }
         anyhow::ensure!(self.max_block_size > 0, "maxBlockSize must be positive");
         anyhow::ensure!(self.callback.max_attempts > 0, "callback.maxAttempts must be positive");
         anyhow::ensure!(
@@ -552,5 +594,20 @@ bServer:
         assert!(Settings::from_yaml("server: {clientRequestTimeout: -1}\n", env(&[])).is_err());
         assert!(Settings::from_yaml("server: {maxConnections: 0}\n", env(&[])).is_err());
         assert!(Settings::from_yaml("server: {tls: {cert: a.pem}}\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn storage_is_local_unless_s3_is_named_with_its_bucket_and_endpoint() {
+        assert_eq!(Settings::from_yaml(YAML, env(&[])).unwrap().storage.kind, StorageKind::Local);
+        assert!(Settings::from_yaml(YAML, env(&[("FUPLOAD__STORAGE__KIND", "s3")])).is_err());
+        let s3 = env(&[
+            ("FUPLOAD__STORAGE__KIND", "s3"),
+            ("FUPLOAD__STORAGE__S3__BUCKET", "b"),
+            ("FUPLOAD__STORAGE__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ("FUPLOAD__STORAGE__S3__PATHSTYLE", "true"),
+        ]);
+        let settings = Settings::from_yaml(YAML, s3).unwrap();
+        assert_eq!(settings.storage.kind, StorageKind::S3);
+        assert!(settings.storage.s3.path_style);
     }
 }

@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use super::envelope;
 use crate::domain::{FieldError, TaskStatus};
 use crate::service::{RangeProblem, StorePathRefusal, UploadError};
+use crate::storage::S3Error;
 
 /// Seconds a client is asked to wait before it retries a request the database was too busy for.
 /// The request has already waited the store's busy timeout for the lock; a lock an operator or
@@ -56,7 +57,9 @@ fn ret_code(e: &UploadError) -> &'static str {
         UploadError::TooLarge(_) => "10",
         UploadError::TaskEnded(_) => "11",
         UploadError::InstantRefused(_) => "12",
-        UploadError::DatabaseBusy(_) | UploadError::ClaimLost | UploadError::Internal(_) => "20",
+        UploadError::DatabaseBusy(_) | UploadError::ClaimLost | UploadError::Storage(_) | UploadError::Internal(_) => {
+            "20"
+        }
         // The tus and IETF refusals, never met on the fupload protocol's endpoints.
         UploadError::GrantRefused(_) => "1",
         UploadError::ChecksumMismatch { .. } => "7",
@@ -157,6 +160,12 @@ fn status_text(e: &UploadError) -> String {
                 _ => "create a new task to upload the file again",
             }
         ),
+        UploadError::Storage(S3Error::Throttled { .. }) => {
+            "the object storage is throttling requests: send the block again after Retry-After".into()
+        }
+        UploadError::Storage(_) => "the object storage failed (the cause is in the server's log): try again later, \
+                and tell the operator if it goes on"
+            .into(),
         UploadError::Internal(_) => "unknown system error (the cause is in the server's log): try again later, \
                 and tell the operator if it goes on"
             .into(),
@@ -191,6 +200,7 @@ fn retry_after(e: &UploadError) -> Option<u32> {
     match e {
         UploadError::TempFileLost | UploadError::AppendInFlight | UploadError::ClaimLost => Some(1),
         UploadError::DatabaseBusy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
+        UploadError::Storage(S3Error::Throttled { .. }) => Some(BUSY_RETRY_AFTER_SECONDS),
         _ => None,
     }
 }
@@ -227,7 +237,10 @@ fn http_status(e: &UploadError) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-        UploadError::DatabaseBusy(_) | UploadError::ClaimLost => StatusCode::SERVICE_UNAVAILABLE,
+        UploadError::DatabaseBusy(_) | UploadError::ClaimLost | UploadError::Storage(S3Error::Throttled { .. }) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         UploadError::Paused
         | UploadError::SameState(_)
         | UploadError::TaskEnded(_)
@@ -254,6 +267,7 @@ fn log_refusal(e: &UploadError) {
         UploadError::Disk(e) | UploadError::StoreDir(e) => tracing::error!(error = %e, "disk error"),
         UploadError::DatabaseFull(e) => tracing::error!(error = %e, "the database's disk is full"),
         UploadError::DatabaseBusy(e) => tracing::warn!(error = %e, "the database is locked by another process"),
+        UploadError::Storage(e) => tracing::warn!(error = %e, "an S3 request failed"),
         other => tracing::debug!(refusal = %other, "request refused"),
     }
 }
@@ -599,6 +613,7 @@ mod tests {
                 &["expired", "upload the bytes"],
             ),
             (UploadError::Internal(anyhow::anyhow!("secret cause")), 500, "20", &["server's log", "try again"]),
+            (UploadError::Storage(S3Error::Throttled { operation: "PutObject" }), 503, "20", &["Retry-After"]),
         ];
         for (error, http, code, words) in cases {
             let what = format!("{error:?}");

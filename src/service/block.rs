@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::claims::Claim;
-use super::{RangeProblem, TaskRef, UploadError, Uploads};
+use super::{blocking, RangeProblem, TaskRef, UploadError, Uploads};
 use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
 use crate::config::Durability;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
@@ -145,6 +145,14 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let (task_id, generation) = (plan.task.task_id, plan.task.temp_generation);
+        if self.storage.s3().is_some() {
+            // With S3 the temp file is this node's scratch for the blocks it takes: made here if
+            // another node created the task, or this node's tmpDir was emptied.
+            let (path, size) = (plan.task.tmp_path(), plan.task.file_bytes());
+            blocking(move || blob::create_temp(&path, size))
+                .await?
+                .map_err(|e| UploadError::disk("cannot make the temp file", e))?;
+        }
         let target = BlockFile {
             path: plan.task.tmp_path(),
             range: plan.range,
@@ -165,8 +173,11 @@ impl Uploads {
                 match (task.status, e) {
                     (TaskStatus::Upload, StreamError::TempFileLost { on_disk }) => {
                         // What this block saw on disk is of the file it was planned for: if the
-                        // file was made anew since, the repair is not done again.
-                        self.repair_lost_temp(task_id, generation, on_disk).await?;
+                        // file was made anew since, the repair is not done again. With S3 the
+                        // received bytes are staged there, not in this file: nothing to repair.
+                        if self.storage.s3().is_none() {
+                            self.repair_lost_temp(task_id, generation, on_disk).await?;
+                        }
                         Err(UploadError::TempFileLost)
                     }
                     (TaskStatus::Upload, StreamError::Disk(e)) => Err(UploadError::disk("cannot write block", e)),
@@ -212,12 +223,17 @@ impl Uploads {
         if claim.is_lost() {
             return Err(UploadError::ClaimLost);
         }
+        // An acknowledged byte is in the storage whichever node took it.
+        self.stage_written(&task, &writes).await?;
         // The claim stays until the commit is known, even if this request is dropped meanwhile: a
         // write handed to the store commits whether anyone waits for it or not, and no other block
         // may claim and write these bytes before they show as received.
         let (store, task_id, generation) = (self.store.clone(), task.task_id, task.temp_generation);
-        let committing = tokio::spawn(async move { (store.commit_block(task_id, generation, &writes).await, claim) });
-        let (commit, claim) = committing
+        let committing = tokio::spawn(async move {
+            let commit = store.commit_block(task_id, generation, &writes).await;
+            (commit, claim, writes)
+        });
+        let (commit, claim, writes) = committing
             .await
             .map_err(|e| UploadError::Internal(anyhow::anyhow!("the block's commit did not end: {e}")))?;
         let commit = match commit? {
@@ -236,7 +252,11 @@ impl Uploads {
         }
         let mut task_status = commit.status;
         if task_status == TaskStatus::Upload {
-            self.hashers.advance(task_id, commit.received_prefix);
+            match self.storage.s3() {
+                None => self.hashers.advance(task_id, commit.received_prefix),
+                // The finish hashes the object itself; the parts this block filled go up now.
+                Some(_) => self.upload_filled_parts(&task, &writes).await,
+            }
         } else {
             // The finish hashes what is left itself, at once.
             task.status = TaskStatus::Verify;

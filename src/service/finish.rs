@@ -16,12 +16,15 @@ use crate::blob::{self, PlaceError};
 use crate::callback;
 use crate::config::Durability;
 use crate::domain::{CallbackCode, Md5Hex, TaskStatus};
+use crate::storage::S3Storage;
 use crate::store::{NewCallback, StatusChange, Task, TaskEnding};
 
 /// What checking and moving the finished temp file came to, when it did not fail for a passing
 /// reason.
 enum Verified {
     Placed(PathBuf),
+    /// The object completed in S3, as its `s3://` URL.
+    Stored(String),
     Md5Mismatch(Md5Hex),
     /// A symlink below storeDir leads out of it: the file is never placed there.
     LeavesStoreDir,
@@ -307,12 +310,13 @@ impl Uploads {
             }
             None => None,
         };
-        let verified = match placed {
-            Some(placed) => {
+        let verified = match (placed, self.storage.s3()) {
+            (Some(placed), _) => {
                 progress.placed = Some(placed.clone());
                 Verified::Placed(placed.path)
             }
-            None => {
+            (None, Some(s3)) => self.verify_stored(s3, &task, progress).await?,
+            (None, None) => {
                 // A temp file lost or cut short since its bytes came: they are asked for again.
                 let task = match self.check_temp(&task).await? {
                     Some(task) if task.status == TaskStatus::Verify => task,
@@ -338,6 +342,7 @@ impl Uploads {
         };
         let (code, final_path, error) = match verified {
             Verified::Placed(path) => (CallbackCode::Finished, Some(path.to_string_lossy().into_owned()), None),
+            Verified::Stored(url) => (CallbackCode::Finished, Some(url), None),
             Verified::Md5Mismatch(got) => {
                 (CallbackCode::Md5Mismatch, None, Some(format!("md5 mismatch: the received file's md5 is {got}")))
             }
@@ -375,6 +380,22 @@ impl Uploads {
             }
             StatusChange::Refused(now) => now,
             StatusChange::NoSuchTask => code.final_status(),
+        })
+    }
+
+    /// The object completed in S3 and checked (`service/object.rs`); `Err` for a passing failure.
+    async fn verify_stored(
+        &self,
+        s3: &S3Storage,
+        task: &Task,
+        progress: &mut FinishProgress,
+    ) -> Result<Verified, UploadError> {
+        Ok(match self.verify_object(s3, task).await? {
+            super::object::ObjectVerified::Stored { url, md5 } => {
+                progress.computed_md5 = Some(md5);
+                Verified::Stored(url)
+            }
+            super::object::ObjectVerified::Md5Mismatch(md5) => Verified::Md5Mismatch(md5),
         })
     }
 
@@ -478,11 +499,13 @@ impl Uploads {
         Ok(ended)
     }
 
+    /// Removes what an ended task kept: its temp file, and with S3 its upload and staging objects.
     pub(super) async fn remove_temp(&self, task: &Task) {
         let path = task.tmp_path();
         if let Ok(Err(e)) = blocking(move || blob::remove_if_exists(&path)).await {
             tracing::warn!(task_id = task.task_id, error = %e, "cannot remove the temp file");
         }
+        self.discard_object_upload(task).await;
     }
 }
 

@@ -11,6 +11,7 @@ mod finish;
 mod incoming;
 mod instant;
 mod lease;
+mod object;
 mod recover;
 mod state;
 mod temp_file;
@@ -25,6 +26,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus, UploadKey};
 use crate::prefix_hash::PrefixHashers;
+use crate::storage::{S3Error, Storage};
 use crate::store::{StatusChange, Store, StoreError, Task, Trouble};
 
 pub use block::BlockAccepted;
@@ -109,6 +111,9 @@ pub enum UploadError {
     /// An append to the final upload of a concatenation, which takes none.
     #[error("the final upload of a concatenation takes no appends")]
     FinalUpload,
+    /// An S3 request failed (`storage.kind: s3`); `S3Error::Throttled` passes.
+    #[error("storage error")]
+    Storage(#[source] S3Error),
     #[error("unknown system error")]
     Internal(#[from] anyhow::Error),
 }
@@ -196,13 +201,16 @@ pub struct Uploads {
     finishing: finish::Finishing,
     /// Who holds a finish in the shared database: this process, by a random id.
     finish_holder: Arc<str>,
+    /// Where finished files go: storeDir, or an S3 bucket.
+    storage: Storage,
 }
 
 impl Uploads {
     /// `settings` must have absolute `tmpDir` and `storeDir` (see `startup`). Fails when the
-    /// background hashing threads cannot be started.
+    /// background hashing threads (or, for S3 storage, its connection thread) cannot be started.
     pub fn new(store: Store, settings: Arc<Settings>) -> std::io::Result<Self> {
         let hashers = PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
+        let storage = Storage::from_settings(&settings)?;
         Ok(Self {
             business_servers: Arc::new(BusinessServers::new(&settings.business_servers)),
             claims: claims::BlockClaims::for_store(&store),
@@ -212,6 +220,7 @@ impl Uploads {
             outbox_wakeup: Arc::new(Notify::new()),
             finishing: finish::Finishing::default(),
             finish_holder: crate::domain::UploadKey::generate()?.as_str().into(),
+            storage,
         })
     }
 

@@ -15,7 +15,13 @@ impl Uploads {
     /// caught in `verify`, and remove temp files that no open task owns (tasks that ended before
     /// their temp file was removed, or were never recorded).
     pub async fn recover(&self) -> Result<(), UploadError> {
-        for status in [TaskStatus::Upload, TaskStatus::Pause, TaskStatus::Verify] {
+        // With S3 the received bytes are staged there, and the finish hashes the object: the
+        // temp files hold nothing to check or hash.
+        let open_tasks = match self.storage.s3() {
+            None => &[TaskStatus::Upload, TaskStatus::Pause, TaskStatus::Verify][..],
+            Some(_) => &[],
+        };
+        for &status in open_tasks {
             for task_id in self.store.tasks_in_status(status).await? {
                 let Some(task) = self.store.task(task_id).await? else { continue };
                 let task = match self.check_temp(&task).await {

@@ -92,6 +92,10 @@ impl Uploads {
             .map_err(|e| UploadError::GrantRefused(e.to_string()))?;
         let authorized = self.authorize(Some(token))?;
         let partials = match &creation.concat {
+            // The final upload is joined from the partials' local temp files (docs/SCALING.md).
+            Some(Concat::Final(_)) if self.storage.s3().is_some() => {
+                return Err(FieldError::new("Upload-Concat", "final is not supported with S3 storage").into())
+            }
             Some(Concat::Final(refs)) => Some(self.partials_to_join(refs, &grant).await?),
             _ => None,
         };
