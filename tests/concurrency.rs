@@ -143,7 +143,8 @@ async fn requests_racing_to_complete_a_task_finish_it_once_with_one_callback() {
     }
     let stored = std::fs::read_dir(app.path("store/hello")).unwrap().count();
     assert_eq!(stored, tasks, "each file placed once, no `name (1)` copies");
-    let rows = query(app, "SELECT COUNT(*), SUM(status = 'finish') FROM upload_tasks").await;
+    let rows =
+        query(app, "SELECT COUNT(*), SUM(CASE WHEN status = 'finish' THEN 1 ELSE 0 END) FROM upload_tasks").await;
     assert_eq!(rows[0], vec![tasks.to_string(), tasks.to_string()]);
 }
 

@@ -901,12 +901,10 @@ async fn a_crash_before_the_temp_file_of_an_empty_file_was_made_does_not_leave_i
     let app = helpers::spawn_app().await;
     let task = app.new_task("empty.txt", b"abc").await;
     let (settings, dir, callbacks) = app.stop().await;
-    helpers::open_database(&settings.database.url)
-        .execute(
-            "UPDATE upload_tasks SET file_size = 0, file_md5 = 'd41d8cd98f00b204e9800998ecf8427e', status = 'verify'",
-            [],
-        )
-        .unwrap();
+    helpers::execute_database(
+        &settings.database.url,
+        "UPDATE upload_tasks SET file_size = 0, file_md5 = 'd41d8cd98f00b204e9800998ecf8427e', status = 'verify'",
+    );
     std::fs::remove_file(dir.path().join(format!("tmp/task-{}.part", task.task_id))).unwrap();
     let _app = helpers::restart_on(settings, dir, callbacks.clone()).await;
     let callback = &callbacks.wait_for(1).await[0];

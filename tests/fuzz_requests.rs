@@ -99,9 +99,7 @@ impl Server {
     }
 
     fn task_count(&self) -> i64 {
-        helpers::open_database(&self.db_url)
-            .query_row("SELECT COUNT(*) FROM upload_tasks", [], |row| row.get(0))
-            .unwrap()
+        helpers::query_database(&self.db_url, "SELECT COUNT(*) FROM upload_tasks")[0][0].parse().unwrap()
     }
 
     /// A whole upload of a new file still works.

@@ -399,9 +399,12 @@ async fn a_finish_repeated_across_file_systems_keeps_one_copy() {
     // Back to the moment after the link and before the record: the task in verify with no
     // callback, its temp file and its partial (the placed file's inode) still there. And a
     // partial no task owns.
-    let db = open_database(&settings.database.url);
-    db.execute("UPDATE upload_tasks SET status = 'verify', final_path = NULL WHERE task_id = ?1", [task_id]).unwrap();
-    db.execute("DELETE FROM callback_outbox WHERE task_id = ?1", [task_id]).unwrap();
+    let db = &settings.database.url;
+    execute_database(
+        db,
+        &format!("UPDATE upload_tasks SET status = 'verify', final_path = NULL WHERE task_id = {task_id}"),
+    );
+    execute_database(db, &format!("DELETE FROM callback_outbox WHERE task_id = {task_id}"));
     std::fs::write(settings.tmp_dir.join(format!("task-{task_id}.part")), &data).unwrap();
     let staging = settings.store_dir.join(".fupload");
     std::fs::hard_link(&placed, staging.join(format!("task-{task_id}.partial"))).unwrap();

@@ -47,6 +47,10 @@ pub struct PgStore {
 
 struct Pooled {
     pool: PgPool,
+    /// Where every statement runs, and the pool's connections live (see `open`).
+    runtime: tokio::runtime::Handle,
+    /// Ends the runtime's thread when the store is dropped.
+    _stop_runtime: tokio::sync::oneshot::Sender<()>,
     writes: WriteOutcomes,
 }
 
@@ -61,7 +65,29 @@ impl PgStore {
     /// Connects to the database `url` names, with a pool of `readers` + a few connections, and
     /// applies the migrations (PostgreSQL's migrator takes a lock: nodes starting together apply
     /// them once).
+    ///
+    /// The pool and every statement run on a runtime of the store's own, on a thread of its own: a
+    /// connection's socket is driven by the runtime that made it, and the callers' runtimes (each
+    /// actix worker's, a test's) may be busy or blocked for a while, which would stall every
+    /// query on the connections they made.
     pub async fn open(url: &str, readers: u32) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop_runtime, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("postgres".into()).spawn(move || {
+            runtime.block_on(async move {
+                let _ = stopped.await;
+            })
+        })?;
+        let url = url.to_owned();
+        let pool =
+            handle.spawn(async move { Self::connect(&url, readers).await }).await.map_err(|_| StoreError::Closed)??;
+        let pooled = Pooled { pool, runtime: handle, _stop_runtime: stop_runtime, writes: WriteOutcomes::default() };
+        Ok(Self { inner: Arc::new(pooled) })
+    }
+
+    /// The pool, with the migrations applied.
+    async fn connect(url: &str, readers: u32) -> Result<PgPool, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(|_| StoreError::BadUrl(url.to_owned()))?;
         // A write waits for a lock another session holds (a long transaction, a migration) as long
         // as on SQLite, then fails as busy: the client is told to come back.
@@ -73,11 +99,18 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { inner: Arc::new(Pooled { pool, writes: WriteOutcomes::default() }) })
+        Ok(pool)
     }
 
-    fn pool(&self) -> &PgPool {
-        &self.inner.pool
+    /// Runs `read` on the store's runtime with the pool.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(PgPool) -> BoxFuture<'static, Result<T, StoreError>> + Send + 'static,
+    {
+        let pool = self.inner.pool.clone();
+        // A read that panicked, or a runtime shut down: nothing to answer with.
+        self.inner.runtime.spawn(read(pool)).await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Runs `write` in a transaction of its own, committed unless it asks otherwise, and keeps
@@ -88,22 +121,25 @@ impl PgStore {
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<Written<T>, StoreError>> + Send + 'static,
     {
         let pool = self.inner.pool.clone();
-        let outcome = tokio::spawn(async move {
-            let mut transaction = pool.begin().await?;
-            match write(&mut transaction).await? {
-                Written::Commit(value) => {
-                    transaction.commit().await?;
-                    Ok(value)
+        let outcome = self
+            .inner
+            .runtime
+            .spawn(async move {
+                let mut transaction = pool.begin().await?;
+                match write(&mut transaction).await? {
+                    Written::Commit(value) => {
+                        transaction.commit().await?;
+                        Ok(value)
+                    }
+                    Written::RollBack(value) => {
+                        transaction.rollback().await?;
+                        Ok(value)
+                    }
                 }
-                Written::RollBack(value) => {
-                    transaction.rollback().await?;
-                    Ok(value)
-                }
-            }
-        })
-        .await
-        // The write panicked: nothing of it was committed.
-        .unwrap_or(Err(StoreError::Closed));
+            })
+            .await
+            // The write panicked: nothing of it was committed.
+            .unwrap_or(Err(StoreError::Closed));
         self.inner.writes.record(&outcome);
         outcome
     }
@@ -125,7 +161,8 @@ impl PgStore {
 
     /// Waits for the connections in use to come back, and closes them all.
     pub async fn close(&self) {
-        self.inner.pool.close().await;
+        let pool = self.inner.pool.clone();
+        let _ = self.inner.runtime.spawn(async move { pool.close().await }).await;
     }
 }
 

@@ -163,32 +163,48 @@ impl PgStore {
 
     /// The gaps between the stored ranges and after the last, within `[0, file_size)`.
     pub async fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT gap_start, gap_end FROM (
+        self.read(move |pool| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT gap_start, gap_end FROM (
                  SELECT COALESCE(LAG(end_byte) OVER (ORDER BY start_byte) + 1, 0) AS gap_start,
                         start_byte - 1 AS gap_end
                  FROM received_ranges WHERE task_id = $1
                  UNION ALL
                  SELECT COALESCE(MAX(end_byte) + 1, 0), $2 - 1 FROM received_ranges WHERE task_id = $1
              ) AS gaps WHERE gap_start <= gap_end ORDER BY gap_start",
-        )
-        .bind(task_id)
-        .bind(to_sql(file_size))
-        .fetch_all(self.pool())
-        .await?;
-        ranges_of(rows)
+                )
+                .bind(task_id)
+                .bind(to_sql(file_size))
+                .fetch_all(&pool)
+                .await?;
+                ranges_of(rows)
+            })
+        })
+        .await
     }
 
     pub async fn received_within(&self, task_id: i64, within: ByteRange) -> Result<Vec<ByteRange>, StoreError> {
-        ranges_overlapping(&mut *self.pool().acquire().await?, task_id, within.start(), within.end()).await
+        self.read(move |pool| {
+            Box::pin(async move {
+                ranges_overlapping(&mut *pool.acquire().await?, task_id, within.start(), within.end()).await
+            })
+        })
+        .await
     }
 
     pub async fn received_prefix(&self, task_id: i64) -> Result<u64, StoreError> {
-        let prefix: Option<i64> =
-            sqlx::query_scalar("SELECT end_byte + 1 FROM received_ranges WHERE task_id = $1 AND start_byte = 0")
+        self.read(move |pool| {
+            Box::pin(async move {
+                let prefix: Option<i64> = sqlx::query_scalar(
+                    "SELECT end_byte + 1 FROM received_ranges WHERE task_id = $1 AND start_byte = 0",
+                )
                 .bind(task_id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&pool)
                 .await?;
-        prefix.map_or(Ok(0), unsigned)
+                prefix.map_or(Ok(0), unsigned)
+            })
+        })
+        .await
     }
 }

@@ -38,7 +38,7 @@ impl PgStore {
         let now = now();
         let lease = CALLBACK_LEASE.as_secs_f64();
         let taken_at = now.clone();
-        let due = self
+        let (due, row) = self
             .write(move |conn| {
                 Box::pin(async move {
                     let rows = sqlx::query(
@@ -53,7 +53,7 @@ impl PgStore {
                     .bind(taken_at)
                     .bind(i64::from(limit))
                     .bind(lease)
-                    .fetch_all(conn)
+                    .fetch_all(&mut *conn)
                     .await?;
                     let due = rows.iter().map(|row| {
                         Ok(DueCallback {
@@ -65,20 +65,21 @@ impl PgStore {
                             attempts: unsigned(row.try_get("attempts")?)?,
                         })
                     });
-                    due.collect::<Result<Vec<_>, StoreError>>().map(Written::Commit)
-                })
-            })
-            .await?;
-        // The next one due, or the next lease of another node to run out.
-        let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) FILTER (WHERE next_attempt_at > $1) AS next,
+                    let due = due.collect::<Result<Vec<_>, StoreError>>()?;
+                    // The next one due, or the next lease of another node to run out.
+                    let row = sqlx::query(
+                        "SELECT MIN(next_attempt_at) FILTER (WHERE next_attempt_at > $1) AS next,
                     EXTRACT(EPOCH FROM MIN(leased_until) FILTER (WHERE leased_until >= now()) - now())::FLOAT8
                         AS lease_ends_in
              FROM callback_outbox WHERE status = 'pending'",
-        )
-        .bind(&now)
-        .fetch_one(self.pool())
-        .await?;
+                    )
+                    .bind(&now)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    Ok(Written::Commit((due, row)))
+                })
+            })
+            .await?;
         let next: Option<String> = row.try_get("next")?;
         let next = next.map(|at| {
             humantime::parse_rfc3339(&at)
@@ -153,30 +154,42 @@ impl PgStore {
         file_md5: &str,
         file_size: u64,
     ) -> Result<Vec<FinishedFile>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT task_id, final_path, placed_size, placed_mtime_ns, placed_inode, placed_device FROM upload_tasks
-             WHERE business_server = $1 AND file_md5 = $2 AND file_size = $3 AND status = 'finish'
-               AND placed_inode IS NOT NULL AND final_path IS NOT NULL
-             ORDER BY task_id DESC LIMIT $4",
-        )
-        .bind(business_server)
-        .bind(file_md5)
-        .bind(i64::try_from(file_size).unwrap_or(i64::MAX))
-        .bind(CANDIDATES)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(finished_file_of).collect()
+        let (business_server, file_md5) = (business_server.to_owned(), file_md5.to_owned());
+        self.read(move |pool| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT task_id, final_path, placed_size, placed_mtime_ns, placed_inode, placed_device
+                     FROM upload_tasks
+                     WHERE business_server = $1 AND file_md5 = $2 AND file_size = $3 AND status = 'finish'
+                       AND placed_inode IS NOT NULL AND final_path IS NOT NULL
+                     ORDER BY task_id DESC LIMIT $4",
+                )
+                .bind(business_server)
+                .bind(file_md5)
+                .bind(i64::try_from(file_size).unwrap_or(i64::MAX))
+                .bind(CANDIDATES)
+                .fetch_all(&pool)
+                .await?;
+                rows.iter().map(finished_file_of).collect()
+            })
+        })
+        .await
     }
 
     pub async fn finished_file(&self, task_id: i64) -> Result<Option<FinishedFile>, StoreError> {
-        let row = sqlx::query(
+        self.read(move |pool| {
+            Box::pin(async move {
+                let row = sqlx::query(
             "SELECT task_id, final_path, placed_size, placed_mtime_ns, placed_inode, placed_device FROM upload_tasks
              WHERE task_id = $1 AND status = 'finish' AND placed_inode IS NOT NULL AND final_path IS NOT NULL",
         )
         .bind(task_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&pool)
         .await?;
-        row.as_ref().map(finished_file_of).transpose()
+                row.as_ref().map(finished_file_of).transpose()
+            })
+        })
+        .await
     }
 
     pub async fn put_challenge(
@@ -240,33 +253,54 @@ impl PgStore {
     }
 
     pub async fn instant_from(&self, task_id: i64) -> Result<Option<i64>, StoreError> {
-        let from: Option<Option<i64>> = sqlx::query_scalar("SELECT instant_from FROM upload_tasks WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(from.flatten())
+        self.read(move |pool| {
+            Box::pin(async move {
+                let from: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT instant_from FROM upload_tasks WHERE task_id = $1")
+                        .bind(task_id)
+                        .fetch_optional(&pool)
+                        .await?;
+                Ok(from.flatten())
+            })
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool()).await?;
-        Ok(())
+        self.read(move |pool| {
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(&pool).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub async fn open_task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS tasks FROM upload_tasks
+        self.read(move |pool| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT status, COUNT(*) AS tasks FROM upload_tasks
              WHERE status IN ('upload', 'pause', 'verify') GROUP BY status",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(|row| Ok((row.try_get("status")?, unsigned(row.try_get("tasks")?)?))).collect()
+                )
+                .fetch_all(&pool)
+                .await?;
+                rows.iter().map(|row| Ok((row.try_get("status")?, unsigned(row.try_get("tasks")?)?))).collect()
+            })
+        })
+        .await
     }
 
     pub async fn pending_callbacks(&self) -> Result<u64, StoreError> {
-        unsigned(
-            sqlx::query_scalar("SELECT COUNT(*) FROM callback_outbox WHERE status = 'pending'")
-                .fetch_one(self.pool())
-                .await?,
-        )
+        self.read(move |pool| {
+            Box::pin(async move {
+                unsigned(
+                    sqlx::query_scalar("SELECT COUNT(*) FROM callback_outbox WHERE status = 'pending'")
+                        .fetch_one(&pool)
+                        .await?,
+                )
+            })
+        })
+        .await
     }
 }

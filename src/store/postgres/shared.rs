@@ -77,62 +77,95 @@ impl PgStore {
     /// Extends the claim's lease to `lease` from now; `false` when it is gone (it ran out and
     /// another block removed it).
     pub async fn renew_claim(&self, claim_id: i64, lease: Duration) -> Result<bool, StoreError> {
-        let renewed =
-            sqlx::query("UPDATE block_claims SET lease_until = now() + make_interval(secs => $2) WHERE claim_id = $1")
+        self.read(move |pool| {
+            Box::pin(async move {
+                let renewed = sqlx::query(
+                    "UPDATE block_claims SET lease_until = now() + make_interval(secs => $2) WHERE claim_id = $1",
+                )
                 .bind(claim_id)
                 .bind(lease.as_secs_f64())
-                .execute(self.pool())
+                .execute(&pool)
                 .await?;
-        Ok(renewed.rows_affected() > 0)
+                Ok(renewed.rows_affected() > 0)
+            })
+        })
+        .await
     }
 
     pub async fn release_claim(&self, claim_id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM block_claims WHERE claim_id = $1").bind(claim_id).execute(self.pool()).await?;
-        Ok(())
+        self.read(move |pool| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM block_claims WHERE claim_id = $1").bind(claim_id).execute(&pool).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Block claims recorded, live or not: none once every block has ended.
     pub async fn claims_recorded(&self) -> Result<u64, StoreError> {
-        unsigned(sqlx::query_scalar("SELECT COUNT(*) FROM block_claims").fetch_one(self.pool()).await?)
+        self.read(move |pool| {
+            Box::pin(async move {
+                unsigned(sqlx::query_scalar("SELECT COUNT(*) FROM block_claims").fetch_one(&pool).await?)
+            })
+        })
+        .await
     }
 
     /// Takes (or, for its holder, renews) the finish of a task in `verify` until `lease` from
     /// now: `false` when the task is not in `verify` or another holder's lease is running.
     pub async fn hold_finish(&self, task_id: i64, holder: &str, lease: Duration) -> Result<bool, StoreError> {
-        let held = sqlx::query(
-            "UPDATE upload_tasks SET finish_holder = $2, finish_lease_until = now() + make_interval(secs => $3)
+        let holder = holder.to_owned();
+        self.read(move |pool| {
+            Box::pin(async move {
+                let held = sqlx::query(
+                    "UPDATE upload_tasks SET finish_holder = $2, finish_lease_until = now() + make_interval(secs => $3)
              WHERE task_id = $1 AND status = 'verify'
                AND (finish_holder IS NULL OR finish_holder = $2 OR finish_lease_until < now())",
-        )
-        .bind(task_id)
-        .bind(holder)
-        .bind(lease.as_secs_f64())
-        .execute(self.pool())
-        .await?;
-        Ok(held.rows_affected() == 1)
+                )
+                .bind(task_id)
+                .bind(&holder)
+                .bind(lease.as_secs_f64())
+                .execute(&pool)
+                .await?;
+                Ok(held.rows_affected() == 1)
+            })
+        })
+        .await
     }
 
     /// Lets go of the finish of a task, when `holder` holds it (a finish that will be tried again).
     pub async fn release_finish(&self, task_id: i64, holder: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE upload_tasks SET finish_holder = NULL, finish_lease_until = NULL
+        let holder = holder.to_owned();
+        self.read(move |pool| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE upload_tasks SET finish_holder = NULL, finish_lease_until = NULL
              WHERE task_id = $1 AND finish_holder = $2",
-        )
-        .bind(task_id)
-        .bind(holder)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+                )
+                .bind(task_id)
+                .bind(&holder)
+                .execute(&pool)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Tasks in `verify` whose finish no node holds: their node died, or none took them yet.
     pub async fn unheld_finishes(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT task_id FROM upload_tasks
+        self.read(move |pool| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar(
+                    "SELECT task_id FROM upload_tasks
              WHERE status = 'verify' AND (finish_holder IS NULL OR finish_lease_until < now()) ORDER BY task_id",
-        )
-        .fetch_all(self.pool())
-        .await?)
+                )
+                .fetch_all(&pool)
+                .await?)
+            })
+        })
+        .await
     }
 }
 

@@ -157,7 +157,7 @@ impl PgStore {
     }
 
     pub async fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError> {
-        task_row(&mut *self.pool().acquire().await?, task_id).await
+        self.read(move |pool| Box::pin(async move { task_row(&mut *pool.acquire().await?, task_id).await })).await
     }
 
     pub async fn change_status(
@@ -281,19 +281,30 @@ impl PgStore {
     }
 
     pub async fn idle_tasks(&self, idle: Duration) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause') AND updated_at < $1 ORDER BY task_id",
-        )
-        .bind(cutoff(idle))
-        .fetch_all(self.pool())
-        .await?)
+        self.read(move |pool| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar(
+                    "SELECT task_id FROM upload_tasks WHERE status IN ('upload', 'pause') AND updated_at < $1
+                     ORDER BY task_id",
+                )
+                .bind(cutoff(idle))
+                .fetch_all(&pool)
+                .await?)
+            })
+        })
+        .await
     }
 
     pub async fn tasks_in_status(&self, status: TaskStatus) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT task_id FROM upload_tasks WHERE status = $1 ORDER BY task_id")
-            .bind(status)
-            .fetch_all(self.pool())
-            .await?)
+        self.read(move |pool| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar("SELECT task_id FROM upload_tasks WHERE status = $1 ORDER BY task_id")
+                    .bind(status)
+                    .fetch_all(&pool)
+                    .await?)
+            })
+        })
+        .await
     }
 
     /// Runs a statement of a task (`$1`), an error text (`$2`) and the time (`$3`) in a write of
