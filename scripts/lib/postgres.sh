@@ -41,7 +41,7 @@ start_postgres() {
   POSTGRES_PORT="$(free_port)"
   # From inside the temp dir: the server's user may not be allowed to read the caller's directory.
   (
-    cd "$POSTGRES_DIR"
+    cd "$POSTGRES_DIR" || exit
     "${postgres_as[@]}" "$POSTGRES_BIN/initdb" --pgdata="$POSTGRES_DIR/data" --username=postgres \
       --auth=trust --encoding=UTF8 --no-locale --no-instructions >"$POSTGRES_DIR/initdb.log" 2>&1 ||
       { cat "$POSTGRES_DIR/initdb.log" >&2; exit 1; }
