@@ -94,7 +94,8 @@ nginx_port="$(free_port)"
 nginx_url="http://127.0.0.1:$nginx_port"
 business_port="$(free_port)"
 business_url="http://127.0.0.1:$business_port"
-upstream=()
+# conf/nginx-fupload-nodes.conf's upstream, node N's address in place of its 10.0.0.1N:8080.
+upstream="$(grep -v '^ *#' conf/nginx-fupload-nodes.conf)"
 for n in "${nodes[@]}"; do
   node_port[$n]="$(free_port)"
   # Every node: the same database, the same storage, the same public URL (nginx's).
@@ -105,13 +106,14 @@ $(storage_config)
 bServer:
   cp1-secret: {name: "cp1", notifyUrl: "$business_url/api/business/fupload/callback"}
 YAML
-  upstream+=("127.0.0.1:${node_port[$n]} max_fails=1 fail_timeout=5s")
+  upstream="${upstream/10.0.0.1$n:8080/127.0.0.1:${node_port[$n]}}"
 done
 for n in "${nodes[@]}"; do start_node "$n"; done
 for n in "${nodes[@]}"; do wait_for_url "http://127.0.0.1:${node_port[$n]}/readyz" "${node_pid[$n]}" || fail "node $n not ready"; done
 echo "== multinode ($storage): three nodes ready at $(seconds_since "$began") s"
 
-nginx_config "$work" "$nginx_port" "$(realpath conf/nginx-fupload.conf)" "${upstream[@]}"
+[[ "$upstream" != *10.0.0.* ]] || fail "conf/nginx-fupload-nodes.conf has addresses this script does not replace"
+nginx_config "$work" "$nginx_port" "$(realpath conf/nginx-fupload.conf)" "$upstream"
 nginx_start "$(nginx_binary "$work")" "$work"
 pids+=("$NGINX_PID")
 "$business_binary" --listen "127.0.0.1:$business_port" --fupload "$nginx_url" --token cp1-secret \

@@ -40,7 +40,7 @@ YAML
 "$binary" -c "$work/fupload.yml" 2> "$work/fupload.log" &
 pids+=($!)
 
-nginx_config "$work" "$nginx_port" "$site" "127.0.0.1:$fupload_port"
+nginx_config "$work" "$nginx_port" "$site" "upstream fupload { server 127.0.0.1:$fupload_port; keepalive 16; }"
 nginx_start "$nginx" "$work"
 pids+=("$NGINX_PID")
 

@@ -11,12 +11,11 @@ nginx_binary() {
 }
 
 # Writes DIR/nginx.conf: nginx in the foreground on 127.0.0.1:PORT, every file it writes in DIR,
-# an upstream `fupload` of the ADDRESSes (round robin) and SITE included in the server block.
-#   nginx_config DIR PORT SITE ADDRESS...
+# UPSTREAM (the text of an `upstream fupload { ... }` block) in the http block and SITE included
+# in the server block.
+#   nginx_config DIR PORT SITE UPSTREAM
 nginx_config() {
-  local dir="$1" port="$2" site="$3" servers=""
-  shift 3
-  for address in "$@"; do servers+="server $address; "; done
+  local dir="$1" port="$2" site="$3" upstream="$4"
   mkdir -p "$dir/nginx-tmp"
   # The worker runs as nobody when nginx starts as root.
   chmod 755 "$dir"
@@ -33,7 +32,7 @@ http {
     fastcgi_temp_path $dir/nginx-tmp/fastcgi;
     uwsgi_temp_path $dir/nginx-tmp/uwsgi;
     scgi_temp_path $dir/nginx-tmp/scgi;
-    upstream fupload { $servers keepalive 16; }
+    $upstream
     server {
         listen 127.0.0.1:$port;
         include $site;
