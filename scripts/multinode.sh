@@ -154,12 +154,21 @@ sleep 3
 start_node "$victim"
 wait_for_url "http://127.0.0.1:${node_port[$victim]}/readyz" "${node_pid[$victim]}" || fail "node $victim not ready after its restart"
 echo "== multinode ($storage): node $victim started again, ready $(seconds_since "$killed_at") s after the kill"
+restarted_at_line="$(wc -l < "$work/nginx-access.log")"
 
 for i in 1 2 3; do
   wait "${client_pid[$i]}" || fail "fupload-client for file $i failed"
 done
 echo "== multinode ($storage): three ${file_mib} MiB files uploaded in $(seconds_since "$upload_began") s" \
   "($(seconds_since "$killed_at") s after the kill)"
+
+# What nginx saw: the blocks each node took, those cut by the kill, those the restarted node took.
+blocks() { awk -v status="$1" -v node="$2" '$1 == status && $2 ~ node && /POST \/api\/upload\/files\/block/' | wc -l; }
+for n in "${nodes[@]}"; do
+  echo "== multinode ($storage): node $n took $(blocks 200 ":${node_port[$n]}$" < "$work/nginx-access.log") blocks," \
+    "$(tail -n +"$((restarted_at_line + 1))" "$work/nginx-access.log" | blocks 200 ":${node_port[$n]}$") of them after the restart"
+done
+echo "== multinode ($storage): $(blocks 502 . < "$work/nginx-access.log") blocks answered 502 by nginx (cut by the kill), retried by the client"
 
 for i in 1 2 3; do
   stored="$(stored_md5 "users/user$i/file-$i.bin")" || fail "file $i is not in the store"

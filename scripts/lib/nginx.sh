@@ -26,7 +26,9 @@ pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
 events { worker_connections 256; }
 http {
-    access_log $dir/nginx-access.log;
+    # Which node answered each request, for the checks that balance several.
+    log_format upstream '\$status \$upstream_addr "\$request" \$request_time';
+    access_log $dir/nginx-access.log upstream;
     client_body_temp_path $dir/nginx-tmp/body;
     proxy_temp_path $dir/nginx-tmp/proxy;
     fastcgi_temp_path $dir/nginx-tmp/fastcgi;
