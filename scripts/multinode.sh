@@ -168,7 +168,9 @@ for n in "${nodes[@]}"; do
   echo "== multinode ($storage): node $n took $(blocks 200 ":${node_port[$n]}$" < "$work/nginx-access.log") blocks," \
     "$(tail -n +"$((restarted_at_line + 1))" "$work/nginx-access.log" | blocks 200 ":${node_port[$n]}$") of them after the restart"
 done
-echo "== multinode ($storage): $(blocks 502 . < "$work/nginx-access.log") blocks answered 502 by nginx (cut by the kill), retried by the client"
+refused="$(awk '$1 != 200 && /POST \/api\/upload\/files\/block/ { n[$1]++ } END { for (s in n) printf " %s: %d", s, n[s] }' \
+  "$work/nginx-access.log")"
+echo "== multinode ($storage): block requests not answered 200, by status (502: cut by the kill):${refused:- none}"
 
 for i in 1 2 3; do
   stored="$(stored_md5 "users/user$i/file-$i.bin")" || fail "file $i is not in the store"
