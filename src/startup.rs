@@ -185,20 +185,23 @@ fn prepare_dirs(settings: &mut Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checkpoints the WAL four times a second, off the writer (see `store`), and shows its size.
+/// Checkpoints SQLite's WAL four times a second, off the writer (see `store`), and shows its size.
 async fn checkpoint_wal(store: Store) {
     let mut ticks = tokio::time::interval(Duration::from_millis(250));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         match store.checkpoint().await {
-            Ok(wal) => metrics::set_wal_size(wal.wal_bytes),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints by itself later"),
+            // PostgreSQL checkpoints by itself.
+            None => return,
+            Some(Ok(wal)) => metrics::set_wal_size(wal.wal_bytes),
+            Some(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints by itself later"),
         }
     }
 }
 
-/// Expires idle tasks, looking a few times per `taskTimeout`.
+/// Expires idle tasks, looking a few times per `taskTimeout`; on a shared database, also takes on
+/// the finishes of nodes that died.
 async fn sweep_expired(uploads: Uploads) {
     let every = Duration::from_millis(uploads.settings().task_timeout.saturating_mul(250))
         .clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -210,6 +213,9 @@ async fn sweep_expired(uploads: Uploads) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired idle tasks"),
             Err(e) => tracing::error!(error = ?e, "expiry sweep failed"),
+        }
+        if let Err(e) = uploads.take_over_finishes().await {
+            tracing::error!(error = ?e, "the sweep for finishes no node holds failed");
         }
     }
 }

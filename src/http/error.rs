@@ -56,7 +56,7 @@ fn ret_code(e: &UploadError) -> &'static str {
         UploadError::TooLarge(_) => "10",
         UploadError::TaskEnded(_) => "11",
         UploadError::InstantRefused(_) => "12",
-        UploadError::DatabaseBusy(_) | UploadError::Internal(_) => "20",
+        UploadError::DatabaseBusy(_) | UploadError::ClaimLost | UploadError::Internal(_) => "20",
         // The tus and IETF refusals, never met on the fupload protocol's endpoints.
         UploadError::GrantRefused(_) => "1",
         UploadError::ChecksumMismatch { .. } => "7",
@@ -107,6 +107,9 @@ fn status_text(e: &UploadError) -> String {
         UploadError::DatabaseBusy(_) => "the database is busy: another process holds its lock (say, an sqlite3 \
                                              shell in a write transaction), so this request was not recorded; \
                                              retry it in a few seconds"
+            .into(),
+        UploadError::ClaimLost => "this server could not reach its database while the block arrived, and its \
+                claim on the block's bytes ran out: the block was not recorded; send it again"
             .into(),
         UploadError::Paused => "the task is paused and takes no blocks: set its status back to upload at its \
                 stateUrl ({\"status\":\"upload\"}), then send this block again"
@@ -186,7 +189,7 @@ fn status_text(e: &UploadError) -> String {
 /// Seconds after which the request may be sent again, for refusals that pass.
 fn retry_after(e: &UploadError) -> Option<u32> {
     match e {
-        UploadError::TempFileLost | UploadError::AppendInFlight => Some(1),
+        UploadError::TempFileLost | UploadError::AppendInFlight | UploadError::ClaimLost => Some(1),
         UploadError::DatabaseBusy(_) => Some(BUSY_RETRY_AFTER_SECONDS),
         _ => None,
     }
@@ -224,7 +227,7 @@ fn http_status(e: &UploadError) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         UploadError::DatabaseFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-        UploadError::DatabaseBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        UploadError::DatabaseBusy(_) | UploadError::ClaimLost => StatusCode::SERVICE_UNAVAILABLE,
         UploadError::Paused
         | UploadError::SameState(_)
         | UploadError::TaskEnded(_)

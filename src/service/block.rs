@@ -125,7 +125,7 @@ impl Uploads {
         // claim before this claim was made is visible to the read below. The task's row, read
         // before the claim, would not do: a block refused later would write over bytes received
         // in between (docs/RELIABILITY.md, section 9).
-        let claim = self.claims.claim(task.task_id, range);
+        let claim = self.claims.claim(task.task_id, range).await?;
         let received = self.store.received_within(task.task_id, range).await?;
         let writes: Vec<ByteRange> = claim.ranges().iter().flat_map(|part| part.minus(&received)).collect();
         Ok(BlockPlan { task, range, claim, writes })
@@ -209,6 +209,9 @@ impl Uploads {
             return Err(UploadError::PartMd5Mismatch { range: plan.range, sent, computed: streamed.digest() });
         }
         let BlockPlan { mut task, range, claim, writes, .. } = plan;
+        if claim.is_lost() {
+            return Err(UploadError::ClaimLost);
+        }
         // The claim stays until the commit is known, even if this request is dropped meanwhile: a
         // write handed to the store commits whether anyone waits for it or not, and no other block
         // may claim and write these bytes before they show as received.

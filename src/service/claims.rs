@@ -1,12 +1,61 @@
 //! Byte ranges that blocks in flight are writing, per task. A block writes only bytes that no
 //! other block in flight has claimed and that are not yet received, so a block that is then
 //! refused (bad md5, short body, dropped connection) cannot damage accepted bytes.
+//!
+//! One process keeps the claims in memory. Nodes that share a PostgreSQL database keep them in
+//! its `block_claims` table, each under a lease its node renews while the block streams in, so
+//! that a block on one node never writes what a block in flight on another claimed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use super::lease::Lease;
 use crate::domain::ByteRange;
+use crate::store::{PgStore, Store, StoreError};
+
+/// How long a shared claim outlives a node that stops renewing it: the ranges of a block in
+/// flight on a node that died are free again after this.
+const SHARED_CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub enum BlockClaims {
+    InProcess(InFlightClaims),
+    Shared(PgStore),
+}
+
+impl BlockClaims {
+    /// In the database when it is shared by many nodes, else in memory.
+    pub fn for_store(store: &Store) -> Self {
+        match store.shared() {
+            Some(shared) => BlockClaims::Shared(shared.clone()),
+            None => BlockClaims::InProcess(InFlightClaims::default()),
+        }
+    }
+
+    /// Claims the parts of `range` that no other block of the task has claimed.
+    pub async fn claim(&self, task_id: i64, range: ByteRange) -> Result<Claim, StoreError> {
+        match self {
+            BlockClaims::InProcess(claims) => Ok(claims.claim(task_id, range)),
+            BlockClaims::Shared(store) => {
+                let claimed = store.claim_ranges(task_id, range, SHARED_CLAIM_LEASE).await?;
+                let claim_id = claimed.claim_id;
+                let (renewing, releasing) = (store.clone(), store.clone());
+                let lease = Lease::keep(
+                    "block claim",
+                    SHARED_CLAIM_LEASE,
+                    Box::new(move || {
+                        let store = renewing.clone();
+                        Box::pin(async move { store.renew_claim(claim_id, SHARED_CLAIM_LEASE).await })
+                    }),
+                    Box::new(move || Box::pin(async move { releasing.release_claim(claim_id).await })),
+                );
+                Ok(Claim { ranges: claimed.ranges, hold: Hold::Shared(lease) })
+            }
+        }
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct InFlightClaims {
@@ -29,22 +78,29 @@ impl Claims {
 
 /// The parts of a block's range that it may write; released on drop.
 pub struct Claim {
-    claims: Arc<Claims>,
-    task_id: i64,
-    claim_id: u64,
     ranges: Vec<ByteRange>,
+    hold: Hold,
+}
+
+enum Hold {
+    InProcess {
+        claims: Arc<Claims>,
+        task_id: i64,
+        claim_id: u64,
+    },
+    /// Let go when dropped.
+    Shared(Lease),
 }
 
 impl InFlightClaims {
-    /// Claims the parts of `range` that no other block of the task has claimed.
-    pub fn claim(&self, task_id: i64, range: ByteRange) -> Claim {
+    fn claim(&self, task_id: i64, range: ByteRange) -> Claim {
         let claim_id = self.inner.next_claim.fetch_add(1, Ordering::Relaxed);
         let mut held = self.inner.lock();
         let held = held.entry(task_id).or_default();
         let taken: Vec<ByteRange> = held.iter().map(|(_, r)| *r).collect();
         let ranges = range.minus(&taken);
         held.extend(ranges.iter().map(|r| (claim_id, *r)));
-        Claim { claims: self.inner.clone(), task_id, claim_id, ranges }
+        Claim { ranges, hold: Hold::InProcess { claims: self.inner.clone(), task_id, claim_id } }
     }
 }
 
@@ -52,15 +108,22 @@ impl Claim {
     pub fn ranges(&self) -> &[ByteRange] {
         &self.ranges
     }
+
+    /// A shared claim whose lease ran out while its block streamed in (its node could not reach
+    /// the database for that long): another node may have written the same bytes since.
+    pub fn is_lost(&self) -> bool {
+        matches!(&self.hold, Hold::Shared(lease) if lease.is_lost())
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let mut by_task = self.claims.lock();
-        if let Some(held) = by_task.get_mut(&self.task_id) {
-            held.retain(|(id, _)| *id != self.claim_id);
+        let Hold::InProcess { claims, task_id, claim_id } = &self.hold else { return };
+        let mut by_task = claims.lock();
+        if let Some(held) = by_task.get_mut(task_id) {
+            held.retain(|(id, _)| id != claim_id);
             if held.is_empty() {
-                by_task.remove(&self.task_id);
+                by_task.remove(task_id);
             }
         }
     }

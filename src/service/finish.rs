@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::lease::Lease;
 use super::{blocking, business, UploadError, Uploads};
 use crate::blob::{self, PlaceError};
 use crate::callback;
@@ -171,6 +172,10 @@ const FINISH_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// How long a request that completed a file waits for its finish before replying `verify`.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the finish of a task outlives its node on a shared database: another node takes it
+/// on after this.
+const FINISH_LEASE: Duration = Duration::from_secs(60);
+
 impl Uploads {
     /// Finishes a task in `verify` on its own task, so that a client hanging up does not cut the
     /// finish short. A finish that fails for a passing reason (the database busy or full, a disk
@@ -181,6 +186,10 @@ impl Uploads {
         let uploads = self.clone();
         tokio::spawn(async move {
             let Some(finishing) = FinishGuard::take(&uploads.finishing, task.task_id) else {
+                return Ok(TaskStatus::Verify);
+            };
+            // Another node is finishing it, or the database cannot say: its sweeper looks again.
+            let Some(_held) = uploads.hold_finish(task.task_id).await else {
                 return Ok(TaskStatus::Verify);
             };
             let mut task = task;
@@ -195,6 +204,46 @@ impl Uploads {
                 }
             }
         })
+    }
+
+    /// The finish of the task, held for this node while it runs when the database is shared: `None`
+    /// when another node holds it. In one process the guard of `spawn_finish` is enough.
+    async fn hold_finish(&self, task_id: i64) -> Option<Option<Lease>> {
+        let Some(shared) = self.store.shared() else { return Some(None) };
+        match shared.hold_finish(task_id, &self.finish_holder, FINISH_LEASE).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "cannot take the finish; it is tried again");
+                return None;
+            }
+        }
+        let renewing = (shared.clone(), self.finish_holder.clone());
+        let releasing = renewing.clone();
+        Some(Some(Lease::keep(
+            "finish",
+            FINISH_LEASE,
+            Box::new(move || {
+                let (store, holder) = renewing.clone();
+                Box::pin(async move { store.hold_finish(task_id, &holder, FINISH_LEASE).await })
+            }),
+            Box::new(move || Box::pin(async move { releasing.0.release_finish(task_id, &releasing.1).await })),
+        )))
+    }
+
+    /// On a shared database: finishes the tasks in `verify` whose finish no node holds (the node
+    /// that held it died). Returns how many it took on.
+    pub async fn take_over_finishes(&self) -> Result<usize, UploadError> {
+        let Some(shared) = self.store.shared() else { return Ok(0) };
+        let mut taken = 0;
+        for task_id in shared.unheld_finishes().await? {
+            if let Some(task) = self.store.task(task_id).await?.filter(|task| task.status == TaskStatus::Verify) {
+                tracing::info!(task_id, "finishing a task in verify that no node holds");
+                drop(self.spawn_finish(task));
+                taken += 1;
+            }
+        }
+        Ok(taken)
     }
 
     /// Finishes the task, and waits for it up to `FINISH_WAIT`: the status to reply with.

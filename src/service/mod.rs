@@ -10,6 +10,7 @@ mod expire;
 mod finish;
 mod incoming;
 mod instant;
+mod lease;
 mod recover;
 mod state;
 mod temp_file;
@@ -95,6 +96,10 @@ pub enum UploadError {
     /// `Upload-Length`, or the end of a request that completes the upload).
     #[error("length {sent} is not the upload's length of {length} bytes")]
     LengthChanged { length: u64, sent: u64 },
+    /// The lease on the bytes of a block ran out while it arrived (this node could not reach the
+    /// shared database for that long): another node may have claimed them, so it is not recorded.
+    #[error("the block's claim on its bytes ran out before it was recorded")]
+    ClaimLost,
     /// Another append to the same upload is still being received.
     #[error("another request is appending to this upload")]
     AppendInFlight,
@@ -183,12 +188,14 @@ pub struct Uploads {
     store: Store,
     settings: Arc<Settings>,
     business_servers: Arc<BusinessServers>,
-    claims: claims::InFlightClaims,
+    claims: claims::BlockClaims,
     /// Whole-file md5 of each task's received prefix, advanced as blocks arrive.
     hashers: Arc<PrefixHashers>,
     /// Woken when a callback is queued, so the outbox worker sends it at once.
     outbox_wakeup: Arc<Notify>,
     finishing: finish::Finishing,
+    /// Who holds a finish in the shared database: this process, by a random id.
+    finish_holder: Arc<str>,
 }
 
 impl Uploads {
@@ -198,12 +205,13 @@ impl Uploads {
         let hashers = PrefixHashers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
         Ok(Self {
             business_servers: Arc::new(BusinessServers::new(&settings.business_servers)),
+            claims: claims::BlockClaims::for_store(&store),
             store,
             settings,
-            claims: claims::InFlightClaims::default(),
             hashers: Arc::new(hashers),
             outbox_wakeup: Arc::new(Notify::new()),
             finishing: finish::Finishing::default(),
+            finish_holder: crate::domain::UploadKey::generate()?.as_str().into(),
         })
     }
 

@@ -53,8 +53,9 @@ impl Uploads {
                 Some(task_id) => !self.store.task(task_id).await?.is_some_and(|task| {
                     matches!(task.status, TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)
                 }),
-                // A spooled block body: its request is gone.
-                None => blob::is_spool(&path),
+                // A spooled block body: its request is gone. On a shared tmpDir it may be another
+                // node's, whose request is still arriving: only one idle for long is left behind.
+                None => blob::is_spool(&path) && (self.store.shared().is_none() || idle_for_long(&entry)),
             };
             if !orphaned {
                 continue;
@@ -96,6 +97,15 @@ impl Uploads {
 }
 
 /// `task-123.part` → 123.
+/// How long a spool file on a shared tmpDir must have been left unwritten before a node that
+/// starts takes it for left behind: far longer than a block body takes to arrive.
+const SHARED_SPOOL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn idle_for_long(entry: &std::fs::DirEntry) -> bool {
+    let modified = entry.metadata().and_then(|meta| meta.modified());
+    modified.is_ok_and(|at| at.elapsed().is_ok_and(|idle| idle > SHARED_SPOOL_IDLE))
+}
+
 fn task_id_of_temp(path: &Path) -> Option<i64> {
     path.file_name()?.to_str()?.strip_prefix("task-")?.strip_suffix(".part")?.parse().ok()
 }

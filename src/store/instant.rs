@@ -1,7 +1,7 @@
 //! Instant upload: the files finished tasks placed, and the challenges instant creates were
 //! answered with (the `instant_challenges` table).
 
-use super::{now, timestamp, Store, StoreError};
+use super::{now, timestamp, SqliteStore, StoreError};
 use crate::domain::ByteRange;
 
 /// What identifies a placed file: a file found at the task's final path with other values is
@@ -69,14 +69,14 @@ impl From<FinishedRow> for FinishedFile {
 
 /// How many finished files of the same content a create looks at (newest first): one is
 /// enough, a few cover files removed or changed since.
-const CANDIDATES: i64 = 4;
+pub(super) const CANDIDATES: i64 = 4;
 
-fn ranges_json(ranges: &[ByteRange]) -> String {
+pub(super) fn ranges_json(ranges: &[ByteRange]) -> String {
     let pairs: Vec<[u64; 2]> = ranges.iter().map(|r| [r.start(), r.end()]).collect();
     serde_json::to_string(&pairs).unwrap_or_default()
 }
 
-fn ranges_of(json: &str) -> Result<Vec<ByteRange>, StoreError> {
+pub(super) fn ranges_of(json: &str) -> Result<Vec<ByteRange>, StoreError> {
     let pairs: Vec<[u64; 2]> =
         serde_json::from_str(json).map_err(|e| StoreError::Unreadable(format!("challenge ranges: {e}")))?;
     pairs
@@ -87,7 +87,7 @@ fn ranges_of(json: &str) -> Result<Vec<ByteRange>, StoreError> {
         .collect()
 }
 
-impl Store {
+impl SqliteStore {
     /// The newest finished tasks of `business_server` with this content whose finish recorded
     /// the placed file.
     pub async fn finished_files_like(

@@ -22,6 +22,7 @@
 mod instant;
 mod migrations;
 mod outbox;
+mod postgres;
 mod ranges;
 mod readers;
 mod stats;
@@ -40,8 +41,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use crate::config::Durability;
+use crate::domain::{ByteRange, FileSize, Protocol, TaskStatus};
 use readers::{Reader, Readers};
 use writer::Writer;
+
+pub use postgres::{PgStore, SharedClaim, TempDatabase};
 
 pub use instant::{Challenge, FinishedFile, NewChallenge, PlacedFile};
 pub use outbox::{DueCallback, DueCallbacks, NewCallback};
@@ -60,7 +64,9 @@ pub enum StoreError {
     Transaction(TransactionFailure),
     #[error("the database holds what this version cannot read: {0}")]
     Unreadable(String),
-    #[error("database.url {0:?} is not sqlite://<path of the database file>")]
+    #[error(
+        "database.url {0:?} is neither sqlite://<path of the database file> nor postgres://<user>@<host>/<database>"
+    )]
     BadUrl(String),
     #[error("the store is closed")]
     Closed,
@@ -92,9 +98,13 @@ impl StoreError {
     /// query, the data, or this process.
     pub fn trouble(&self) -> Option<Trouble> {
         match self {
-            StoreError::Sqlx(sqlx::Error::Database(e)) => {
-                e.code().and_then(|code| code.parse().ok()).and_then(Trouble::of_code)
-            }
+            StoreError::Sqlx(sqlx::Error::Database(e)) => match e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            {
+                Some(e) => Trouble::of_sqlstate(e.code()),
+                None => e.code().and_then(|code| code.parse().ok()).and_then(Trouble::of_code),
+            },
+            // PostgreSQL does not answer: it restarts, or the network to it is down.
+            StoreError::Sqlx(sqlx::Error::PoolTimedOut) => Some(Trouble::Unwritable),
             StoreError::Sqlx(sqlx::Error::Io(e)) | StoreError::Io(e) => Trouble::of_io(e),
             StoreError::Transaction(failure) => failure.trouble,
             StoreError::Sqlx(_) | StoreError::Unreadable(_) | StoreError::BadUrl(_) | StoreError::Closed => None,
@@ -133,9 +143,27 @@ impl Trouble {
         }
     }
 
+    /// From PostgreSQL's SQLSTATE.
+    fn of_sqlstate(code: &str) -> Option<Self> {
+        match code {
+            "53100" => Some(Trouble::Full),
+            // Serialization failures, deadlocks, locks not available, too many connections.
+            "40001" | "40P01" | "55P03" | "53300" => Some(Trouble::Busy),
+            // Shutting down, starting up, read-only (a standby), lost connection.
+            "57P01" | "57P02" | "57P03" | "25006" => Some(Trouble::Unwritable),
+            _ if code.starts_with("08") => Some(Trouble::Unwritable),
+            _ => None,
+        }
+    }
+
     fn of_io(e: &std::io::Error) -> Option<Self> {
+        use std::io::ErrorKind;
         match e.kind() {
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Some(Trouble::Full),
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(Trouble::Full),
+            // The connection to PostgreSQL failed.
+            ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                Some(Trouble::Unwritable)
+            }
             _ => None,
         }
     }
@@ -186,9 +214,125 @@ const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 /// calls `checkpoint` (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 
-/// The store. Cheap to clone; every clone shares the same connections.
+/// The store: SQLite in one process (the default), or PostgreSQL shared by many nodes, chosen by
+/// `database.url`. Cheap to clone; every clone shares the same connections.
 #[derive(Clone)]
-pub struct Store {
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Defines each method of `Store` as the same method of the backend it holds.
+macro_rules! on_the_backend {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Store::Sqlite(store) => store.$name($($arg),*).await,
+                        Store::Postgres(store) => store.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+// What each method does is told where the SQLite backend defines it.
+on_the_backend! {
+    fn create_or_resume_task(&self, new: &NewTask) -> Result<(Task, bool), StoreError>;
+    fn task(&self, task_id: i64) -> Result<Option<Task>, StoreError>;
+    fn change_status(&self, task_id: i64, from: TaskStatus, to: TaskStatus) -> Result<StatusChange, StoreError>;
+    fn end_task(&self, task_id: i64, from: &[TaskStatus], ending: &TaskEnding, callback: &NewCallback)
+        -> Result<StatusChange, StoreError>;
+    fn record_finish_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError>;
+    fn record_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError>;
+    fn delete_refused_task(&self, task_id: i64) -> Result<(), StoreError>;
+    fn idle_tasks(&self, idle: Duration) -> Result<Vec<i64>, StoreError>;
+    fn tasks_in_status(&self, status: TaskStatus) -> Result<Vec<i64>, StoreError>;
+    fn commit_block(&self, task_id: i64, temp_generation: i64, written: &[ByteRange]) -> Result<BlockOutcome, StoreError>;
+    fn reset_received_beyond(&self, task_id: i64, temp_generation: i64, on_disk: u64, why: &str)
+        -> Result<Option<Task>, StoreError>;
+    fn expected_blocks(&self, task_id: i64, file_size: u64) -> Result<Vec<ByteRange>, StoreError>;
+    fn received_within(&self, task_id: i64, within: ByteRange) -> Result<Vec<ByteRange>, StoreError>;
+    fn received_prefix(&self, task_id: i64) -> Result<u64, StoreError>;
+    fn due_callbacks(&self, limit: u32) -> Result<DueCallbacks, StoreError>;
+    fn callbacks_delivered(&self, callback_ids: &[i64]) -> Result<(), StoreError>;
+    fn callback_attempt_failed(&self, callback_id: i64, error: &str, retry_in: Option<Duration>)
+        -> Result<(), StoreError>;
+    fn finished_files_like(&self, business_server: &str, file_md5: &str, file_size: u64)
+        -> Result<Vec<FinishedFile>, StoreError>;
+    fn finished_file(&self, task_id: i64) -> Result<Option<FinishedFile>, StoreError>;
+    fn put_challenge(&self, task_id: i64, challenge: &NewChallenge, max_answers: u64) -> Result<Option<u64>, StoreError>;
+    fn count_answer(&self, task_id: i64) -> Result<Option<Challenge>, StoreError>;
+    fn instant_from(&self, task_id: i64) -> Result<Option<i64>, StoreError>;
+    fn create_with_grant(&self, new: &NewTask, redeem: bool) -> Result<GrantedCreation, StoreError>;
+    fn declare_length(&self, task_id: i64, size: FileSize) -> Result<StatusChange, StoreError>;
+    fn set_protocol(&self, task_id: i64, protocol: Protocol) -> Result<(), StoreError>;
+    fn join_partials(&self, final_id: i64, partials: &[i64], size: u64) -> Result<StatusChange, StoreError>;
+    fn ping(&self) -> Result<(), StoreError>;
+    fn open_task_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
+    fn pending_callbacks(&self) -> Result<u64, StoreError>;
+}
+
+impl Store {
+    /// Lets the writes under way finish, then closes every connection.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(store) => store.close().await,
+            Store::Postgres(store) => store.close().await,
+        }
+    }
+
+    /// Opens the database `url` names: `sqlite://<path>` (made if missing) with `readers`
+    /// read-only connections, or `postgres://…` with a pool of `readers` + a few connections.
+    /// Either way the migrations are applied.
+    pub async fn open(url: &str, durability: Durability, readers: u32) -> Result<Self, StoreError> {
+        if postgres::is_postgres_url(url) {
+            Ok(Store::Postgres(PgStore::open(url, readers).await?))
+        } else {
+            Ok(Store::Sqlite(SqliteStore::open(url, durability, readers).await?))
+        }
+    }
+
+    /// The WAL's checkpoint, for SQLite; `None` for PostgreSQL, which keeps its own WAL.
+    pub async fn checkpoint(&self) -> Option<Result<WalCheckpoint, StoreError>> {
+        match self {
+            Store::Sqlite(store) => Some(store.checkpoint().await),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// Since when, and how, writes fail; `None` once a write has committed since.
+    pub fn writes_failing(&self) -> Option<WritesFailing> {
+        match self {
+            Store::Sqlite(store) => store.writes_failing(),
+            Store::Postgres(store) => store.writes_failing(),
+        }
+    }
+
+    /// A small write, to learn whether writes work again when nothing else writes. `None` while
+    /// the last probe is still waiting.
+    pub fn probe_write(&self) -> Option<BoxFuture<'_, Result<(), StoreError>>> {
+        match self {
+            Store::Sqlite(store) => store.probe_write().map(|probe| Box::pin(probe) as BoxFuture<'_, _>),
+            Store::Postgres(store) => store.probe_write(),
+        }
+    }
+
+    /// The coordination of many nodes, when the database is shared by them (PostgreSQL).
+    pub fn shared(&self) -> Option<&PgStore> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(store) => Some(store),
+        }
+    }
+}
+
+/// The SQLite store. Cheap to clone; every clone shares the same connections.
+#[derive(Clone)]
+pub struct SqliteStore {
     inner: Arc<Connections>,
 }
 
@@ -209,7 +353,7 @@ struct Wal {
 
 /// Whether the last writes failed for a failure of the database itself, for readiness.
 #[derive(Default)]
-struct WriteOutcomes {
+pub(super) struct WriteOutcomes {
     /// Since when, and why, when the last write that could tell failed for the database's sake.
     failing: Mutex<Option<WritesFailing>>,
     /// A readiness probe write is waiting for the writer: one at a time is enough.
@@ -217,7 +361,16 @@ struct WriteOutcomes {
 }
 
 impl WriteOutcomes {
-    fn record<T>(&self, outcome: &Result<T, StoreError>) {
+    pub(super) fn failing(&self) -> Option<WritesFailing> {
+        lock(&self.failing).clone()
+    }
+
+    /// Marks a probe under way, until the returned value is dropped; `None` while one is.
+    pub(super) fn start_probe(&self) -> Option<ProbeInFlight> {
+        (!self.probing.swap(true, Ordering::AcqRel)).then(|| ProbeInFlight(self.probing.clone()))
+    }
+
+    pub(super) fn record<T>(&self, outcome: &Result<T, StoreError>) {
         let trouble = match outcome {
             Ok(_) => None,
             Err(e) => match e.trouble() {
@@ -245,7 +398,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct ProbeInFlight(Arc<AtomicBool>);
+pub(super) struct ProbeInFlight(Arc<AtomicBool>);
 
 impl Drop for ProbeInFlight {
     fn drop(&mut self) {
@@ -263,7 +416,7 @@ pub struct WalCheckpoint {
     pub wal_bytes: u64,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://<path>`) and applies the
     /// migrations. `readers` read-only connections serve the reads.
     pub async fn open(url: &str, durability: Durability, readers: u32) -> Result<Self, StoreError> {
@@ -349,17 +502,13 @@ impl Store {
 
     /// Since when, and how, writes fail; `None` once a write has committed since.
     pub fn writes_failing(&self) -> Option<WritesFailing> {
-        lock(&self.inner.writes.failing).clone()
+        self.inner.writes.failing()
     }
 
     /// A small write, to learn whether writes work again when nothing else writes. `None` while
     /// the last probe is still waiting for the writer.
     pub fn probe_write(&self) -> Option<impl std::future::Future<Output = Result<(), StoreError>> + '_> {
-        let probing = &self.inner.writes.probing;
-        if probing.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        let in_flight = ProbeInFlight(probing.clone());
+        let in_flight = self.inner.writes.start_probe()?;
         Some(self.write(move |conn| {
             Box::pin(async move {
                 let _in_flight = in_flight;
@@ -473,7 +622,7 @@ mod tests {
         // 503s under load).
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db");
-        let store = Store::open(&format!("sqlite://{}", path.display()), Durability::Process, 2).await.unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()), Durability::Process, 2).await.unwrap();
         let other = rusqlite::Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let writing = store.clone();
@@ -500,7 +649,7 @@ mod tests {
         for (durability, synchronous) in [(Durability::Process, 1), (Durability::Power, 2)] {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("test.db").display());
-            let store = Store::open(&url, durability, 2).await.unwrap();
+            let store = SqliteStore::open(&url, durability, 2).await.unwrap();
             let (writer_synchronous, foreign_keys, busy_ms): (i64, i64, i64) = store
                 .write(|conn| {
                     Box::pin(async move {
@@ -533,7 +682,7 @@ mod tests {
         let path = dir.path().join("test.db");
         let limit = 256 << 10;
         let url = format!("sqlite://{}", path.display());
-        let store = Store::open_with_wal_limit(&url, Durability::Process, 2, limit).await.unwrap();
+        let store = SqliteStore::open_with_wal_limit(&url, Durability::Process, 2, limit).await.unwrap();
         let wal_file = || std::fs::metadata(dir.path().join("test.db-wal")).map_or(0, |m| m.len());
         // An operator's sqlite3 in a read transaction: its snapshot keeps every frame after it.
         let reader = rusqlite::Connection::open(&path).unwrap();
@@ -597,13 +746,13 @@ mod tests {
     }
 
     /// How many tasks `filter` (an SQL condition) selects.
-    async fn count_tasks(store: &Store, filter: &'static str) -> i64 {
+    async fn count_tasks(store: &SqliteStore, filter: &'static str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM upload_tasks WHERE {filter}");
         sqlx::query_scalar(&sql).fetch_one(&mut *store.reader().await.unwrap()).await.unwrap()
     }
 
     /// A write of one statement that fails for its own sake: there is no such table.
-    async fn failing_write(store: &Store) -> Result<(), StoreError> {
+    async fn failing_write(store: &SqliteStore) -> Result<(), StoreError> {
         store
             .write(|conn| {
                 Box::pin(async move {
@@ -748,12 +897,32 @@ mod tests {
 pub(crate) mod test_support {
     use super::*;
 
+    /// The SQLite store that the faults below are injected into.
+    pub trait OnSqlite {
+        fn on_sqlite(&self) -> &SqliteStore;
+    }
+
+    impl OnSqlite for SqliteStore {
+        fn on_sqlite(&self) -> &SqliteStore {
+            self
+        }
+    }
+
+    impl OnSqlite for Store {
+        fn on_sqlite(&self) -> &SqliteStore {
+            match self {
+                Store::Sqlite(store) => store,
+                Store::Postgres(_) => panic!("the service's unit tests run on SQLite"),
+            }
+        }
+    }
+
     /// Keeps the writer busy until the returned sender sends (or is dropped): writes handed in
     /// meanwhile wait in its queue.
-    pub async fn hold_writer(store: &Store) -> tokio::sync::oneshot::Sender<()> {
+    pub async fn hold_writer(store: &impl OnSqlite) -> tokio::sync::oneshot::Sender<()> {
         let (release, held) = tokio::sync::oneshot::channel::<()>();
         let (started, holding) = tokio::sync::oneshot::channel();
-        let store = store.clone();
+        let store = store.on_sqlite().clone();
         tokio::spawn(async move {
             store
                 .write(move |_| {
@@ -771,7 +940,7 @@ pub(crate) mod test_support {
 
     /// Lets the database grow by at most `pages` more pages (SQLite's `max_page_count`, on the
     /// writer's connection): a full disk, injected where a mount is not at hand.
-    pub async fn limit_growth(store: &Store, pages: i64) {
+    pub async fn limit_growth(store: &SqliteStore, pages: i64) {
         store
             .write(move |conn| {
                 Box::pin(async move {
@@ -786,7 +955,7 @@ pub(crate) mod test_support {
     }
 
     /// Runs `sql` on the writer's connection.
-    async fn on_the_writer(store: &Store, sql: &'static str) {
+    async fn on_the_writer(store: &SqliteStore, sql: &'static str) {
         store
             .write(move |conn| {
                 Box::pin(async move {
@@ -800,20 +969,20 @@ pub(crate) mod test_support {
 
     /// Makes every write that queues a callback fail, as a full or failing database would, until
     /// `allow_callbacks` (a temporary trigger on the writer's connection).
-    pub async fn refuse_callbacks(store: &Store) {
+    pub async fn refuse_callbacks(store: &impl OnSqlite) {
         let sql = "CREATE TEMP TRIGGER refuse_callbacks BEFORE INSERT ON callback_outbox
                    BEGIN SELECT RAISE(ABORT, 'injected fault: the database cannot take the callback'); END";
-        on_the_writer(store, sql).await
+        on_the_writer(store.on_sqlite(), sql).await
     }
 
-    pub async fn allow_callbacks(store: &Store) {
-        on_the_writer(store, "DROP TRIGGER temp.refuse_callbacks").await
+    pub async fn allow_callbacks(store: &impl OnSqlite) {
+        on_the_writer(store.on_sqlite(), "DROP TRIGGER temp.refuse_callbacks").await
     }
 
     /// A store on a fresh database file in its own temp dir.
-    pub async fn temp_store() -> (Store, tempfile::TempDir) {
+    pub async fn temp_store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        (Store::open(&url, Durability::Process, 2).await.unwrap(), dir)
+        (SqliteStore::open(&url, Durability::Process, 2).await.unwrap(), dir)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{now, timestamp, Store, StoreError};
+use super::{now, timestamp, SqliteStore, StoreError};
 
 /// A callback to queue with the task's ending.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct DueCallbacks {
     pub next_due_in: Option<Duration>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Pending callbacks whose next attempt is due, oldest first (at most `limit`), and how long
     /// until the next of the others is due (`None`: no other is pending). The outbox worker asks
     /// this once per round.
@@ -129,10 +129,10 @@ pub(crate) mod tests {
     use crate::domain::TaskStatus;
     use crate::store::tasks::tests::new_task;
     use crate::store::test_support::temp_store;
-    use crate::store::TaskEnding;
+    use crate::store::{Store, TaskEnding};
 
     /// Creates a task of `file_size` bytes and ends it with a callback; returns its id.
-    pub(crate) async fn ended_with_callback(store: &Store, file_size: u64) -> i64 {
+    pub(crate) async fn ended_with_callback(store: &crate::store::Store, file_size: u64) -> i64 {
         let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
         let ending = TaskEnding {
             status: TaskStatus::Finish,
@@ -160,8 +160,8 @@ pub(crate) mod tests {
         let (store, _dir) = temp_store().await;
         let none = store.due_callbacks(32).await.unwrap();
         assert!(none.due.is_empty() && none.next_due_in.is_none());
-        ended_with_callback(&store, 1).await;
-        ended_with_callback(&store, 2).await;
+        ended_with_callback(&Store::Sqlite(store.clone()), 1).await;
+        ended_with_callback(&Store::Sqlite(store.clone()), 2).await;
         let both = store.due_callbacks(32).await.unwrap();
         assert_eq!(both.due.len(), 2);
         assert_eq!(both.next_due_in, None, "nothing else is pending");

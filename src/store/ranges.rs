@@ -3,7 +3,7 @@
 use sqlx::{Executor, Sqlite, SqliteConnection};
 
 use super::tasks::{status_of, task_row, Task};
-use super::{now, writer, Store, StoreError};
+use super::{now, writer, SqliteStore, StoreError};
 use crate::domain::{BlockMerge, ByteRange, TaskStatus};
 
 /// The state of a task after a block's ranges were committed.
@@ -30,7 +30,7 @@ pub enum BlockOutcome {
     NoSuchTask,
 }
 
-fn to_sql(offset: u64) -> i64 {
+pub(super) fn to_sql(offset: u64) -> i64 {
     // Offsets are below the file size, which FileSize keeps within 63 bits.
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
@@ -43,7 +43,7 @@ fn parse_range(text: &str) -> Result<ByteRange, StoreError> {
     )
 }
 
-fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
+pub(super) fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
     u64::try_from(start)
         .ok()
         .zip(u64::try_from(end).ok())
@@ -51,7 +51,7 @@ fn from_sql(start: i64, end: i64) -> Result<ByteRange, StoreError> {
         .ok_or_else(|| StoreError::Unreadable(format!("stored range {start}-{end} is not a valid range")))
 }
 
-impl Store {
+impl SqliteStore {
     /// Records `written` (ranges of the task's temp file that now hold the block's bytes) in one
     /// write: each range is merged with the ranges it touches; the task must still be `upload`
     /// with its temp file of `temp_generation`; its byte count and idle clock move on; and it goes
@@ -324,21 +324,21 @@ mod tests {
         ByteRange::new(start, end).unwrap()
     }
 
-    async fn task_of(store: &Store, size: u64) -> i64 {
+    async fn task_of(store: &SqliteStore, size: u64) -> i64 {
         store.create_or_resume_task(&new_task(size)).await.unwrap().0.task_id
     }
 
-    async fn received_bytes(store: &Store, task_id: i64) -> u64 {
+    async fn received_bytes(store: &SqliteStore, task_id: i64) -> u64 {
         store.task(task_id).await.unwrap().unwrap().received_bytes
     }
 
-    async fn stored(store: &Store, task_id: i64) -> Vec<ByteRange> {
+    async fn stored(store: &SqliteStore, task_id: i64) -> Vec<ByteRange> {
         let mut ranges = store.received_within(task_id, r(0, u64::MAX >> 2)).await.unwrap();
         ranges.sort_by_key(|range| range.start());
         ranges
     }
 
-    async fn commit(store: &Store, task_id: i64, range: ByteRange) -> BlockCommit {
+    async fn commit(store: &SqliteStore, task_id: i64, range: ByteRange) -> BlockCommit {
         committed(store.commit_block(task_id, 0, &[range]).await.unwrap())
     }
 

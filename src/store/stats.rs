@@ -1,10 +1,10 @@
 //! Read-only questions for the operations endpoints: is the database answering, how many tasks
 //! are open, how deep is the callback outbox.
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::domain::TaskStatus;
 
-impl Store {
+impl SqliteStore {
     /// Reads a page of the database file through a reader connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query!("SELECT 1 AS one FROM upload_tasks LIMIT 1").fetch_optional(&mut *self.reader().await?).await?;

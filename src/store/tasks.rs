@@ -7,7 +7,7 @@ use sqlx::{Executor, Sqlite, SqliteConnection};
 
 use super::instant::PlacedFile;
 use super::types::Timestamp;
-use super::{now, outbox, timestamp, Store, StoreError};
+use super::{now, outbox, timestamp, SqliteStore, StoreError};
 use crate::domain::{ConcatRole, FileName, FileSize, Md5Hex, Protocol, TaskStatus};
 
 /// What a task is: fixed when it is created.
@@ -196,7 +196,7 @@ pub(super) async fn task_row<'e>(
     Ok(row.map(Task::from))
 }
 
-impl Store {
+impl SqliteStore {
     /// The unfinished task with these same identifying fields, or a new one. Returns the task
     /// and whether it was created now. A unique index keeps one unfinished task per identity,
     /// so racing creates of the same file end with the same task.
@@ -488,7 +488,7 @@ pub(super) async fn status_of(conn: &mut SqliteConnection, task_id: i64) -> Resu
 }
 
 /// The timestamp `idle` ago.
-fn cutoff(idle: Duration) -> String {
+pub(super) fn cutoff(idle: Duration) -> String {
     timestamp(SystemTime::now().checked_sub(idle).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
@@ -556,7 +556,8 @@ pub(crate) mod tests {
         let first_bytes = crate::domain::ByteRange::new(0, 4).unwrap();
         let committed = store.commit_block(received.task_id, 0, &[first_bytes]).await.unwrap();
         assert!(matches!(committed, crate::store::BlockOutcome::Committed(_)), "{committed:?}");
-        let ended = crate::store::outbox::tests::ended_with_callback(&store, 12).await;
+        let ended =
+            crate::store::outbox::tests::ended_with_callback(&crate::store::Store::Sqlite(store.clone()), 12).await;
         for kept in [received.task_id, ended] {
             store.delete_refused_task(kept).await.unwrap();
             assert!(store.task(kept).await.unwrap().is_some(), "task {kept} is kept");

@@ -2,7 +2,7 @@
 //! late, partial uploads joined into a final one, the protocol a task is used through.
 
 use super::tasks::{guarded_change, insert_or_find, status_of};
-use super::{now, writer, NewTask, StatusChange, Store, StoreError, Task};
+use super::{now, writer, NewTask, SqliteStore, StatusChange, StoreError, Task};
 use crate::domain::{FileSize, Protocol, TaskStatus};
 
 /// What came of a creation with an upload grant.
@@ -15,7 +15,7 @@ pub enum GrantedCreation {
     GrantUsed,
 }
 
-impl Store {
+impl SqliteStore {
     /// Creates the task (or finds the unfinished one it repeats). With `redeem`, the task's grant
     /// is redeemed in the same write, so that a grant creates at most one upload; without, the
     /// grant must not be redeemed yet (a partial upload of a concatenation).

@@ -1,12 +1,13 @@
-//! The domain's values as SQLite columns: a value read back is parsed again, so a row this
-//! version cannot read is an error, never a default.
+//! The domain's values as SQLite and PostgreSQL columns: a value read back is parsed again, so a
+//! row this version cannot read is an error, never a default.
 
 use std::time::SystemTime;
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Encode, Sqlite, Type};
+use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
 
 use crate::domain::{ConcatRole, FieldError, FileName, FileSize, Md5Hex, Protocol, TaskStatus};
 
@@ -37,6 +38,30 @@ macro_rules! stored_as {
                 Ok($decode(stored)?)
             }
         }
+
+        impl Type<Postgres> for $value {
+            fn type_info() -> PgTypeInfo {
+                <$stored as Type<Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <$stored as Type<Postgres>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, Postgres> for $value {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                let stored: $stored = $encode(self);
+                <$stored as Encode<'_, Postgres>>::encode(stored, buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Postgres> for $value {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                let stored = <$stored as Decode<'r, Postgres>>::decode(value)?;
+                Ok($decode(stored)?)
+            }
+        }
     };
 }
 
@@ -45,7 +70,7 @@ stored_as!(Md5Hex, String, |m: &Md5Hex| m.as_str().to_owned(), |text: String| Md
 stored_as!(FileName, String, |n: &FileName| n.as_str().to_owned(), |text: String| FileName::parse(&text));
 stored_as!(Protocol, String, |p: &Protocol| p.as_str().to_owned(), |text: String| text.parse::<Protocol>());
 stored_as!(ConcatRole, String, |r: &ConcatRole| r.as_str().to_owned(), |text: String| text.parse::<ConcatRole>());
-// FileSize keeps within 63 bits, so SQLite's signed INTEGER holds every one.
+// FileSize keeps within 63 bits, so a signed 64-bit INTEGER (BIGINT) holds every one.
 stored_as!(FileSize, i64, |s: &FileSize| i64::try_from(s.bytes()).unwrap_or(i64::MAX), |n: i64| {
     u64::try_from(n).map_err(|_| FieldError::new(FileSize::FIELD, "must not be negative")).and_then(FileSize::new)
 });

@@ -196,7 +196,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::from_yaml("{}", Vec::new()).unwrap();
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;
-    settings.database.url = format!("sqlite://{}", dir.path().join("fupload.db").display());
+    settings.database.url = database_url(dir.path()).await;
     settings.tmp_dir = dir.path().join("tmp");
     settings.store_dir = dir.path().join("store");
     settings.callback.initial_backoff = 0.05;
@@ -430,6 +430,35 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }
 
+/// The databases made on the PostgreSQL test server: kept until the test binary ends (a test
+/// restarts its server on the same one), and gone with the server, which `.ci/run` throws away.
+static POSTGRES_DATABASES: std::sync::Mutex<Vec<fupload::store::TempDatabase>> = std::sync::Mutex::new(Vec::new());
+
+/// The PostgreSQL server the tests run on instead of SQLite, when `FUPLOAD_TEST_POSTGRES_URL`
+/// names one (scripts/postgres-tests.sh).
+pub fn postgres_server() -> Option<String> {
+    std::env::var("FUPLOAD_TEST_POSTGRES_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// Whether the tests run on SQLite: a few look into its file, or hold its lock, themselves.
+pub fn on_sqlite() -> bool {
+    postgres_server().is_none()
+}
+
+/// A `database.url` for a test's server: a new database on the PostgreSQL test server, or a
+/// SQLite file in `dir`.
+pub async fn database_url(dir: &std::path::Path) -> String {
+    match postgres_server() {
+        Some(server) => {
+            let database = fupload::store::TempDatabase::create(&server).await.expect("a test database");
+            let url = database.url.clone();
+            POSTGRES_DATABASES.lock().unwrap_or_else(|e| e.into_inner()).push(database);
+            url
+        }
+        None => format!("sqlite://{}", dir.join("fupload.db").display()),
+    }
+}
+
 /// Rows of a query on the task database, as text.
 pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
     query_database(&app.settings.database.url, sql)
@@ -437,6 +466,9 @@ pub async fn query(app: &TestApp, sql: &str) -> Vec<Vec<String>> {
 
 /// Rows of a query on the database at `url` (a `database.url`), as text; NULL as `"NULL"`.
 pub fn query_database(url: &str, sql: &str) -> Vec<Vec<String>> {
+    if url.starts_with("postgres") {
+        return query_postgres(url, sql);
+    }
     use rusqlite::types::ValueRef;
     let conn = open_database(url);
     let mut query = conn.prepare(sql).unwrap();
@@ -456,6 +488,107 @@ pub fn query_database(url: &str, sql: &str) -> Vec<Vec<String>> {
     rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
 }
 
+/// `query_database` on PostgreSQL: each row as JSON (which keeps the columns' order), its values
+/// as SQLite's would read (booleans as 1 and 0).
+fn query_postgres(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let wrapped = format!(
+        "SELECT json_build_array(VARIADIC ARRAY(SELECT value FROM json_each(row_to_json(q))))::text FROM ({sql}) AS q"
+    );
+    let rows: Vec<String> =
+        on_postgres(url, move |conn| Box::pin(async move { sqlx::query_scalar(&wrapped).fetch_all(conn).await }));
+    let text = |value: &Value| match value {
+        Value::Null => "NULL".to_owned(),
+        Value::Bool(b) => u8::from(*b).to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    rows.iter()
+        .map(|row| serde_json::from_str::<Vec<Value>>(row).expect("a row as JSON").iter().map(text).collect())
+        .collect()
+}
+
+/// Runs `statement` on the database at `url` (SQLite or PostgreSQL).
+pub fn execute_database(url: &str, statement: &str) {
+    if url.starts_with("postgres") {
+        let statement = statement.to_owned();
+        on_postgres(url, move |conn| Box::pin(async move { sqlx::query(&statement).execute(conn).await.map(drop) }));
+    } else {
+        open_database(url).execute(statement, []).unwrap();
+    }
+}
+
+/// Runs `work` on a connection of its own to the PostgreSQL database at `url`, on a thread with
+/// a runtime of its own (the callers are not async).
+fn on_postgres<T: Send + 'static>(
+    url: &str,
+    work: impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures_util::future::BoxFuture<'c, Result<T, sqlx::Error>>
+        + Send
+        + 'static,
+) -> T {
+    use sqlx::Connection;
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let result = work(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+            result
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Another process (an operator's sqlite3 or psql, say) in a write transaction on the database at
+/// `url` that holds the tables' write lock until this is dropped.
+pub enum DatabaseLock {
+    Sqlite(rusqlite::Connection),
+    /// The thread whose connection holds the lock, and what tells it to let go.
+    Postgres(Option<std::sync::mpsc::Sender<()>>, Option<std::thread::JoinHandle<()>>),
+}
+
+impl DatabaseLock {
+    pub fn hold(url: &str) -> Self {
+        if !url.starts_with("postgres") {
+            let conn = open_database(url);
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            return DatabaseLock::Sqlite(conn);
+        }
+        use sqlx::Connection;
+        let (url, (release, released), (held, holding)) =
+            (url.to_owned(), std::sync::mpsc::channel(), std::sync::mpsc::channel());
+        let holder = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                let mut transaction = conn.begin().await.unwrap();
+                // Reads go on; every write waits.
+                sqlx::query("LOCK TABLE upload_tasks, received_ranges, callback_outbox, write_probe IN EXCLUSIVE MODE")
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                held.send(()).unwrap();
+                let _ = released.recv();
+                transaction.rollback().await.unwrap();
+            })
+        });
+        holding.recv().unwrap();
+        DatabaseLock::Postgres(Some(release), Some(holder))
+    }
+}
+
+impl Drop for DatabaseLock {
+    fn drop(&mut self) {
+        if let DatabaseLock::Postgres(release, holder) = self {
+            drop(release.take());
+            if let Some(holder) = holder.take() {
+                let _ = holder.join();
+            }
+        }
+    }
+}
+
 /// A connection of the test's own to the database at `url` (the server's `database.url`).
 pub fn open_database(url: &str) -> rusqlite::Connection {
     rusqlite::Connection::open(fupload::store::database_path(url).unwrap()).unwrap()
@@ -463,5 +596,5 @@ pub fn open_database(url: &str) -> rusqlite::Connection {
 
 /// Makes every callback waiting for a retry due now, in the (stopped) server's database at `url`.
 pub fn make_callbacks_due(url: &str) {
-    open_database(url).execute("UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'", []).unwrap();
+    execute_database(url, "UPDATE callback_outbox SET next_attempt_at = '2000-01-01T00:00:00.000Z'");
 }

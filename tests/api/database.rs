@@ -6,11 +6,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// Another process (an operator's sqlite3, say) in a write transaction on the server's database.
-fn hold_write_lock(app: &TestApp) -> rusqlite::Connection {
-    let conn = open_database(&app.settings.database.url);
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn
+/// Another process (an operator's sqlite3 or psql, say) in a write transaction on the server's
+/// database.
+fn hold_write_lock(app: &TestApp) -> DatabaseLock {
+    DatabaseLock::hold(&app.settings.database.url)
 }
 
 fn assert_busy(Reply { status, retry_after, json }: &Reply) {

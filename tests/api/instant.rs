@@ -52,8 +52,9 @@ async fn answer(app: &TestApp, created: &Value, proof: &str) -> crate::helpers::
 }
 
 fn instant_from(app: &TestApp, task_id: i64) -> Option<i64> {
-    let db = rusqlite::Connection::open(app.path("fupload.db")).unwrap();
-    db.query_row("SELECT instant_from FROM upload_tasks WHERE task_id = ?1", [task_id], |row| row.get(0)).unwrap()
+    let sql = format!("SELECT instant_from FROM upload_tasks WHERE task_id = {task_id}");
+    let rows = crate::helpers::query_database(&app.settings.database.url, &sql);
+    rows[0][0].parse().ok()
 }
 
 /// The task of `created` takes its bytes as usual and finishes with a normal callback.
