@@ -11,11 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/loopback.sh
 source scripts/lib/loopback.sh
+# shellcheck source=lib/nginx.sh
+source scripts/lib/nginx.sh
 binary="$(realpath "${1:-${CARGO_TARGET_DIR:-target}/debug/fupload-server}")"
 site="$(realpath conf/nginx-fupload.conf)"
 
 work="$(mktemp -d)"
-chmod 755 "$work"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
@@ -23,12 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nginx="$(command -v nginx || true)"
-if [[ -z "$nginx" ]]; then
-  (cd "$work" && { apt-get download -qq nginx 2>/dev/null || { apt-get update -qq && apt-get download -qq nginx; }; })
-  dpkg-deb -x "$work"/nginx_*.deb "$work/nginx-pkg"
-  nginx="$work/nginx-pkg/usr/sbin/nginx"
-fi
+nginx="$(nginx_binary "$work")"
 
 fupload_port="$(free_port)"
 nginx_port="$(free_port)"
@@ -44,30 +40,9 @@ YAML
 "$binary" -c "$work/fupload.yml" 2> "$work/fupload.log" &
 pids+=($!)
 
-mkdir -p "$work/nginx-tmp"
-chmod 777 "$work/nginx-tmp"
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 64; }
-http {
-    access_log $work/nginx-access.log;
-    client_body_temp_path $work/nginx-tmp/body;
-    proxy_temp_path $work/nginx-tmp/proxy;
-    fastcgi_temp_path $work/nginx-tmp/fastcgi;
-    uwsgi_temp_path $work/nginx-tmp/uwsgi;
-    scgi_temp_path $work/nginx-tmp/scgi;
-    upstream fupload { server 127.0.0.1:$fupload_port; keepalive 16; }
-    server {
-        listen 127.0.0.1:$nginx_port;
-        include $site;
-    }
-}
-NGINX
-"$nginx" -t -q -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf"
-"$nginx" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
-pids+=($!)
+nginx_config "$work" "$nginx_port" "$site" "upstream fupload { server 127.0.0.1:$fupload_port; keepalive 16; }"
+nginx_start "$nginx" "$work"
+pids+=("$NGINX_PID")
 
 status=0
 python3 - "$nginx_port" <<'PY' || status=$?

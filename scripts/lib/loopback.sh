@@ -32,3 +32,7 @@ wait_for_url() {
   echo "$1 did not answer within 30 s" >&2
   return 1
 }
+
+# Seconds, to a tenth, since START, a value of $EPOCHREALTIME.
+#   seconds_since START
+seconds_since() { awk -v start="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - start }'; }

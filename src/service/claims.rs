@@ -17,7 +17,7 @@ use crate::store::{PgStore, Store, StoreError};
 
 /// How long a shared claim outlives a node that stops renewing it: the ranges of a block in
 /// flight on a node that died are free again after this.
-const SHARED_CLAIM_LEASE: Duration = Duration::from_secs(30);
+const SHARED_CLAIM_LEASE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub enum BlockClaims {
