@@ -1,7 +1,7 @@
 # A throw-away PostgreSQL for the checks: Debian's server, initdb in a temp dir, listening on a
 # free loopback port only, trust auth, a role `fupload`. Sourced, not run; needs loopback.sh.
 #
-#   start_postgres   sets POSTGRES_PORT, POSTGRES_BIN (the server's bin dir, psql among them) and
+#   start_postgres   (server options beside these in POSTGRES_OPTIONS) sets POSTGRES_PORT, POSTGRES_BIN (the server's bin dir, psql among them) and
 #                    exports FUPLOAD_TEST_POSTGRES_URL=postgres://fupload@127.0.0.1:PORT/fupload
 #   postgres_sql SQL [DB]  runs SQL as the superuser in DB (default `postgres`); prints rows unaligned
 #   stop_postgres    stops it and removes its temp dir (safe to call when it was never started)
@@ -47,7 +47,7 @@ start_postgres() {
       { cat "$POSTGRES_DIR/initdb.log" >&2; exit 1; }
     "${postgres_as[@]}" "$POSTGRES_BIN/pg_ctl" start --pgdata="$POSTGRES_DIR/data" --wait --silent \
       --log="$POSTGRES_DIR/server.log" \
-      -o "-c listen_addresses=127.0.0.1 -p $POSTGRES_PORT -c unix_socket_directories=$POSTGRES_DIR -c max_connections=200" ||
+      -o "-c listen_addresses=127.0.0.1 -p $POSTGRES_PORT -c unix_socket_directories=$POSTGRES_DIR -c max_connections=200 ${POSTGRES_OPTIONS:-}" ||
       { cat "$POSTGRES_DIR/server.log" >&2; exit 1; }
   )
   # The role owns a database of its own, where each test makes a schema.

@@ -26,6 +26,8 @@ pub struct BenchClient {
     client: awc::Client,
     base: String,
     sink: CallbackSink,
+    /// The nodes the blocks go to in turn (their base URLs), for several nodes on one database.
+    nodes: Vec<String>,
 }
 
 pub struct Task {
@@ -78,7 +80,13 @@ pub fn pieces(data: &Bytes, start: usize, end: usize) -> impl Iterator<Item = By
 
 impl BenchClient {
     pub fn new(base: &str, sink: &CallbackSink) -> Self {
-        Self { client: http_client(), base: base.to_owned(), sink: sink.clone() }
+        Self { client: http_client(), base: base.to_owned(), sink: sink.clone(), nodes: Vec::new() }
+    }
+
+    /// A client that creates tasks at `nodes[0]` and sends each task's blocks to the nodes in
+    /// turn, as a round-robin load balancer would.
+    pub fn spread_over(nodes: &[String], sink: &CallbackSink) -> Self {
+        Self { nodes: nodes.to_vec(), ..Self::new(&nodes[0], sink) }
     }
 
     async fn json(&self, request: awc::ClientRequest, body: Option<Value>) -> anyhow::Result<Value> {
@@ -115,6 +123,18 @@ impl BenchClient {
         end: usize,
         md5: &str,
     ) -> anyhow::Result<Value> {
+        self.send_block_to(&task.upload_url, data, start, end, md5).await
+    }
+
+    /// As `send_block`, to `upload_url`.
+    async fn send_block_to(
+        &self,
+        upload_url: &str,
+        data: &Bytes,
+        start: usize,
+        end: usize,
+        md5: &str,
+    ) -> anyhow::Result<Value> {
         let head = format!(
             "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"startByte\"\r\n\r\n{start}\r\n\
              --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"endByte\"\r\n\r\n{end}\r\n\
@@ -130,7 +150,7 @@ impl BenchClient {
         let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
         let mut response = self
             .client
-            .post(&task.upload_url)
+            .post(upload_url)
             .insert_header(("content-type", format!("multipart/form-data; boundary={BOUNDARY}")))
             .send_body(SizedStream::new(length as u64, stream))
             .await
@@ -171,7 +191,11 @@ impl Uploader for BenchClient {
         for (i, md5) in upload.part_md5s.iter().enumerate() {
             let start = i * upload.block;
             let end = (start + upload.block).min(upload.data.len()) - 1;
-            let reply = self.send_block(&task, &upload.data, start, end, md5).await?;
+            let upload_url = match self.nodes.get(i % self.nodes.len().max(1)) {
+                Some(node) => task.upload_url.replacen(&self.base, node, 1),
+                None => task.upload_url.clone(),
+            };
+            let reply = self.send_block_to(&upload_url, &upload.data, start, end, md5).await?;
             status = reply["data"]["taskStatus"].as_str().unwrap_or_default().to_owned();
         }
         let waited = Instant::now();

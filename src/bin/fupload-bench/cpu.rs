@@ -14,6 +14,26 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
+fn server_seconds(pids: &[String]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(pid)).sum()
+}
+
+/// CPU seconds used so far by every process named `name` (PostgreSQL's server and backends: a
+/// backend that ended meanwhile is not counted).
+pub fn cpu_seconds_named(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let wanted = format!("({name})");
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.split_whitespace().nth(1) == Some(wanted.as_str())
+        })
+        .map(|pid| cpu_seconds(&pid))
+        .sum()
+}
+
 /// Seconds all cores together spent waiting for the disk and stolen by the host so far, from the
 /// `cpu` line of /proc/stat (fields 5 and 8, in clock ticks).
 fn machine_waits() -> (f64, f64) {
@@ -25,9 +45,10 @@ fn machine_waits() -> (f64, f64) {
     (seconds(4), seconds(7))
 }
 
-/// Where a workload started: wall clock, both processes' CPU time and the machine's waits.
+/// Where a workload started: wall clock, both sides' CPU time and the machine's waits.
 pub struct CpuMark {
-    server_pid: String,
+    /// The server's processes (one per node).
+    server_pids: Vec<String>,
     at: Instant,
     server: f64,
     client: f64,
@@ -47,14 +68,19 @@ pub struct CpuUse {
 
 impl CpuMark {
     pub fn now(server_pid: u32) -> Self {
-        let server_pid = server_pid.to_string();
-        let (server, client, waits) = (cpu_seconds(&server_pid), cpu_seconds("self"), machine_waits());
-        Self { server, client, waits, at: Instant::now(), server_pid }
+        Self::of_all(&[server_pid])
+    }
+
+    /// A mark of a server that runs as the processes `server_pids` (its nodes).
+    pub fn of_all(server_pids: &[u32]) -> Self {
+        let server_pids: Vec<String> = server_pids.iter().map(u32::to_string).collect();
+        let (server, client, waits) = (server_seconds(&server_pids), cpu_seconds("self"), machine_waits());
+        Self { server, client, waits, at: Instant::now(), server_pids }
     }
 
     pub fn used(&self) -> CpuUse {
         let wall = self.at.elapsed().as_secs_f64();
-        let server_s = cpu_seconds(&self.server_pid) - self.server;
+        let server_s = server_seconds(&self.server_pids) - self.server;
         let client_s = cpu_seconds("self") - self.client;
         let (iowait, stolen) = machine_waits();
         CpuUse {

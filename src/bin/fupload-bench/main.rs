@@ -4,6 +4,7 @@
 mod client;
 mod cpu;
 mod limits;
+mod nodes;
 mod server;
 mod tus;
 mod workloads;
@@ -63,6 +64,14 @@ struct Args {
     /// Leave out fupload's tus endpoint (by default the workloads also run through it, tus-style).
     #[arg(long)]
     no_tus: bool,
+    /// A PostgreSQL server (postgres://user@host:port/database, a role that may create schemas
+    /// there): instead of the workloads above, W2 on one node on SQLite, one on PostgreSQL and
+    /// `--nodes` on PostgreSQL (docs/SCALING.md).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// The nodes of the last setup of `--postgres`.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -190,6 +199,30 @@ async fn main() -> anyhow::Result<()> {
     let w3_total = args.w3_count * args.w3_kib * 1024;
     let pool = generate((args.w1_mib * MIB).max(w2_total).max(w3_total));
     let w1_data = pool.slice(..args.w1_mib * MIB);
+    let w2_uploads = |run: usize| -> Vec<Upload> {
+        (0..args.w2_count)
+            .map(|i| {
+                let data = pool.slice(i * args.w2_mib * MIB..(i + 1) * args.w2_mib * MIB);
+                Upload::new(format!("w2-{run}-{i}.bin"), data, block)
+            })
+            .collect()
+    };
+    if let Some(postgres) = &args.postgres {
+        let sink = CallbackSink::start()?;
+        let on = nodes::Comparison {
+            bin: &server_bin,
+            scratch: &scratch,
+            sink: &sink,
+            postgres,
+            nodes: args.nodes,
+            runs: args.runs,
+            block,
+        };
+        nodes::compare(on, w2_uploads).await?;
+        sink.stop().await;
+        std::fs::remove_dir_all(&scratch).ok();
+        return Ok(());
+    }
 
     let mut figures = Figures {
         md5: vec![],
@@ -206,12 +239,7 @@ async fn main() -> anyhow::Result<()> {
         let w3_size = args.w3_kib * 1024;
         let uploads = RunUploads {
             w1: Upload::new(format!("w1-{run}.bin"), w1_data.clone(), block),
-            w2: (0..args.w2_count)
-                .map(|i| {
-                    let data = pool.slice(i * args.w2_mib * MIB..(i + 1) * args.w2_mib * MIB);
-                    Upload::new(format!("w2-{run}-{i}.bin"), data, block)
-                })
-                .collect(),
+            w2: w2_uploads(run),
             w3: (0..args.w3_count)
                 .map(|i| Upload::new(format!("w3-{run}-{i}.bin"), pool.slice(i * w3_size..(i + 1) * w3_size), block))
                 .collect(),

@@ -32,18 +32,32 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `bin` on a free loopback port with its data in `dir` (created fresh).
     pub fn start(bin: &Path, dir: &Path, notify_url: &str, max_block_size: u64) -> anyhow::Result<Self> {
+        let database = format!("sqlite://{}", dir.join("fupload.db").display());
+        Self::start_node(bin, dir, dir, &database, notify_url, max_block_size)
+    }
+
+    /// Starts `bin` as one node of several: its config and log in `dir` (created fresh), the
+    /// database at `database_url` and the temp and store directories in `shared` (those of every
+    /// node).
+    pub fn start_node(
+        bin: &Path,
+        dir: &Path,
+        shared: &Path,
+        database_url: &str,
+        notify_url: &str,
+        max_block_size: u64,
+    ) -> anyhow::Result<Self> {
         let port = fresh_dir_and_port(dir)?;
         let config = dir.join("fupload.yml");
         std::fs::write(
             &config,
             format!(
                 "server: {{host: \"127.0.0.1\", port: {port}, addr: \"http://127.0.0.1\"}}\n\
-                 database: {{url: \"sqlite://{db}\"}}\n\
+                 database: {{url: \"{database_url}\"}}\n\
                  tmpDir: \"{tmp}\"\nstoreDir: \"{store}\"\nmaxBlockSize: {max_block_size}\n\
                  bServer:\n  {TOKEN}: {{name: \"bench\", notifyUrl: \"{notify_url}\"}}\n",
-                db = dir.join("fupload.db").display(),
-                tmp = dir.join("tmp").display(),
-                store = dir.join("store").display(),
+                tmp = shared.join("tmp").display(),
+                store = shared.join("store").display(),
             ),
         )?;
         #[expect(clippy::disallowed_methods, reason = "the bench measures the server binary it starts")]
