@@ -4,8 +4,9 @@
 //! A request goes from [`http`] (thin handlers, one front end per protocol; the one mapping of
 //! errors to replies) to [`service`] (the use cases: create, receive a block, state, finish,
 //! expire, recover, tus appends), which writes bytes through [`blob`] (temp files, the placement
-//! into storeDir) or [`storage`] (an S3 bucket) and records them in [`store`] (the only SQL, on sqlx). [`domain`] holds the
-//! values and rules that need no I/O; [`hash`] and [`prefix_hash`] the md5s; [`callback`] the
+//! into storeDir) or [`storage`] (an S3 bucket) and records them in [`store`] (the only SQL, on
+//! sqlx: SQLite, or PostgreSQL for many nodes). [`domain`] holds the values and rules that need no
+//! I/O; [`hash`] and [`prefix_hash`] the md5s; [`callback`] the
 //! outbox worker that calls business servers back. [`config`], [`startup`], [`health`] and
 //! [`telemetry`] set the server up and watch it; [`tls`] serves https; [`client`] is the client
 //! library behind `fupload-client`.

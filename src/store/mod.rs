@@ -1,6 +1,8 @@
-//! The only place SQL appears. SQLite holds the truth: tasks, received ranges, the callback outbox.
+//! The only place SQL appears. The database holds the truth: tasks, received ranges, the callback
+//! outbox. `Store` is SQLite (`SqliteStore`, below: one process) or PostgreSQL (`postgres`: many
+//! nodes, which also share their claims, finishes and callbacks in flight through it).
 //!
-//! The store runs on sqlx. One writer connection serialises every write (SQLite allows one
+//! The SQLite store runs on sqlx. One writer connection serialises every write (SQLite allows one
 //! writer at a time anyway, and a single connection never meets SQLITE_BUSY from this process)
 //! and commits the writes waiting for it together (`writer`). Reads go to a pool of read-only
 //! connections that, with WAL, never wait for the writer. The WAL is copied into the database
