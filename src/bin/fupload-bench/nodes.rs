@@ -41,7 +41,7 @@ async fn database_counters(url: &str) -> anyhow::Result<(f64, Option<f64>)> {
     .fetch_one(&mut conn)
     .await?;
     let statements: Option<f64> = sqlx::query_scalar(
-        "SELECT SUM(calls)::FLOAT8 FROM pg_stat_statements
+        "SELECT SUM(calls)::FLOAT8 FROM public.pg_stat_statements
          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .fetch_one(&mut conn)
