@@ -123,3 +123,37 @@ async fn tasks_finished_on_either_node_call_back_once_each() {
     assert_eq!(called_back, tasks);
     assert!(a.callbacks.callbacks().iter().all(|c| c.json["retCode"] == "0"));
 }
+
+#[actix_web::test]
+async fn a_block_whose_claim_cannot_be_renewed_stops_before_another_node_could_take_its_bytes() {
+    let Some((a, _b)) = two_nodes().await else { return };
+    let data = content(300_000, 9);
+    let task = a.new_task("cut-off.bin", &data).await;
+    let (content_type, body) = multipart(&[
+        ("startByte", b"0"),
+        ("endByte", b"299999"),
+        ("partMd5", md5_hex(&data).as_bytes()),
+        ("file", &data),
+    ]);
+    let file_starts = body.windows(64).position(|w| w == &data[..64]).unwrap();
+    let mut arriving = raw_http::send_partly(&task.upload_url, &content_type, &body, file_starts + 100_000);
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // As if node A could not reach the database: its claim's renewals wait, and fail.
+    let lock = DatabaseLock::hold_tables(&a.settings.database.url, "block_claims");
+    // Two renewals missed: the claim counts as gone on node A, a third of its lease before the
+    // database would give the bytes to another node.
+    actix_web::rt::time::sleep(Duration::from_secs(7)).await;
+    let rest = body[file_starts + 100_000..].to_vec();
+    let reply = actix_web::rt::task::spawn_blocking(move || {
+        // The server may have stopped reading: what is left need not all go out.
+        let _ = arriving.send(&rest);
+        arriving.reply().unwrap()
+    })
+    .await
+    .unwrap();
+    drop(lock);
+    assert_eq!((reply.status, reply.ret_code().as_str()), (503, "20"), "{}", reply.json());
+    assert_eq!(a.blocks_info(&task).await["receivedSize"], 0, "nothing of the block is recorded");
+    a.send_missing(&task, &data).await;
+    assert_eq!(TestApp::stored_file(&callback_of(&a, task.task_id).await), data);
+}

@@ -3,7 +3,7 @@
 use crate::store::{BlockOutcome, Task};
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use super::claims::Claim;
 use super::{blocking, RangeProblem, TaskRef, UploadError, Uploads};
@@ -11,6 +11,15 @@ use crate::blob::{self, BlockFile, StreamError, StreamedBlock};
 use crate::config::Durability;
 use crate::domain::{ByteRange, FieldError, Md5Hex, TaskStatus};
 use crate::hash::Md5;
+
+/// Why a block's body stopped early.
+#[derive(Debug, thiserror::Error)]
+enum BodyEnd {
+    #[error("{0}")]
+    Body(String),
+    #[error("the block's claim on its bytes ran out")]
+    ClaimLost,
+}
 
 /// A task found uploading, with the right key, before its block's body was read. Its status may
 /// change while the body arrives (a pause, a cancel): the commit checks it again, and bytes written
@@ -161,8 +170,17 @@ impl Uploads {
             fsync: self.settings.durability == Durability::Power,
             file_md5: self.whole_file_md5_before(&plan),
         };
+        // A shared claim that stops holding stops the body, before another node may claim the
+        // same bytes: nothing more of it is written.
+        let claim_held = plan.claim.held();
+        let body = body.map(move |chunk| match &claim_held {
+            Some(held) if !held.holds() => Err(BodyEnd::ClaimLost),
+            _ => chunk.map_err(|e| BodyEnd::Body(e.to_string())),
+        });
+        let claim_held = plan.claim.held();
         match blob::stream_into(target, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
+            Err(_) if claim_held.is_some_and(|held| !held.holds()) => Err(UploadError::ClaimLost),
             Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
                 Err(UploadError::BadRange(RangeProblem::BodyLength(e.to_string())))
             }
@@ -220,7 +238,7 @@ impl Uploads {
             return Err(UploadError::PartMd5Mismatch { range: plan.range, sent, computed: streamed.digest() });
         }
         let BlockPlan { mut task, range, claim, writes, .. } = plan;
-        if claim.is_lost() {
+        if claim.held().is_some_and(|held| !held.holds()) {
             return Err(UploadError::ClaimLost);
         }
         // An acknowledged byte is in the storage whichever node took it.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::lease::Lease;
+use super::lease::{Lease, LeaseHeld};
 use crate::domain::ByteRange;
 use crate::store::{PgStore, Store, StoreError};
 
@@ -39,12 +39,14 @@ impl BlockClaims {
         match self {
             BlockClaims::InProcess(claims) => Ok(claims.claim(task_id, range)),
             BlockClaims::Shared(store) => {
+                let taken_at = std::time::Instant::now();
                 let claimed = store.claim_ranges(task_id, range, SHARED_CLAIM_LEASE).await?;
                 let claim_id = claimed.claim_id;
                 let (renewing, releasing) = (store.clone(), store.clone());
                 let lease = Lease::keep(
                     "block claim",
                     SHARED_CLAIM_LEASE,
+                    taken_at,
                     Box::new(move || {
                         let store = renewing.clone();
                         Box::pin(async move { store.renew_claim(claim_id, SHARED_CLAIM_LEASE).await })
@@ -109,10 +111,15 @@ impl Claim {
         &self.ranges
     }
 
-    /// A shared claim whose lease ran out while its block streamed in (its node could not reach
-    /// the database for that long): another node may have written the same bytes since.
-    pub fn is_lost(&self) -> bool {
-        matches!(&self.hold, Hold::Shared(lease) if lease.is_lost())
+    /// Whether the claim still holds, to be asked while its block writes: a shared claim whose
+    /// renewals failed for too long (its node cannot reach the database) may soon be another
+    /// block's, and its block must stop writing and not be recorded. `None`: a claim in memory,
+    /// which holds until dropped.
+    pub fn held(&self) -> Option<LeaseHeld> {
+        match &self.hold {
+            Hold::InProcess { .. } => None,
+            Hold::Shared(lease) => Some(lease.held().clone()),
+        }
     }
 }
 

@@ -213,6 +213,7 @@ impl Uploads {
     /// when another node holds it. In one process the guard of `spawn_finish` is enough.
     async fn hold_finish(&self, task_id: i64) -> Option<Option<Lease>> {
         let Some(shared) = self.store.shared() else { return Some(None) };
+        let taken_at = std::time::Instant::now();
         match shared.hold_finish(task_id, &self.finish_holder, FINISH_LEASE).await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -226,6 +227,7 @@ impl Uploads {
         Some(Some(Lease::keep(
             "finish",
             FINISH_LEASE,
+            taken_at,
             Box::new(move || {
                 let (store, holder) = renewing.clone();
                 Box::pin(async move { store.hold_finish(task_id, &holder, FINISH_LEASE).await })

@@ -1,10 +1,15 @@
 //! A lease in the shared database (a block's claim, a task's finish), kept while its holder works:
 //! renewed every third of its length, let go when dropped. A node that dies renews nothing, and
 //! what it held is free once the lease runs out.
+//!
+//! The holder counts the lease as gone (`is_lost`) once two renewals in a row have failed: two
+//! thirds of its length after the last renewal was sent, a third before the database can give it
+//! to another node (whose clock it is; the time is taken before the request goes out, so the
+//! database's is later). A block stops writing then, before another node may write the same bytes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
@@ -18,23 +23,47 @@ pub type Release = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), StoreError>
 pub struct Lease {
     renewal: tokio::task::JoinHandle<()>,
     release: Option<Release>,
-    lost: Arc<AtomicBool>,
+    held: LeaseHeld,
     what: &'static str,
 }
 
+/// Whether a lease still holds, as its holder can tell; cheap to clone.
+#[derive(Clone)]
+pub struct LeaseHeld {
+    /// A renewal found it taken.
+    lost: Arc<AtomicBool>,
+    /// When the last renewal that succeeded (or the take) was sent.
+    renewed: Arc<Mutex<Instant>>,
+    /// Two thirds of the lease's length.
+    trusted_for: Duration,
+}
+
+impl LeaseHeld {
+    pub fn holds(&self) -> bool {
+        let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        !self.lost.load(Ordering::Acquire) && renewed.elapsed() < self.trusted_for
+    }
+}
+
 impl Lease {
-    /// Starts renewing a lease of `length` just taken; `what` names it in the log.
-    pub fn keep(what: &'static str, length: Duration, renew: Renew, release: Release) -> Self {
-        let lost = Arc::new(AtomicBool::new(false));
+    /// Starts renewing a lease of `length` whose take was sent at `taken_at`; `what` names it in
+    /// the log.
+    pub fn keep(what: &'static str, length: Duration, taken_at: Instant, renew: Renew, release: Release) -> Self {
+        let held = LeaseHeld {
+            lost: Arc::new(AtomicBool::new(false)),
+            renewed: Arc::new(Mutex::new(taken_at)),
+            trusted_for: length * 2 / 3,
+        };
         let renewal = tokio::spawn({
-            let lost = lost.clone();
+            let (lost, renewed) = (held.lost.clone(), held.renewed.clone());
             async move {
                 let mut ticks = tokio::time::interval(length / 3);
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
+                    let sent = Instant::now();
                     match renew().await {
-                        Ok(true) => {}
+                        Ok(true) => *renewed.lock().unwrap_or_else(|e| e.into_inner()) = sent,
                         Ok(false) => {
                             tracing::warn!(
                                 lease = what,
@@ -49,12 +78,12 @@ impl Lease {
                 }
             }
         });
-        Lease { renewal, release: Some(release), lost, what }
+        Lease { renewal, release: Some(release), held, what }
     }
 
-    /// The lease ran out while held: what it guarded may have been taken by another node.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+    /// Whether the lease still holds (see the module's docs).
+    pub fn held(&self) -> &LeaseHeld {
+        &self.held
     }
 }
 
@@ -71,5 +100,33 @@ impl Drop for Lease {
                 tracing::warn!(lease = what, error = %e, "cannot let a lease go; it runs out by itself");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease_renewed_by(answer: fn() -> Result<bool, StoreError>) -> Lease {
+        let length = Duration::from_millis(300);
+        let release: Release = Box::new(|| Box::pin(async { Ok(()) }));
+        Lease::keep("test", length, Instant::now(), Box::new(move || Box::pin(async move { answer() })), release)
+    }
+
+    #[tokio::test]
+    async fn a_lease_holds_while_renewed_and_not_once_two_renewals_failed_or_it_was_taken() {
+        let renewed = lease_renewed_by(|| Ok(true));
+        let failing = lease_renewed_by(|| Err(StoreError::Closed));
+        let taken = lease_renewed_by(|| Ok(false));
+        assert!(renewed.held().holds() && failing.held().holds() && taken.held().holds());
+        // After the first renewal (at 100 ms): the taken one is gone, the failing one not yet.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(renewed.held().holds() && failing.held().holds());
+        assert!(!taken.held().holds());
+        // Two thirds of the length after the take, with no renewal that succeeded.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!failing.held().holds(), "its database may give it away a third of the length later");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(renewed.held().holds(), "renewed every third of its length");
     }
 }

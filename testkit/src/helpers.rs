@@ -551,6 +551,11 @@ pub enum DatabaseLock {
 
 impl DatabaseLock {
     pub fn hold(url: &str) -> Self {
+        Self::hold_tables(url, "upload_tasks, received_ranges, callback_outbox, write_probe")
+    }
+
+    /// As `hold`, on PostgreSQL for the writes to `tables` only (on SQLite, every table's).
+    pub fn hold_tables(url: &str, tables: &str) -> Self {
         if !url.starts_with("postgres") {
             let conn = open_database(url);
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -559,16 +564,14 @@ impl DatabaseLock {
         use sqlx::Connection;
         let (url, (release, released), (held, holding)) =
             (url.to_owned(), std::sync::mpsc::channel(), std::sync::mpsc::channel());
+        let lock = format!("LOCK TABLE {tables} IN EXCLUSIVE MODE");
         let holder = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
                 let mut transaction = conn.begin().await.unwrap();
                 // Reads go on; every write waits.
-                sqlx::query("LOCK TABLE upload_tasks, received_ranges, callback_outbox, write_probe IN EXCLUSIVE MODE")
-                    .execute(&mut *transaction)
-                    .await
-                    .unwrap();
+                sqlx::query(&lock).execute(&mut *transaction).await.unwrap();
                 held.send(()).unwrap();
                 let _ = released.recv();
                 transaction.rollback().await.unwrap();
