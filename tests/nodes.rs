@@ -154,6 +154,8 @@ async fn a_block_whose_claim_cannot_be_renewed_stops_before_another_node_could_t
     drop(lock);
     assert_eq!((reply.status, reply.ret_code().as_str()), (503, "20"), "{}", reply.json());
     assert_eq!(a.blocks_info(&task).await["receivedSize"], 0, "nothing of the block is recorded");
+    let temp = std::fs::read(a.path(&format!("tmp/task-{}.part", task.task_id))).unwrap();
+    assert!(temp[150_000..].iter().all(|&b| b == 0), "nothing sent after the claim stopped holding was written");
     a.send_missing(&task, &data).await;
     assert_eq!(TestApp::stored_file(&callback_of(&a, task.task_id).await), data);
 }
