@@ -180,7 +180,7 @@ impl Uploads {
         let claim_held = plan.claim.held();
         match blob::stream_into(target, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
-            Err(_) if claim_held.is_some_and(|held| !held.holds()) => Err(UploadError::ClaimLost),
+            Err(_) if claim_held.is_some_and(|held| !held.holds()) => Err(self.claim_lost(task_id).await),
             Err(e @ (StreamError::TooLong(_) | StreamError::Body(_))) => {
                 Err(UploadError::BadRange(RangeProblem::BodyLength(e.to_string())))
             }
@@ -202,6 +202,17 @@ impl Uploads {
                     (status, _) => Err(UploadError::for_status(status)),
                 }
             }
+        }
+    }
+
+    /// Why a block whose shared claim stopped holding is refused: its task ended (which took its
+    /// claims), or the claim ran out.
+    async fn claim_lost(&self, task_id: i64) -> UploadError {
+        match self.store.task(task_id).await {
+            Ok(Some(task)) if task.status != TaskStatus::Upload => UploadError::for_status(task.status),
+            Ok(Some(_)) => UploadError::ClaimLost,
+            Ok(None) => UploadError::TaskNotFound(task_id),
+            Err(e) => e.into(),
         }
     }
 
@@ -239,7 +250,7 @@ impl Uploads {
         }
         let BlockPlan { mut task, range, claim, writes, .. } = plan;
         if claim.held().is_some_and(|held| !held.holds()) {
-            return Err(UploadError::ClaimLost);
+            return Err(self.claim_lost(task.task_id).await);
         }
         // An acknowledged byte is in the storage whichever node took it.
         self.stage_written(&task, &writes).await?;

@@ -236,10 +236,15 @@ impl Uploads {
         )))
     }
 
-    /// On a shared database: finishes the tasks in `verify` whose finish no node holds (the node
-    /// that held it died). Returns how many it took on.
+    /// On a shared database: removes the block claims whose lease ran out, and finishes the tasks
+    /// in `verify` whose finish no node holds (the node that held it died). Returns how many
+    /// finishes it took on.
     pub async fn take_over_finishes(&self) -> Result<usize, UploadError> {
         let Some(shared) = self.store.shared() else { return Ok(0) };
+        let removed = shared.remove_expired_claims().await?;
+        if removed > 0 {
+            tracing::info!(claims = removed, "removed block claims whose lease ran out");
+        }
         let mut taken = 0;
         for task_id in shared.unheld_finishes().await? {
             if let Some(task) = self.store.task(task_id).await?.filter(|task| task.status == TaskStatus::Verify) {

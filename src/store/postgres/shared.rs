@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::tasks::lock_task;
 use super::{unsigned, PgStore, Written};
-use crate::domain::ByteRange;
+use crate::domain::{ByteRange, TaskStatus};
 use crate::store::ranges::{from_sql, to_sql};
 use crate::store::StoreError;
 
@@ -35,8 +35,10 @@ impl PgStore {
     ) -> Result<SharedClaim, StoreError> {
         self.write(move |conn| {
             Box::pin(async move {
-                // One claimer of the task at a time, on any node: what it reads is what it inserts against.
-                if lock_task(conn, task_id).await?.is_none() {
+                // One claimer of the task at a time, on any node: what it reads is what it inserts
+                // against. A task that takes no blocks (it ended meanwhile) gets no claim: its block
+                // writes nothing, and its commit says why.
+                if lock_task(conn, task_id).await?.is_none_or(|(status, _)| status != TaskStatus::Upload) {
                     return Ok(Written::Commit(SharedClaim { claim_id: 0, ranges: Vec::new() }));
                 }
                 sqlx::query("DELETE FROM block_claims WHERE task_id = $1 AND lease_until < now()")
@@ -97,6 +99,19 @@ impl PgStore {
             Box::pin(async move {
                 sqlx::query("DELETE FROM block_claims WHERE claim_id = $1").bind(claim_id).execute(&pool).await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Removes the claims whose lease ran out (their node died, or their request was dropped
+    /// before it learnt of the claim), of every task: those of a task no block claims again
+    /// would stay. Returns how many.
+    pub async fn remove_expired_claims(&self) -> Result<u64, StoreError> {
+        self.read(|pool| {
+            Box::pin(async move {
+                let removed = sqlx::query("DELETE FROM block_claims WHERE lease_until < now()").execute(&pool).await?;
+                Ok(removed.rows_affected())
             })
         })
         .await
@@ -200,6 +215,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(node_b.claim_ranges(other.task_id, r(0, 9), LONG).await.unwrap().ranges, [r(0, 9)]);
         assert!(!node_a.renew_claim(short.claim_id, LONG).await.unwrap(), "the claim that ran out is gone");
+        // One that ran out and that no block of its task asks about again goes with the sweep.
+        let (third, _) = node_a.create_or_resume_task(&new_task(3000)).await.unwrap();
+        node_a.claim_ranges(third.task_id, r(0, 9), Duration::from_millis(100)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(node_b.remove_expired_claims().await.unwrap(), 1);
+        node_b.claim_ranges(third.task_id, r(0, 9), LONG).await.unwrap();
+        // A task that ends takes its claims with it, and one that ended gets none.
+        let ending = crate::store::TaskEnding {
+            status: crate::domain::TaskStatus::Cancel,
+            final_path: None,
+            error: None,
+            idle_for: None,
+            placed: None,
+            instant_from: None,
+            computed_md5: None,
+        };
+        let callback = crate::store::NewCallback {
+            ret_code: "-3".into(),
+            notify_url: "http://127.0.0.1:9/".into(),
+            body: "{}".into(),
+            signature: "s".into(),
+            undeliverable: None,
+        };
+        let open = [crate::domain::TaskStatus::Upload];
+        node_a.end_task(third.task_id, &open, &ending, &callback).await.unwrap();
+        assert!(node_a.claim_ranges(third.task_id, r(0, 9), LONG).await.unwrap().ranges.is_empty());
+        node_a.end_task(task.task_id, &open, &ending, &callback).await.unwrap();
+        node_a.end_task(other.task_id, &open, &ending, &callback).await.unwrap();
+        assert_eq!(node_a.claims_recorded().await.unwrap(), 0, "no claim outlives its task");
         node_b.close().await;
         node_a.close().await;
     }

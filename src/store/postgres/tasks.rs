@@ -222,6 +222,8 @@ impl PgStore {
                 if ended.rows_affected() != 1 {
                     return Ok(Written::RollBack(StatusChange::refused(status_of(conn, task_id).await?)));
                 }
+                // The claims of its blocks still in flight go with it: it takes no more bytes.
+                sqlx::query("DELETE FROM block_claims WHERE task_id = $1").bind(task_id).execute(&mut *conn).await?;
                 let callback_status = if callback.undeliverable.is_some() { "failed" } else { "pending" };
                 sqlx::query(
                     "INSERT INTO callback_outbox (task_id, ret_code, notify_url, body, signature, status,
