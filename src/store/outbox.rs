@@ -134,8 +134,16 @@ pub(crate) mod tests {
     /// Creates a task of `file_size` bytes and ends it with a callback; returns its id.
     pub(crate) async fn ended_with_callback(store: &crate::store::Store, file_size: u64) -> i64 {
         let (task, _) = store.create_or_resume_task(&new_task(file_size)).await.unwrap();
+        let (ending, callback) = ending_with_callback(TaskStatus::Finish);
+        let ended = store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap();
+        assert_eq!(ended, crate::store::StatusChange::Made);
+        task.task_id
+    }
+
+    /// An ending in `status`, with a callback to nowhere.
+    pub(crate) fn ending_with_callback(status: TaskStatus) -> (TaskEnding, NewCallback) {
         let ending = TaskEnding {
-            status: TaskStatus::Finish,
+            status,
             final_path: None,
             error: None,
             idle_for: None,
@@ -150,9 +158,7 @@ pub(crate) mod tests {
             signature: "s".into(),
             undeliverable: None,
         };
-        let ended = store.end_task(task.task_id, &[TaskStatus::Upload], &ending, &callback).await.unwrap();
-        assert_eq!(ended, crate::store::StatusChange::Made);
-        task.task_id
+        (ending, callback)
     }
 
     #[tokio::test]

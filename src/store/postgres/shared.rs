@@ -222,22 +222,7 @@ mod tests {
         assert_eq!(node_b.remove_expired_claims().await.unwrap(), 1);
         node_b.claim_ranges(third.task_id, r(0, 9), LONG).await.unwrap();
         // A task that ends takes its claims with it, and one that ended gets none.
-        let ending = crate::store::TaskEnding {
-            status: crate::domain::TaskStatus::Cancel,
-            final_path: None,
-            error: None,
-            idle_for: None,
-            placed: None,
-            instant_from: None,
-            computed_md5: None,
-        };
-        let callback = crate::store::NewCallback {
-            ret_code: "-3".into(),
-            notify_url: "http://127.0.0.1:9/".into(),
-            body: "{}".into(),
-            signature: "s".into(),
-            undeliverable: None,
-        };
+        let (ending, callback) = crate::store::outbox::tests::ending_with_callback(crate::domain::TaskStatus::Cancel);
         let open = [crate::domain::TaskStatus::Upload];
         node_a.end_task(third.task_id, &open, &ending, &callback).await.unwrap();
         assert!(node_a.claim_ranges(third.task_id, r(0, 9), LONG).await.unwrap().ranges.is_empty());
