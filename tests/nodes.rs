@@ -159,3 +159,45 @@ async fn a_block_whose_claim_cannot_be_renewed_stops_before_another_node_could_t
     a.send_missing(&task, &data).await;
     assert_eq!(TestApp::stored_file(&callback_of(&a, task.task_id).await), data);
 }
+
+#[actix_web::test]
+async fn a_slow_block_whose_bytes_are_all_another_blocks_is_answered_not_cut_off() {
+    let Some((a, b)) = two_nodes().await else { return };
+    let data = content(300_000, 11);
+    let task_on_a = a.new_task("covered.bin", &data).await;
+    let task_on_b = on(&b, &a, &task_on_a);
+    let block = |start: usize, end: usize| {
+        let part = &data[start..=end];
+        let (s, e) = (start.to_string(), end.to_string());
+        let (content_type, body) = multipart(&[
+            ("startByte", s.as_bytes()),
+            ("endByte", e.as_bytes()),
+            ("partMd5", md5_hex(part).as_bytes()),
+            ("file", part),
+        ]);
+        let file_starts = body.windows(64).position(|w| w == &part[..64]).unwrap();
+        (content_type, body, file_starts)
+    };
+    // On node A, the whole file, stalled after a third: its claim holds every byte.
+    let (content_type, whole, whole_starts) = block(0, 299_999);
+    let mut holding = raw_http::send_partly(&task_on_a.upload_url, &content_type, &whole, whole_starts + 100_000);
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // On node B, a block inside it whose body takes longer than two of a claim's renewals: it
+    // claims nothing, holds nothing, and so nothing of it can run out.
+    let (content_type, inner, inner_starts) = block(0, 99_999);
+    let mut covered = raw_http::send_partly(&task_on_b.upload_url, &content_type, &inner, inner_starts + 10_000);
+    actix_web::rt::time::sleep(Duration::from_secs(7)).await;
+    let (rest_inner, rest_whole) = (inner[inner_starts + 10_000..].to_vec(), whole[whole_starts + 100_000..].to_vec());
+    let (covered, holding) = actix_web::rt::task::spawn_blocking(move || {
+        covered.send(&rest_inner).unwrap();
+        let covered = covered.reply().unwrap();
+        holding.send(&rest_whole).unwrap();
+        (covered, holding.reply().unwrap())
+    })
+    .await
+    .unwrap();
+    // Accepted with nothing new (retCode 1): its bytes are the other block's to record.
+    assert_eq!((covered.status, covered.ret_code().as_str()), (200, "1"), "{}", covered.json());
+    assert_eq!((holding.status, holding.ret_code().as_str()), (200, "0"), "{}", holding.json());
+    assert_eq!(TestApp::stored_file(&callback_of(&a, task_on_a.task_id).await), data);
+}

@@ -41,6 +41,10 @@ impl BlockClaims {
             BlockClaims::Shared(store) => {
                 let taken_at = std::time::Instant::now();
                 let claimed = store.claim_ranges(task_id, range, SHARED_CLAIM_LEASE).await?;
+                if claimed.ranges.is_empty() {
+                    // Every byte is another block's: this one writes nothing, and holds nothing.
+                    return Ok(Claim { ranges: Vec::new(), hold: Hold::Nothing });
+                }
                 let claim_id = claimed.claim_id;
                 let (renewing, releasing) = (store.clone(), store.clone());
                 let lease = Lease::keep(
@@ -92,6 +96,8 @@ enum Hold {
     },
     /// Let go when dropped.
     Shared(Lease),
+    /// No bytes claimed.
+    Nothing,
 }
 
 impl InFlightClaims {
@@ -117,7 +123,7 @@ impl Claim {
     /// which holds until dropped.
     pub fn held(&self) -> Option<LeaseHeld> {
         match &self.hold {
-            Hold::InProcess { .. } => None,
+            Hold::InProcess { .. } | Hold::Nothing => None,
             Hold::Shared(lease) => Some(lease.held().clone()),
         }
     }
