@@ -173,11 +173,11 @@ impl Uploads {
         // A shared claim that stops holding stops the body, before another node may claim the
         // same bytes: nothing more of it is written.
         let claim_held = plan.claim.held();
-        let body = body.map(move |chunk| match &claim_held {
+        let held_while_streaming = claim_held.clone();
+        let body = body.map(move |chunk| match &held_while_streaming {
             Some(held) if !held.holds() => Err(BodyEnd::ClaimLost),
             _ => chunk.map_err(|e| BodyEnd::Body(e.to_string())),
         });
-        let claim_held = plan.claim.held();
         match blob::stream_into(target, body, plan).await {
             Ok((streamed, plan)) => Ok(ReceivedBlock { plan, streamed }),
             Err(_) if claim_held.is_some_and(|held| !held.holds()) => Err(self.claim_lost(task_id).await),

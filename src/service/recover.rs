@@ -47,21 +47,24 @@ impl Uploads {
         }
         self.remove_orphaned_partials().await?;
         let tmp_dir = self.settings.tmp_dir.clone();
+        // Each entry with whether it was left unwritten for long, read on the blocking pool too.
         let entries = blocking(move || {
             blob::make_dir_again("tmpDir", &tmp_dir)?;
-            std::fs::read_dir(&tmp_dir)?.collect::<Result<Vec<_>, _>>()
+            let entries = std::fs::read_dir(&tmp_dir)?.collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, std::io::Error>(
+                entries.iter().map(|entry| (entry.path(), idle_for_long(entry))).collect::<Vec<_>>(),
+            )
         })
         .await?
         .map_err(|e| UploadError::disk("cannot read tmpDir", e))?;
-        for entry in entries {
-            let path = entry.path();
+        for (path, idle_for_long) in entries {
             let orphaned = match task_id_of_temp(&path) {
                 Some(task_id) => !self.store.task(task_id).await?.is_some_and(|task| {
                     matches!(task.status, TaskStatus::Upload | TaskStatus::Pause | TaskStatus::Verify)
                 }),
                 // A spooled block body: its request is gone. On a shared tmpDir it may be another
                 // node's, whose request is still arriving: only one idle for long is left behind.
-                None => blob::is_spool(&path) && (self.store.shared().is_none() || idle_for_long(&entry)),
+                None => blob::is_spool(&path) && (self.store.shared().is_none() || idle_for_long),
             };
             if !orphaned {
                 continue;

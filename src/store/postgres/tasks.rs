@@ -247,22 +247,38 @@ impl PgStore {
     }
 
     pub async fn record_finish_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
-        // The attempt counts as activity of a task in verify ($3), which expiry does not look at.
-        self.record_error(
-            "UPDATE upload_tasks SET finish_attempts = finish_attempts + 1, error = $2, updated_at = $3
-             WHERE task_id = $1 AND status = 'verify'",
-            task_id,
-            error,
-        )
+        let error = error.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE upload_tasks SET finish_attempts = finish_attempts + 1, error = $2
+                     WHERE task_id = $1 AND status = 'verify'",
+                )
+                .bind(task_id)
+                .bind(error)
+                .execute(conn)
+                .await?;
+                Ok(Written::Commit(()))
+            })
+        })
         .await
     }
 
     pub async fn record_failure(&self, task_id: i64, error: &str) -> Result<(), StoreError> {
-        self.record_error(
-            "UPDATE upload_tasks SET status = 'fail', error = $2, updated_at = $3, ended_at = $3 WHERE task_id = $1",
-            task_id,
-            error,
-        )
+        let error = error.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE upload_tasks SET status = 'fail', error = $2, updated_at = $3, ended_at = $3 WHERE task_id = $1",
+                )
+                .bind(task_id)
+                .bind(error)
+                .bind(now())
+                .execute(conn)
+                .await?;
+                Ok(Written::Commit(()))
+            })
+        })
         .await
     }
 
@@ -304,19 +320,6 @@ impl PgStore {
                     .bind(status)
                     .fetch_all(&pool)
                     .await?)
-            })
-        })
-        .await
-    }
-
-    /// Runs a statement of a task (`$1`), an error text (`$2`) and the time (`$3`) in a write of
-    /// its own.
-    async fn record_error(&self, sql: &'static str, task_id: i64, error: &str) -> Result<(), StoreError> {
-        let error = error.to_owned();
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query(sql).bind(task_id).bind(error).bind(now()).execute(conn).await?;
-                Ok(Written::Commit(()))
             })
         })
         .await
