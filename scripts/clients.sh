@@ -7,14 +7,16 @@
 #
 #   scripts/clients.sh [path/to/fupload-server]
 #
-# Needs node and npm (npm ci with the committed package-lock.json) and python3 (a venv with the
-# pinned clients/tuspy/requirements.txt).
+# Needs node, npm and python3; scripts/install-tools.sh installs the clients, pinned (npm ci with
+# the committed package-lock.json, a venv with clients/tuspy/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="$(realpath "${1:-${CARGO_TARGET_DIR:-target}/debug/fupload-server}")"
 repo="$(pwd)"
 # shellcheck source=lib/loopback.sh
 source scripts/lib/loopback.sh
+# shellcheck source=lib/tools.sh
+source scripts/lib/tools.sh
 
 work="$(mktemp -d)"
 server_pid=""
@@ -45,10 +47,7 @@ base="http://127.0.0.1:$fupload_port"
 
 fupload_config "$work" "$fupload_port" "http://127.0.0.1:$callback_port/callback"
 
-# The clients, pinned: npm ci installs exactly package-lock.json; pip the frozen requirements.
-(cd clients/tus-js && npm ci --no-audit --no-fund --loglevel=error)
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check -r clients/tuspy/requirements.txt
+install_tools tus-js tuspy
 
 start_server() {
   "$binary" -c "$work/fupload.yml" 2>> "$work/fupload.log" &
@@ -72,4 +71,4 @@ stop_server
 echo "-- tuspy (clients/tuspy)"
 TMPDIR="$work" FUPLOAD_BIN="$binary" FUPLOAD_CONFIG="$work/fupload.yml" FUPLOAD_URL="$base" \
   CALLBACK_PORT="$callback_port" FUPLOAD_PIDFILE="$work/tuspy-server.pid" FUPLOAD_LOG="$work/fupload.log" \
-  "$work/venv/bin/python" "$repo/clients/tuspy/test_tuspy.py"
+  "$TOOLS_DIR/tuspy/bin/python" "$repo/clients/tuspy/test_tuspy.py"

@@ -9,8 +9,7 @@
 #   STORAGE=local scripts/multinode.sh [path/to/fupload-server]
 #
 # STORAGE: `local` (default), tmpDir and storeDir shared by the nodes as an NFS mount would be;
-# `s3`, a bucket on moto's S3 server (MOTO_DIR, optional, keeps its venv), each node with a
-# tmpDir of its own.
+# `s3`, a bucket on moto's S3 server, each node with a tmpDir of its own.
 # A storage kind is three functions below: storage_setup, storage_config, stored_md5.
 # FILE_MIB (default 48): the size of each file.
 set -euo pipefail
@@ -53,9 +52,8 @@ storage_setup() {
   case "$storage" in
     local) mkdir -p "$work/shared/tmp" "$work/shared/store" ;;
     s3)
-      local moto_dir="${MOTO_DIR:-$work/moto}"
-      mkdir -p "$moto_dir"
-      moto_start "$moto_dir"
+      mkdir -p "$work/moto"
+      moto_start "$work/moto"
       curl -fsS -X PUT "$FUPLOAD_TEST_S3_ENDPOINT/fupload" > /dev/null
       ;;
     *) echo "multinode: unknown STORAGE=$storage (known: local, s3)" >&2; return 1 ;;
@@ -132,7 +130,7 @@ echo "== multinode ($storage): three nodes ready at $(seconds_since "$began") s"
 
 [[ "$upstream" != *10.0.0.* ]] || fail "conf/nginx-fupload-nodes.conf has addresses this script does not replace"
 nginx_config "$work" "$nginx_port" "$(realpath conf/nginx-fupload.conf)" "$upstream"
-nginx_start "$(nginx_binary "$work")" "$work"
+nginx_start "$(nginx_binary)" "$work"
 pids+=("$NGINX_PID")
 "$business_binary" --listen "127.0.0.1:$business_port" --fupload "$nginx_url" --token cp1-secret \
   > "$work/business.log" 2>&1 &

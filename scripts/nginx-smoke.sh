@@ -24,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nginx="$(nginx_binary "$work")"
+nginx="$(nginx_binary)"
 
 fupload_port="$(free_port)"
 nginx_port="$(free_port)"

@@ -8,7 +8,7 @@
 #
 # UPPY_SCREENSHOT=docs/img/uppy.png scripts/uppy.sh refreshes the committed screenshot of the page
 # mid-upload; otherwise it goes to the temp dir.
-# Installs Debian's chromium with apt-get if /usr/bin/chromium is missing; npm ci in clients/uppy.
+# Installs Debian's chromium and clients/uppy's npm packages when missing (scripts/install-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/loopback.sh
@@ -20,10 +20,8 @@ binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
 cargo build --quiet --example business_server
 business_binary="$(realpath "$target/debug/examples/business_server")"
 
-if [[ ! -x /usr/bin/chromium ]]; then
-  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
-fi
-(cd clients/uppy && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+scripts/install-tools.sh chromium uppy
+(cd clients/uppy && npm run --silent build)
 
 work="$(mktemp -d)"
 pids=()

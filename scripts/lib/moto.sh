@@ -1,20 +1,19 @@
-# moto's S3 server (PyPI `moto[server]`, pinned) on a free loopback port, for the S3 checks.
-# Sourced, not run; needs scripts/lib/loopback.sh sourced first (free_port, wait_for_url).
-#   moto_start DIR   installs moto into DIR/venv (once), starts it with its log in DIR/moto.log,
-#                    and exports FUPLOAD_TEST_S3_ENDPOINT and test AWS credentials
+# moto's S3 server (PyPI `moto[server]`, pinned in scripts/install-tools.sh) on a free loopback
+# port, for the S3 checks. Sourced, not run; needs scripts/lib/loopback.sh sourced first
+# (free_port, wait_for_url).
+#   moto_start DIR   installs moto (once), starts it with its log in DIR/moto.log, and exports
+#                    FUPLOAD_TEST_S3_ENDPOINT and test AWS credentials
 #   moto_stop        stops it; the caller puts this in its EXIT trap
-MOTO_VERSION=5.2.6
+# shellcheck source=tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 MOTO_PID=""
 
 moto_start() {
   local dir="$1"
-  if [[ ! -x "$dir/venv/bin/moto_server" ]]; then
-    python3 -m venv "$dir/venv"
-    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-  fi
+  install_tools moto
   local port
   port="$(free_port)"
-  "$dir/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  "$TOOLS_DIR/moto/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
   MOTO_PID=$!
   # moto answers GET / with the list of buckets.
   wait_for_url "http://127.0.0.1:$port/" "$MOTO_PID"

@@ -1,13 +1,14 @@
 # nginx as a throw-away process on loopback for the checks. Sourced, not run.
 
+# shellcheck source=tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+
 # Prints the path of an nginx: the one on PATH, or else Debian's nginx package unpacked into
-# DIR/nginx-pkg (downloaded with apt-get, not installed, so no system service is started).
-#   nginx_binary DIR
+# TOOLS_DIR (scripts/install-tools.sh: not installed, so no system service is started).
 nginx_binary() {
   if command -v nginx; then return 0; fi
-  (cd "$1" && { apt-get download -qq nginx 2>/dev/null || { apt-get update -qq && apt-get download -qq nginx; }; }) >&2
-  dpkg-deb -x "$1"/nginx_*.deb "$1/nginx-pkg"
-  echo "$1/nginx-pkg/usr/sbin/nginx"
+  install_tools nginx >&2
+  echo "$TOOLS_DIR/nginx/usr/sbin/nginx"
 }
 
 # Writes DIR/nginx.conf: nginx in the foreground on 127.0.0.1:PORT, every file it writes in DIR,

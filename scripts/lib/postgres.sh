@@ -6,8 +6,8 @@
 #   postgres_sql SQL [DB]  runs SQL as the superuser in DB (default `postgres`); prints rows unaligned
 #   stop_postgres    stops it and removes its temp dir (safe to call when it was never started)
 #
-# Installs the `postgresql` package with apt-get when no server is there; Debian keeps the
-# binaries off PATH, in /usr/lib/postgresql/<version>/bin.
+# Installs the `postgresql` package (scripts/install-tools.sh) when no server is there; Debian
+# keeps the binaries off PATH, in /usr/lib/postgresql/<version>/bin.
 
 POSTGRES_DIR=""
 POSTGRES_PORT=""
@@ -26,8 +26,7 @@ postgres_bin_dir() {
 start_postgres() {
   POSTGRES_BIN="$(postgres_bin_dir)"
   if [[ -z "$POSTGRES_BIN" ]]; then
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 ||
-      { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+    "$(dirname "${BASH_SOURCE[0]}")/../install-tools.sh" postgresql
     POSTGRES_BIN="$(postgres_bin_dir)"
   fi
   [[ -n "$POSTGRES_BIN" ]] || { echo "postgres: no initdb after installing postgresql" >&2; return 1; }
