@@ -147,8 +147,22 @@ impl Uploads {
         writes_all.then(|| self.hashers.state_at(plan.task.task_id, plan.range.start())).flatten()
     }
 
-    /// Streams the block's body into the temp file, writing only the planned parts.
+    /// Streams the block's body into the temp file, writing only the planned parts. A refused
+    /// block's claim is gone before the refusal is: the client may send the bytes again at once.
     pub(crate) async fn receive_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let let_go = plan.claim.let_go();
+        let received = self.stream_block(plan, body).await;
+        if let (Err(_), Some(let_go)) = (&received, let_go) {
+            let_go.wait().await;
+        }
+        received
+    }
+
+    async fn stream_block<S, E>(&self, plan: BlockPlan, body: S) -> Result<ReceivedBlock, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
@@ -230,8 +244,22 @@ impl Uploads {
     }
 
     /// As `commit_block`, for a block whose content the caller has checked otherwise (a tus
-    /// checksum) or that the server takes unchecked.
+    /// checksum) or that the server takes unchecked. The reply waits until the block's claim is
+    /// gone, as `receive_block`'s does.
     pub(super) async fn commit_checked_block(
+        &self,
+        block: ReceivedBlock,
+        part_md5: Option<Md5Hex>,
+    ) -> Result<BlockAccepted, UploadError> {
+        let let_go = block.plan.claim.let_go();
+        let accepted = self.commit_received(block, part_md5).await;
+        if let Some(let_go) = let_go {
+            let_go.wait().await;
+        }
+        accepted
+    }
+
+    async fn commit_received(
         &self,
         block: ReceivedBlock,
         part_md5: Option<Md5Hex>,
@@ -437,6 +465,34 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         panic!("the dropped block's commit never landed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_blocks_claim_is_gone_from_the_database_before_its_refusal_is_out() {
+        // A refusal tells the client to send the bytes again, and it may at once. A shared claim
+        // was let go only after the refusal, so the block sent again could find its bytes still
+        // claimed and be told to wait (the security tests did, now and then, on PostgreSQL).
+        let Some((t, _database)) = super::super::test_support::test_uploads_on_postgres().await else { return };
+        let shared = t.uploads.store().shared().expect("a PostgreSQL store").clone();
+        let data = data(100_000);
+        let task = t.create(&data).await;
+        let target = t.uploads.check_block_target(&task).await.unwrap();
+
+        let plan = t.uploads.plan_block(&target, 0, 99_999).await.unwrap();
+        let cut = futures_util::stream::iter([Ok(bytes::Bytes::copy_from_slice(&data[..10])), Err("cut off")]);
+        let refused = t.uploads.receive_block(plan, cut).await;
+        assert!(matches!(refused, Err(UploadError::BadRange(_))), "{:?}", refused.err());
+        assert_eq!(shared.claims_recorded().await.unwrap(), 0, "the claim outlived a refusal while streaming");
+
+        let plan = t.uploads.plan_block(&target, 0, 99_999).await.unwrap();
+        let corrupted: Vec<u8> = data.iter().map(|b| !b).collect();
+        let refused = t.stream_and_commit(plan, &corrupted, &data).await;
+        assert!(matches!(refused, Err(UploadError::PartMd5Mismatch { .. })), "{refused:?}");
+        assert_eq!(shared.claims_recorded().await.unwrap(), 0, "the claim outlived a refusal at the commit");
+
+        let last = t.send(&task, &data, 0, 99_999).await.unwrap();
+        assert_eq!(last.task_status, TaskStatus::Finish);
+        assert_eq!(shared.claims_recorded().await.unwrap(), 0);
     }
 
     #[tokio::test]

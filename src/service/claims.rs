@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::lease::{Lease, LeaseHeld};
+use super::lease::{Lease, LeaseHeld, LetGo};
 use crate::domain::ByteRange;
 use crate::store::{PgStore, Store, StoreError};
 
@@ -125,6 +125,15 @@ impl Claim {
         match &self.hold {
             Hold::InProcess { .. } | Hold::Nothing => None,
             Hold::Shared(lease) => Some(lease.held().clone()),
+        }
+    }
+
+    /// What tells when a shared claim, once dropped, is gone from the database. `None`: a claim
+    /// in memory, which is gone as soon as it is dropped.
+    pub fn let_go(&self) -> Option<LetGo> {
+        match &self.hold {
+            Hold::InProcess { .. } | Hold::Nothing => None,
+            Hold::Shared(lease) => Some(lease.let_go()),
         }
     }
 }

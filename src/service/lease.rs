@@ -25,6 +25,24 @@ pub struct Lease {
     release: Option<Release>,
     held: LeaseHeld,
     what: &'static str,
+    /// Told `true` once the lease has been let go (or the attempt failed).
+    let_go: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long `LetGo::wait` waits for the database to let a lease go: one that takes longer (the
+/// database is slow, or its table locked) runs out by itself.
+const LET_GO_WAIT: Duration = Duration::from_secs(1);
+
+/// The letting go of a dropped lease, for a holder that must not answer before it is done: a
+/// block's refusal tells the client to send the bytes again, and they must be free by then.
+pub struct LetGo(tokio::sync::watch::Receiver<bool>);
+
+impl LetGo {
+    /// Waits until the lease has been let go, for at most `LET_GO_WAIT`.
+    pub async fn wait(mut self) {
+        // An error means the sender is gone: nothing is left to wait for.
+        let _ = tokio::time::timeout(LET_GO_WAIT, self.0.wait_for(|done| *done)).await;
+    }
 }
 
 /// Whether a lease still holds, as its holder can tell; cheap to clone.
@@ -78,7 +96,12 @@ impl Lease {
                 }
             }
         });
-        Lease { renewal, release: Some(release), held, what }
+        Lease { renewal, release: Some(release), held, what, let_go: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// What tells when the lease, once dropped, has been let go.
+    pub fn let_go(&self) -> LetGo {
+        LetGo(self.let_go.subscribe())
     }
 
     /// Whether the lease still holds (see the module's docs).
@@ -93,12 +116,13 @@ impl Drop for Lease {
         let (Some(release), Ok(runtime)) = (self.release.take(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let what = self.what;
-        // Not awaited by the holder: its request may be over. If this fails, the lease runs out.
+        let (what, let_go) = (self.what, self.let_go.clone());
+        // Not awaited here: the holder's request may be over. If this fails, the lease runs out.
         runtime.spawn(async move {
             if let Err(e) = release().await {
                 tracing::warn!(lease = what, error = %e, "cannot let a lease go; it runs out by itself");
             }
+            let_go.send_replace(true);
         });
     }
 }

@@ -331,6 +331,18 @@ pub(crate) mod test_support {
         TestUploads { uploads, dir: t.dir }
     }
 
+    /// As `test_uploads`, on a database of its own on the PostgreSQL test server, which goes with
+    /// the `TempDatabase`; `None` (and a notice) without one.
+    pub async fn test_uploads_on_postgres() -> Option<(TestUploads, crate::store::TempDatabase)> {
+        let Some(server) = crate::store::test_support::postgres_server_url() else {
+            eprintln!("FUPLOAD_TEST_POSTGRES_URL is not set: this test runs on PostgreSQL only");
+            return None;
+        };
+        let database = crate::store::TempDatabase::create(&server).await.unwrap();
+        let url = database.url.clone();
+        Some((test_uploads(|settings| settings.database.url = url).await, database))
+    }
+
     /// An upload service on a temp database and temp dirs, with one business server.
     pub async fn test_uploads(tweak: impl FnOnce(&mut Settings)) -> TestUploads {
         let dir = tempfile::tempdir().unwrap();

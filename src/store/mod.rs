@@ -898,6 +898,7 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    pub use crate::store::postgres::test_support::server_url as postgres_server_url;
 
     /// The SQLite store that the faults below are injected into.
     pub trait OnSqlite {
