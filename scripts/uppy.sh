@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/loopback.sh
 source scripts/lib/loopback.sh
+# shellcheck source=lib/tools.sh
+source scripts/lib/tools.sh
 target="${CARGO_TARGET_DIR:-target}"
 binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
 [[ -x "$binary" ]] || { echo "uppy: no fupload server at $binary (cargo build first, or pass its path)" >&2; exit 1; }
@@ -20,7 +22,7 @@ binary="$(realpath -m "${1:-$target/debug/fupload-server}")"
 cargo build --quiet --example business_server
 business_binary="$(realpath "$target/debug/examples/business_server")"
 
-scripts/install-tools.sh chromium uppy
+install_tools chromium uppy
 (cd clients/uppy && npm run --silent build)
 
 work="$(mktemp -d)"

@@ -238,12 +238,7 @@ async fn a_block_still_arriving_when_its_task_is_cancelled_is_told_the_task_ende
     let app = spawn_app().await;
     let data = content(100_000, 110);
     let task = app.new_task("cancelled.bin", &data).await;
-    let (content_type, body) = multipart(&[
-        ("startByte", b"0"),
-        ("endByte", b"99999"),
-        ("partMd5", md5_hex(&data).as_bytes()),
-        ("file", &data),
-    ]);
+    let (content_type, body) = block_multipart(0, &data);
     let mut arriving = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
     app.set_state(&task, "cancel").await.expect(200, "0");
     arriving.send(&body[body.len() / 2..]).unwrap();

@@ -112,12 +112,7 @@ impl Server {
         raw.send(&[post_head("/api/upload/new/task", "application/json", create.len()), create.into_bytes()].concat())
             .unwrap();
         let task = task_urls(&raw.reply().unwrap().json());
-        let (content_type, body) = helpers::multipart(&[
-            ("startByte", b"0"),
-            ("endByte", b"2999"),
-            ("partMd5", md5_hex(&data).as_bytes()),
-            ("file", &data),
-        ]);
+        let (content_type, body) = helpers::block_multipart(0, &data);
         let (_, path) = split_url(&task.upload_url);
         let mut raw = Raw::connect(&self.addr);
         raw.send(&[post_head(&path, &content_type, body.len()), body].concat()).unwrap();

@@ -129,12 +129,7 @@ async fn a_block_whose_claim_cannot_be_renewed_stops_before_another_node_could_t
     let Some((a, _b)) = two_nodes().await else { return };
     let data = content(300_000, 9);
     let task = a.new_task("cut-off.bin", &data).await;
-    let (content_type, body) = multipart(&[
-        ("startByte", b"0"),
-        ("endByte", b"299999"),
-        ("partMd5", md5_hex(&data).as_bytes()),
-        ("file", &data),
-    ]);
+    let (content_type, body) = block_multipart(0, &data);
     let file_starts = body.windows(64).position(|w| w == &data[..64]).unwrap();
     let mut arriving = raw_http::send_partly(&task.upload_url, &content_type, &body, file_starts + 100_000);
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;

@@ -9,6 +9,9 @@
 # Installs the `postgresql` package (scripts/install-tools.sh) when no server is there; Debian
 # keeps the binaries off PATH, in /usr/lib/postgresql/<version>/bin.
 
+# shellcheck source=tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+
 POSTGRES_DIR=""
 POSTGRES_PORT=""
 POSTGRES_BIN=""
@@ -26,7 +29,7 @@ postgres_bin_dir() {
 start_postgres() {
   POSTGRES_BIN="$(postgres_bin_dir)"
   if [[ -z "$POSTGRES_BIN" ]]; then
-    "$(dirname "${BASH_SOURCE[0]}")/../install-tools.sh" postgresql
+    install_tools postgresql
     POSTGRES_BIN="$(postgres_bin_dir)"
   fi
   [[ -n "$POSTGRES_BIN" ]] || { echo "postgres: no initdb after installing postgresql" >&2; return 1; }

@@ -2,10 +2,11 @@
 //! renewed every third of its length, let go when dropped. A node that dies renews nothing, and
 //! what it held is free once the lease runs out.
 //!
-//! The holder counts the lease as gone (`is_lost`) once two renewals in a row have failed: two
-//! thirds of its length after the last renewal was sent, a third before the database can give it
-//! to another node (whose clock it is; the time is taken before the request goes out, so the
-//! database's is later). A block stops writing then, before another node may write the same bytes.
+//! The holder counts the lease as gone (`LeaseHeld::holds` turns false) once two renewals in a
+//! row have failed: two thirds of its length after the last renewal was sent, a third before the
+//! database can give it to another node (whose clock it is; the time is taken before the request
+//! goes out, so the database's is later). A block stops writing then, before another node may
+//! write the same bytes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -304,17 +304,8 @@ impl TestApp {
 
     /// Sends `data[start..=end]` as one block with its md5.
     pub async fn send_block(&self, task: &TaskUrls, data: &[u8], start: usize, end: usize) -> Reply {
-        let part = &data[start..=end];
-        self.send_fields(
-            &task.upload_url,
-            &[
-                ("startByte", start.to_string().as_bytes()),
-                ("endByte", end.to_string().as_bytes()),
-                ("partMd5", md5_hex(part).as_bytes()),
-                ("file", part),
-            ],
-        )
-        .await
+        let (content_type, body) = block_multipart(start, &data[start..=end]);
+        self.post_raw(&task.upload_url, &content_type, body).await
     }
 
     pub async fn send_fields(&self, url: &str, fields: &[(&str, &[u8])]) -> Reply {
@@ -407,6 +398,17 @@ pub fn task_urls(json: &Value) -> TaskUrls {
         state_url: data["stateUrl"].as_str().unwrap().to_owned(),
         tus_url: data["tusUrl"].as_str().unwrap().to_owned(),
     }
+}
+
+/// The multipart body of a block: `part` at byte `start`, with its md5.
+pub fn block_multipart(start: usize, part: &[u8]) -> (String, Vec<u8>) {
+    let end = start + part.len() - 1;
+    multipart(&[
+        ("startByte", start.to_string().as_bytes()),
+        ("endByte", end.to_string().as_bytes()),
+        ("partMd5", md5_hex(part).as_bytes()),
+        ("file", part),
+    ])
 }
 
 pub const BOUNDARY: &str = "fupload-test-boundary-7MA4YWxkTrZu0gW";

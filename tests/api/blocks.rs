@@ -194,12 +194,7 @@ async fn a_block_whose_bytes_a_stalled_block_holds_is_asked_again_with_retry_aft
     let app = spawn_app_with(|s| s.server.client_body_timeout = 1.0).await;
     let data = content(100_000, 12);
     let task = app.new_task("stall.bin", &data).await;
-    let (content_type, body) = multipart(&[
-        ("startByte", b"0"),
-        ("endByte", b"99999"),
-        ("partMd5", md5_hex(&data).as_bytes()),
-        ("file", &data),
-    ]);
+    let (content_type, body) = block_multipart(0, &data);
     // Headers and half the body, then nothing: the bytes stay claimed until the body times out.
     let stalled = send_partly(&task.upload_url, &content_type, &body, body.len() / 2);
     actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
